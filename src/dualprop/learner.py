@@ -1,0 +1,173 @@
+"""``Learner``: inference of the dyadic states (the state loop) and the local Hebbian weight update.
+
+For a layered network (see :mod:`dualprop.network`) every unit ``k ≥ 1`` holds two compartments
+``s⁺_k, s⁻_k``, both starting at the feed-forward value. Visiting layer ``k`` sets
+
+* drive ``a_k = B_k(s̄_{k−1})`` with ``s̄ = α s⁺ + (1−α) s⁻`` (``s̄_0 = x``),
+* feedback ``Δ_k = J_{B_{k+1}}(s⁺_k)ᵀ (s⁺_{k+1} − s⁻_{k+1})``,
+* compartments by the rule (:mod:`dualprop.rules`).
+
+The update is ``∂J/∂θ`` of ``J(θ) = −1/(β·B) Σ_k ⟨s⁺_k − s⁻_k, B_k(s̄_{k−1})⟩`` with the states held fixed,
+accumulated into ``.grad`` by one ``backward()`` exactly as a loss would be.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from dualprop.losses import batch_loss, check_loss, output_gradient
+from dualprop.network import LayeredNetwork, split_network
+from dualprop.rules import (RULES, hidden_compartments, mean_state, nudge_weights,
+                            output_compartments, output_nudge_is_fixed)
+from dualprop.schedules import layer_order, parse_schedule
+
+IMPLEMENTATIONS = ("auto", "generic", "fused")
+
+
+@dataclass
+class DyadicStates:
+    """Compartments after inference: ``plus[k]``, ``minus[k]`` for ``k = 0..L`` (index 0 is the input)."""
+
+    plus: list[Tensor]
+    minus: list[Tensor]
+    alpha: float
+    logits: Tensor
+    """The feed-forward output ``s_L`` before any nudging."""
+
+    def mean(self, k: int) -> Tensor:
+        """``s̄_k = α s⁺_k + (1−α) s⁻_k``; ``s̄_0`` is the input."""
+        if k == 0:
+            return self.plus[0]
+        return mean_state(self.plus[k], self.minus[k], self.alpha)
+
+    def difference(self, k: int) -> Tensor:
+        """``δ_k = s⁺_k − s⁻_k``."""
+        return self.plus[k] - self.minus[k]
+
+    def all_finite(self) -> bool:
+        """Whether every compartment is finite (a diverging DP run first shows up here)."""
+        return all(bool(torch.isfinite(s).all()) for s in self.plus + self.minus)
+
+
+@dataclass
+class StepResult:
+    """What ``Learner.step`` reports: the feed-forward batch-mean loss and output."""
+
+    loss: float
+    logits: Tensor
+    states_finite: bool = True
+
+
+def _check_unit_interval(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
+def _check_positive(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+class Learner:
+    """Train a layered ``nn.Sequential`` with dual propagation (``dp``, ``dpT``) or backprop (``bp``).
+
+    The model and the optimizer stay the caller's: ``step`` only accumulates into ``.grad``.
+    """
+
+    def __init__(self, model: nn.Module, rule: str = "dpT", alpha: float = 0.5, beta: float = 0.1,
+                 schedule: str = "forward", passes: int | None = None, loss: str = "cross_entropy",
+                 implementation: str = "auto"):
+        if rule not in RULES:
+            raise ValueError(f"unknown rule {rule!r}; choose one of {', '.join(RULES)}")
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"unknown implementation {implementation!r}; "
+                             f"choose one of {', '.join(IMPLEMENTATIONS)}")
+        self.rule = rule
+        self.alpha = _check_unit_interval("alpha", alpha)
+        self.beta = _check_positive("beta", beta)
+        self.schedule, self.passes = parse_schedule(schedule, passes)
+        self.loss = check_loss(loss)
+        self.model = model
+        self.network: LayeredNetwork = split_network(model)
+        self.order = layer_order(self.schedule, self.network.depth, self.passes)
+        self.implementation = self._resolve_implementation(implementation)
+
+    def _resolve_implementation(self, implementation: str) -> str:
+        if implementation == "fused":
+            raise ValueError("implementation='fused' is not available; use 'generic' or 'auto'")
+        return "generic"
+
+    def __repr__(self) -> str:
+        return (f"Learner(rule={self.rule!r}, alpha={self.alpha}, beta={self.beta}, "
+                f"schedule={self.schedule!r}, passes={self.passes}, loss={self.loss!r}, "
+                f"implementation={self.implementation!r}, depth={self.network.depth})")
+
+    # -- inference ---------------------------------------------------------------------------------
+
+    def feed_forward(self, x: Tensor) -> list[Tensor]:
+        """``[s_0, …, s_L]`` with ``s_k = f_k(B_k(s_{k−1}))`` and ``s_L = B_L(s_{L−1})``, without grad."""
+        states = [x]
+        with torch.no_grad():
+            for k, block in enumerate(self.network.blocks):
+                s = block(states[-1])
+                states.append(self.network.activations[k](s) if k < len(self.network.activations) else s)
+        return states
+
+    def infer(self, x: Tensor, y: Tensor) -> DyadicStates:
+        """Run the inference schedule from the feed-forward states and return the dyadic states."""
+        if self.rule == "bp":
+            raise ValueError("rule 'bp' has no dyadic states to infer")
+        plus = self.feed_forward(x)
+        logits = plus[-1]
+        states = DyadicStates(plus, list(plus), self.alpha, logits)
+        weights = nudge_weights(self.rule, self.alpha)
+        with torch.no_grad():
+            fixed_nudge = (self.beta * output_gradient(self.loss, logits, y)
+                           if output_nudge_is_fixed(self.rule) else None)
+            for k in self.order:
+                self._update_layer(states, k, y, weights, fixed_nudge)
+        return states
+
+    def _update_layer(self, states: DyadicStates, k: int, y: Tensor, weights: tuple[float, float],
+                      fixed_nudge: Tensor | None) -> None:
+        """Set ``s⁺_k, s⁻_k`` from the current neighbours: one block forward and (hidden) one VJP."""
+        net = self.network
+        drive = net.blocks[k - 1](states.mean(k - 1))
+        if k == net.depth:
+            nudge = fixed_nudge if fixed_nudge is not None else \
+                self.beta * output_gradient(self.loss, drive, y)
+            states.plus[k], states.minus[k] = output_compartments(drive, nudge, weights)
+        else:
+            feedback = net.blocks[k].vjp(states.plus[k], states.difference(k + 1))
+            states.plus[k], states.minus[k] = hidden_compartments(net.activations[k - 1], drive,
+                                                                  feedback, weights)
+
+    # -- learning ----------------------------------------------------------------------------------
+
+    def surrogate_objective(self, states: DyadicStates) -> Tensor:
+        """``J(θ) = −1/(β·B) Σ_k ⟨s⁺_k − s⁻_k, B_k(s̄_{k−1})⟩`` with the states detached."""
+        batch = states.plus[0].shape[0]
+        total = None
+        for k, block in enumerate(self.network.blocks, start=1):
+            term = (states.difference(k).detach() * block(states.mean(k - 1).detach())).sum()
+            total = term if total is None else total + term
+        return total * (-1.0 / (self.beta * batch))
+
+    def step(self, x: Tensor, y: Tensor) -> StepResult:
+        """Accumulate the rule's weight update into ``.grad`` (like ``loss.backward()``)."""
+        if self.rule == "bp":
+            logits = self.model(x)
+            loss = batch_loss(self.loss, logits, y)
+            loss.backward()
+            return StepResult(float(loss.detach()), logits.detach())
+        states = self.infer(x, y)
+        self.surrogate_objective(states).backward()
+        with torch.no_grad():
+            loss = float(batch_loss(self.loss, states.logits, y))
+        return StepResult(loss, states.logits, states.all_finite())

@@ -1,0 +1,55 @@
+"""Losses and their per-sample output gradients.
+
+* ``cross_entropy``: ``ℓ(z, y) = −Σ_c y_c log softmax(z)_c`` (y one-hot for class indices), gradient
+  ``softmax(z) − y``;
+* ``mse``: ``ℓ(z, y) = ½‖z − y‖²`` (y one-hot for class indices), gradient ``z − y``.
+
+The reported loss is the batch mean; the gradient is per sample (not scaled by 1/B).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+LOSSES = ("cross_entropy", "mse")
+
+
+def check_loss(name: str) -> str:
+    """Return ``name`` if it is a known loss, else raise ``ValueError``."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
+    return name
+
+
+def target_distribution(logits: Tensor, target: Tensor) -> Tensor:
+    """Targets as float vectors shaped like ``logits``: class indices become one-hot rows."""
+    if target.dim() == 1 and not target.is_floating_point():
+        classes = logits.shape[1]
+        if target.shape[0] != logits.shape[0]:
+            raise ValueError(f"target has {target.shape[0]} labels but the batch has {logits.shape[0]} samples")
+        if target.numel() and (int(target.min()) < 0 or int(target.max()) >= classes):
+            raise ValueError(f"class labels must lie in [0, {classes - 1}] for {classes} outputs")
+        return F.one_hot(target.long(), classes).to(logits.dtype)
+    if target.shape != logits.shape:
+        raise ValueError(f"target shape {tuple(target.shape)} matches neither the output shape "
+                         f"{tuple(logits.shape)} nor a vector of {logits.shape[0]} class indices")
+    return target.to(logits.dtype)
+
+
+def batch_loss(name: str, logits: Tensor, target: Tensor) -> Tensor:
+    """The batch-mean loss (a differentiable scalar)."""
+    check_loss(name)
+    y = target_distribution(logits, target)
+    if name == "cross_entropy":
+        return -(y * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    return 0.5 * (logits - y).pow(2).sum(dim=1).mean()
+
+
+def output_gradient(name: str, logits: Tensor, target: Tensor) -> Tensor:
+    """Per-sample ``∇_z ℓ(z, y)``: ``softmax(z) − y`` (cross-entropy) or ``z − y`` (MSE)."""
+    check_loss(name)
+    y = target_distribution(logits, target)
+    if name == "cross_entropy":
+        return torch.softmax(logits, dim=1) - y
+    return logits - y

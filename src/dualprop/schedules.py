@@ -1,0 +1,60 @@
+"""Inference schedules: the order in which the layers ``1..L`` of a dyadic network are updated.
+
+With ``L`` blocks and ``K`` passes:
+
+* ``forward``  (``fwK``):   ``[1..L] × K``
+* ``backward`` (``bwK``):   ``[L..1] × K`` (one sweep by default)
+* ``forward-backward`` (``fwbwK``): ``[L..2] + ([1..L−1] + [L..1]) × (K−1) + [1]``
+* ``odd-even`` (``oddevenK``) / ``even-odd`` (``evenoddK``): odd layers then even layers (or the reverse), × K
+"""
+from __future__ import annotations
+
+import re
+
+SCHEDULES = ("forward", "backward", "forward-backward", "odd-even", "even-odd")
+_ALIASES = {"fw": "forward", "bw": "backward", "fwbw": "forward-backward",
+            "oddeven": "odd-even", "evenodd": "even-odd"}
+
+
+def parse_schedule(name: str, passes: int | None = None) -> tuple[str, int]:
+    """Resolve a schedule name or alias (``fw3``, ``fwbw2``, ``oddeven``…) to ``(schedule, passes)``.
+
+    ``passes`` defaults to the alias's number, else 1; a number in the alias that contradicts an
+    explicit ``passes`` is an error.
+    """
+    if not isinstance(name, str):
+        raise ValueError(f"schedule must be a string, got {name!r}")
+    if passes is not None and (isinstance(passes, bool) or not isinstance(passes, int) or passes < 1):
+        raise ValueError(f"passes must be an integer >= 1, got {passes!r}")
+    if name in SCHEDULES:
+        return name, passes or 1
+    match = re.fullmatch(r"(fwbw|fw|bw|oddeven|evenodd)(\d*)", name)
+    if match is None:
+        raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)} "
+                         f"or an alias fwK, bwK, fwbwK, oddevenK, evenoddK")
+    canonical = _ALIASES[match.group(1)]
+    if not match.group(2):
+        return canonical, passes or 1
+    alias_passes = int(match.group(2))
+    if alias_passes < 1:
+        raise ValueError(f"schedule {name!r} asks for {alias_passes} passes; passes must be >= 1")
+    if passes is not None and passes != alias_passes:
+        raise ValueError(f"schedule {name!r} means {alias_passes} passes but passes={passes} was given")
+    return canonical, alias_passes
+
+
+def layer_order(schedule: str, depth: int, passes: int = 1) -> list[int]:
+    """The 1-based layer ids visited by ``schedule`` on a network of ``depth`` blocks."""
+    schedule, passes = parse_schedule(schedule, passes)
+    if depth < 1:
+        raise ValueError(f"a network needs at least one block, got depth {depth}")
+    up = list(range(1, depth + 1))
+    down = up[::-1]
+    if schedule == "forward":
+        return up * passes
+    if schedule == "backward":
+        return down * passes
+    if schedule == "forward-backward":
+        return down[:-1] + (up[:-1] + down) * (passes - 1) + [1]
+    odd, even = up[0::2], up[1::2]
+    return (odd + even if schedule == "odd-even" else even + odd) * passes
