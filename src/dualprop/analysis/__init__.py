@@ -1,0 +1,18 @@
+"""Analysis tools: spectral norms, Lipschitz estimates and adversarial attacks."""
+
+from .attacks import adversarial_accuracy, fgsm, pgd
+from .lipschitz import LipschitzEstimate, empirical_lipschitz, eval_mode
+from .spectral import SpectralNormEstimator, layer_spectral_norms, product_bound, spectral_norm
+
+__all__ = [
+    "LipschitzEstimate",
+    "SpectralNormEstimator",
+    "adversarial_accuracy",
+    "empirical_lipschitz",
+    "eval_mode",
+    "fgsm",
+    "layer_spectral_norms",
+    "pgd",
+    "product_bound",
+    "spectral_norm",
+]
