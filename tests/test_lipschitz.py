@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from dualprop.analysis.lipschitz import empirical_lipschitz, eval_mode
-from dualprop.analysis.spectral import layer_spectral_norms, product_bound
+from dualprop.spectral import layer_spectral_norms, product_bound
 
 
 def exact_jacobian_norms(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:

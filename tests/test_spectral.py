@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from dualprop.analysis.spectral import SpectralNormEstimator, layer_spectral_norms, product_bound, spectral_norm
+from dualprop.spectral import SpectralNormEstimator, layer_spectral_norms, product_bound, spectral_norm
 
 
 def explicit_jacobian_norm(block: nn.Module, point: torch.Tensor) -> float:

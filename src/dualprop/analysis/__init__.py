@@ -2,7 +2,7 @@
 
 from .attacks import adversarial_accuracy, fgsm, pgd
 from .lipschitz import LipschitzEstimate, empirical_lipschitz, eval_mode
-from .spectral import SpectralNormEstimator, layer_spectral_norms, product_bound, spectral_norm
+from dualprop.spectral import SpectralNormEstimator, layer_spectral_norms, product_bound, spectral_norm
 
 __all__ = [
     "LipschitzEstimate",

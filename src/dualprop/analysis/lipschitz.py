@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .spectral import random_normal
+from dualprop.spectral import random_normal
 
 
 @contextmanager

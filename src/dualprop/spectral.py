@@ -1,4 +1,4 @@
-"""Spectral norms of blocks by matrix-free power iteration.
+"""Spectral norms of blocks by matrix-free power iteration (used by damped DP and the analysis tools).
 
 For a block ``B`` (affine or piecewise linear) the spectral norm ``γ = σ_max(J_B(p))`` is the largest
 singular value of its Jacobian at a point ``p`` (for an affine block: of its linear part, any ``p``).
