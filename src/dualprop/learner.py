@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from dualprop.fused import FUSED_RULES, FusedSweep
 from dualprop.losses import batch_loss, check_loss, output_gradient
 from dualprop.network import LayeredNetwork, split_network
 from dualprop.rules import (RULES, hidden_compartments, mean_state, nudge_weights,
@@ -99,9 +100,24 @@ class Learner:
         self.implementation = self._resolve_implementation(implementation)
 
     def _resolve_implementation(self, implementation: str) -> str:
+        """``fused`` where asked (DP/DP⊤, one ``backward`` sweep) or, for ``auto``, where it is exact:
+        DP⊤ with ``α ∈ {0, 1}``, one ``backward`` sweep. Prepares the fused sweep when chosen."""
+        self._fused_sweep: FusedSweep | None = None
         if implementation == "fused":
-            raise ValueError("implementation='fused' is not available; use 'generic' or 'auto'")
-        return "generic"
+            if self.rule not in FUSED_RULES:
+                raise ValueError(f"implementation='fused' supports rules {', '.join(FUSED_RULES)}, "
+                                 f"not {self.rule!r}")
+            if self.schedule != "backward" or self.passes != 1:
+                raise ValueError(f"implementation='fused' is a single backward sweep: it needs "
+                                 f"schedule='backward' with passes=1, got schedule={self.schedule!r} "
+                                 f"with passes={self.passes}")
+        elif implementation == "auto":
+            exact = (self.rule == "dpT" and self.alpha in (0.0, 1.0) and self.schedule == "backward"
+                     and self.passes == 1)
+            implementation = "fused" if exact else "generic"
+        if implementation == "fused":
+            self._fused_sweep = FusedSweep(self.model, self.network, self.rule, self.loss)
+        return implementation
 
     def __repr__(self) -> str:
         return (f"Learner(rule={self.rule!r}, alpha={self.alpha}, beta={self.beta}, "
@@ -166,6 +182,9 @@ class Learner:
             loss = batch_loss(self.loss, logits, y)
             loss.backward()
             return StepResult(float(loss.detach()), logits.detach())
+        if self._fused_sweep is not None:
+            loss_tensor, logits = self._fused_sweep.step(x, y, self.alpha, self.beta)
+            return StepResult(float(loss_tensor), logits, bool(torch.isfinite(logits).all()))
         states = self.infer(x, y)
         self.surrogate_objective(states).backward()
         with torch.no_grad():

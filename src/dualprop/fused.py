@@ -1,0 +1,147 @@
+"""The fused single sweep: backprop with each activation's derivative replaced by a finite difference.
+
+One ``backward`` sweep of dual propagation visits the layers ``L, L−1, …, 1`` once. Every drive it
+computes is then a feed-forward pre-activation ``a_k`` and every feedback is a vector–Jacobian product at
+feed-forward states, so the sweep is ordinary backprop of the batch-mean loss in which the activation's
+backward ``u ↦ f'(a)·u`` becomes
+
+    u ↦ (f(a + c₁·β·u) − f(a − c₂·β·u)) / β,
+
+with ``(c₁, c₂) = (α, 1−α)`` for DP⊤ and ``(1−α, α)`` for DP (the compartment weights ``(c⁻, c⁺)`` of
+:func:`dualprop.rules.nudge_weights`). Indeed the sweep sets ``δ_L = s⁺_L − s⁻_L = −β ∇ℓ`` and, for a
+hidden layer, ``δ_k = f(a_k + c⁺Δ_k) − f(a_k − c⁻Δ_k)`` with ``Δ_k = J_{B_{k+1}}ᵀ δ_{k+1}``; writing
+``δ_k = −β·g_k`` gives ``g_k = (f(a_k + c⁻β u_k) − f(a_k − c⁺β u_k)) / β`` with ``u_k = J_{B_{k+1}}ᵀ g_{k+1}``,
+and the weight update ``−1/(βB) J_θᵀ δ_k = J_θᵀ g_k / B`` is what autograd accumulates.
+
+**Batch mean.** ``u`` is the *per-sample* gradient. The loss is the batch mean, so the gradient that
+autograd hands to the activation is ``u / B``. The finite difference is not linear in ``u``, so the
+backward multiplies the incoming gradient by ``B``, applies the finite difference, and divides by ``B``.
+
+**Exactness.** The weight updates use the feed-forward states ``s_{k−1}``. The generic sweep uses the
+mean states ``s̄_{k−1} = α s⁺ + (1−α) s⁻`` after inference, which are feed-forward exactly when DP⊤ has
+``α ∈ {0, 1}``; there the two agree. Elsewhere this is the fast approximation of the ICML 2023 paper,
+close to the generic sweep at ``α = ½`` and small ``β``.
+
+**Design.** The sweep runs the caller's own model: :class:`FusedSweep` temporarily puts a
+:class:`FusedActivation` in place of every activation module of the (unwrapped) ``nn.Sequential``, calls
+``model(x)``, and restores the original modules, even on error. The forward therefore goes through the
+caller's module itself — a ``DistributedDataParallel`` wrapper sees a normal forward and averages the
+gradients as usual, and a model compiled in place with ``model.compile()`` keeps its compiled forward.
+The replacement modules are built once and reused, so compiled code sees the same objects every step.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+from torch import Tensor, nn
+
+from dualprop.losses import batch_loss
+from dualprop.network import LayeredNetwork, unwrap
+from dualprop.rules import nudge_weights
+
+FUSED_RULES = ("dp", "dpT")
+
+
+def finite_difference_weights(rule: str, alpha: float) -> tuple[float, float]:
+    """``(c₁, c₂)``: ``(α, 1−α)`` for DP⊤ and ``(1−α, α)`` for DP — the weights ``(c⁻, c⁺)`` swapped."""
+    if rule not in FUSED_RULES:
+        raise ValueError(f"the fused sweep supports rules {', '.join(FUSED_RULES)}, not {rule!r}")
+    c_plus, c_minus = nudge_weights(rule, alpha)
+    return c_minus, c_plus
+
+
+class DyadicActivationFunction(torch.autograd.Function):
+    """``f(a)`` forward; backward ``v ↦ (f(a + c₁βBv) − f(a − c₂βBv)) / (βB)`` with ``B = a.shape[0]``.
+
+    ``v`` is the incoming gradient of the batch-mean loss, ``u = B·v`` the per-sample one.
+    """
+
+    @staticmethod
+    def forward(ctx, drive: Tensor, activation: nn.Module, beta: float,  # type: ignore[override]
+                weights: tuple[float, float]) -> Tensor:
+        ctx.save_for_backward(drive)
+        ctx.activation, ctx.beta, ctx.weights = activation, beta, weights
+        if getattr(activation, "inplace", False):
+            return activation(drive.clone())
+        return activation(drive)
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):  # type: ignore[override]
+        (drive,) = ctx.saved_tensors
+        c_1, c_2 = ctx.weights
+        scale = ctx.beta * drive.shape[0]
+        step = grad_output * scale
+        activation = ctx.activation
+        difference = activation(drive + c_1 * step) - activation(drive - c_2 * step)
+        return difference / scale, None, None, None
+
+
+class FusedActivation(nn.Module):
+    """An activation module whose backward is the dyadic finite difference of :class:`DyadicActivationFunction`."""
+
+    def __init__(self, activation: nn.Module, beta: float, weights: tuple[float, float]):
+        super().__init__()
+        self.activation = activation
+        self.beta = beta
+        self.weights = weights
+
+    def forward(self, drive: Tensor) -> Tensor:
+        return DyadicActivationFunction.apply(drive, self.activation, self.beta, self.weights)
+
+
+def activation_sites(model: nn.Module, network: LayeredNetwork) -> list[tuple[nn.Module, str]]:
+    """``(parent, child name)`` of each activation of ``network`` inside the (nested) ``nn.Sequential``.
+
+    Sites follow the order of ``network.activations``, the order in which :func:`split_network` met them.
+    """
+    sites: list[tuple[nn.Module, str]] = []
+
+    def visit(parent: nn.Module) -> None:
+        for name, child in parent.named_children():
+            if isinstance(child, nn.Sequential):
+                visit(child)
+            elif len(sites) < len(network.activations) and child is network.activations[len(sites)]:
+                sites.append((parent, name))
+
+    visit(unwrap(model))
+    if len(sites) != len(network.activations):
+        raise ValueError(f"found {len(sites)} of the network's {len(network.activations)} activations in "
+                         f"the model; the model was changed after the Learner split it")
+    return sites
+
+
+class FusedSweep:
+    """One fused sweep per call: forward through the caller's model with fused activations, then backward."""
+
+    def __init__(self, model: nn.Module, network: LayeredNetwork, rule: str, loss: str):
+        finite_difference_weights(rule, 0.5)  # validates the rule
+        self.model = model
+        self.rule = rule
+        self.loss = loss
+        self._sites = activation_sites(model, network)
+        self._fused = [FusedActivation(activation, 1.0, (0.5, 0.5)) for activation in network.activations]
+
+    @contextmanager
+    def installed(self, alpha: float, beta: float) -> Iterator[None]:
+        """Within the block, the model's activations are the fused ones for ``(α, β)``; restored after."""
+        weights = finite_difference_weights(self.rule, alpha)
+        originals = []
+        try:
+            for (parent, name), fused in zip(self._sites, self._fused):
+                fused.beta, fused.weights = beta, weights
+                originals.append(parent._modules[name])
+                parent._modules[name] = fused
+            yield
+        finally:
+            for (parent, name), original in zip(self._sites, originals):
+                parent._modules[name] = original
+
+    def step(self, x: Tensor, y: Tensor, alpha: float, beta: float) -> tuple[Tensor, Tensor]:
+        """Accumulate the fused update into ``.grad``; return the batch-mean loss and the logits (detached)."""
+        with self.installed(alpha, beta):
+            logits = self.model(x)
+        loss = batch_loss(self.loss, logits, y)
+        loss.backward()
+        return loss.detach(), logits.detach()
