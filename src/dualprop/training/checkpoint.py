@@ -1,0 +1,94 @@
+"""Checkpoints: written atomically, read back with ``torch.load(weights_only=True)``.
+
+A checkpoint is a dict of tensors and plain containers only (model and optimizer state, counters,
+the best validation metric and the random-number-generator states), so the safe loader accepts it.
+Writing goes to a temporary file in the same directory, which is flushed, fsynced and then renamed
+over the target with ``os.replace``: a reader sees the old file or the new one, never half of one.
+"""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+class CheckpointError(Exception):
+    """A checkpoint file is missing or cannot be read as a dualprop checkpoint."""
+
+
+def atomic_save(payload: dict[str, Any], path: str | Path) -> None:
+    """``torch.save(payload)`` to ``path`` so that ``path`` is never left partially written."""
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            torch.save(payload, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the rename durable where the platform allows opening directories."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint with the safe loader (tensors and plain containers only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # torch raises several types for corrupt or unsafe files
+        raise CheckpointError(f"checkpoint {path} cannot be read: {str(error).splitlines()[0]}") from None
+    if not isinstance(payload, dict) or "model" not in payload:
+        raise CheckpointError(f"checkpoint {path} is not a dualprop checkpoint")
+    return payload
+
+
+def rng_state() -> dict[str, Any]:
+    """The states of torch's, numpy's and Python's global generators as tensors and plain values."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_py = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": {"version": version, "internal": list(internal),
+                   "gauss": gauss_py if gauss_py is None else float(gauss_py)},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore the generators saved by :func:`rng_state`."""
+    torch.set_rng_state(state["torch"].cpu())
+    numpy_state = state["numpy"]
+    np.random.set_state((numpy_state["kind"], numpy_state["keys"].numpy().astype(np.uint32),
+                         numpy_state["position"], numpy_state["has_gauss"], numpy_state["gauss"]))
+    python_state = state["python"]
+    random.setstate((python_state["version"], tuple(python_state["internal"]), python_state["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])

@@ -1,0 +1,228 @@
+"""``TrainConfig``: every setting of a training run, read from and written to TOML.
+
+A config is plain data. ``resolved()`` checks it (reusing the checks of :class:`dualprop.Learner`,
+:func:`dualprop.schedules.parse_schedule` and the dataset registry) and returns a copy whose schedule is
+canonical and whose ``passes`` is explicit, which is what a run directory stores as ``config.toml``.
+The defaults are the quick start: an MLP trained on scikit-learn's digits with DP⊤, compared against
+backprop on the same network and seed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+from torch import nn
+
+from dualprop.data.registry import get_spec
+from dualprop.learner import Learner
+from dualprop.models import ACTIVATIONS, CONV_MODELS
+from dualprop.schedules import parse_schedule
+
+OPTIMIZERS = ("sgd", "adam")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+MODELS = ("mlp", *CONV_MODELS)
+
+
+@dataclass
+class TrainConfig:
+    """All settings of one training run (one network, one or more seeds)."""
+
+    # learning rule (see dualprop.Learner)
+    rule: str = "dpT"
+    alpha: float = 0.5
+    beta: float = 0.1
+    schedule: str = "forward"
+    passes: int | None = 2
+    loss: str = "cross_entropy"
+    implementation: str = "auto"
+    # data
+    dataset: str = "digits"
+    data_dir: str | None = None
+    validation_percent: float = 10.0
+    augment: bool = True
+    pad_to: int = 0
+    # network
+    model: str = "mlp"
+    hidden: list[int] = field(default_factory=lambda: [256, 256])
+    activation: str = "relu"
+    # optimisation
+    epochs: int = 15
+    batch_size: int = 32
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    final_lr: float = 1e-4
+    warmup_epochs: int = 1
+    warmup_lr: float = 0.005
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    # runs
+    seeds: list[int] = field(default_factory=lambda: [0])
+    limit_batches: int = 0
+    baseline: bool = True
+    out: str = "runs"
+    name: str = ""
+    device: str = "auto"
+    threads: int = 0
+    tensorboard: bool = True
+
+    # -- validation -------------------------------------------------------------------------------
+
+    def resolved(self) -> "TrainConfig":
+        """A checked copy with canonical schedule and explicit passes; ``ValueError`` names the setting."""
+        config = dataclasses.replace(self, hidden=list(self.hidden), seeds=list(self.seeds))
+        _check_types(config)
+        config.schedule, config.passes = parse_schedule(config.schedule, config.passes)
+        if config.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {config.activation!r}; choose one of {', '.join(ACTIVATIONS)}")
+        # Learner owns the rules on rule, alpha, beta, loss and implementation: ask it.
+        probe = nn.Sequential(nn.Linear(1, 1), nn.ReLU(), nn.Linear(1, 1))
+        Learner(probe, rule=config.rule, alpha=config.alpha, beta=config.beta, schedule=config.schedule,
+                passes=config.passes, loss=config.loss, implementation=config.implementation)
+        config.dataset = get_spec(config.dataset).name
+        if config.model not in MODELS:
+            raise ValueError(f"unknown model {config.model!r}; choose one of {', '.join(MODELS)}")
+        if config.model == "mlp" and (not config.hidden or any(h < 1 for h in config.hidden)):
+            raise ValueError(f"hidden must list at least one positive layer width for model 'mlp', "
+                             f"got {config.hidden}")
+        for name in ("epochs", "batch_size"):
+            if getattr(config, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
+        for name in ("warmup_epochs", "limit_batches", "pad_to", "threads"):
+            if getattr(config, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(config, name)}")
+        if config.warmup_epochs > config.epochs:
+            raise ValueError(f"warmup_epochs ({config.warmup_epochs}) must not exceed epochs ({config.epochs})")
+        for name in ("lr", "final_lr", "warmup_lr", "momentum", "weight_decay"):
+            value = getattr(config, name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+        if config.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {config.lr}")
+        if not 0 <= config.validation_percent < 100:
+            raise ValueError(f"validation_percent must lie in [0, 100), got {config.validation_percent}")
+        if config.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {config.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        if config.device not in DEVICES:
+            raise ValueError(f"unknown device {config.device!r}; choose one of {', '.join(DEVICES)}")
+        if not config.seeds or len(set(config.seeds)) != len(config.seeds):
+            raise ValueError(f"seeds must list one or more distinct integers, got {config.seeds}")
+        if not config.out:
+            raise ValueError("out must name a directory for the runs")
+        return config
+
+    # -- conversion -------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as a plain dict (``None`` values omitted, as TOML has no null)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        """A copy with some settings changed (unknown names are a ``ValueError``)."""
+        return from_mapping({**self.to_dict(), **changes}, source="overrides")
+
+
+def field_names() -> list[str]:
+    """The names of all ``TrainConfig`` settings, in declaration order."""
+    return [f.name for f in fields(TrainConfig)]
+
+
+_DEFAULTS = TrainConfig()
+
+
+def _expected_kind(name: str) -> type:
+    default = getattr(_DEFAULTS, name)
+    if name in ("passes", "limit_batches"):
+        return int
+    if name == "data_dir":
+        return str
+    return type(default)
+
+
+def _check_types(config: TrainConfig) -> None:
+    """Coerce ints to floats where a float is expected; reject values of the wrong kind."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if value is None and f.name in ("passes", "data_dir"):
+            continue
+        kind = _expected_kind(f.name)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            setattr(config, f.name, float(value))
+            continue
+        if kind is list:
+            if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                      for v in value):
+                raise ValueError(f"{f.name} must be a list of integers, got {value!r}")
+            continue
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ValueError(f"{f.name} must be of type {kind.__name__}, got {value!r}")
+
+
+
+
+def from_mapping(values: Mapping[str, Any], source: str = "config") -> TrainConfig:
+    """Build a config from a dict of settings; a key that is not a setting is a ``ValueError``."""
+    known = set(field_names())
+    for key in values:
+        if key not in known:
+            raise ValueError(f"{source}: unknown setting {key!r}")
+    return TrainConfig(**{k: (list(v) if isinstance(v, list) else v) for k, v in values.items()})
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """Parse a TOML file into a dict; unreadable or malformed files are a ``ValueError`` naming the file."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as file:
+            return tomllib.load(file)
+    except OSError as error:
+        raise ValueError(f"cannot read config file {path}: {error.strerror or error}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ValueError(f"config file {path} is not valid TOML: {error}") from None
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read a ``TrainConfig`` from a flat TOML file (keys are the setting names)."""
+    values = read_toml(path)
+    nested = [key for key, value in values.items() if isinstance(value, dict)]
+    if nested:
+        raise ValueError(f"config file {path}: unknown setting {nested[0]!r} (tables are not settings)")
+    return from_mapping(values, source=f"config file {path}")
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        escaped = (value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+                   .replace("\t", "\\t").replace("\r", "\\r"))
+        return f'"{escaped}"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} as a TOML value")
+
+
+def dumps_toml(values: Mapping[str, Any]) -> str:
+    """Flat ``key = value`` TOML for scalars (bool, int, float, str) and lists of them."""
+    return "".join(f"{key} = {_toml_value(value)}\n" for key, value in values.items() if value is not None)
+
+
+def save_config(config: TrainConfig, path: str | Path) -> None:
+    """Write ``config`` as flat TOML that :func:`load_config` reads back to an equal config."""
+    Path(path).write_text(dumps_toml(config.to_dict()), encoding="utf-8")

@@ -1,0 +1,365 @@
+"""The training loop: one run per seed (plus a backprop baseline), each in its own run directory.
+
+Per epoch: the training batches (shuffled and augmented per ``(seed, epoch)``, so a resumed run sees
+the same batches), one ``Learner.step`` and one optimizer step per batch with the learning rate of
+:func:`dualprop.training.lr_schedule.learning_rate`, then the validation accuracy. The epoch's row is
+appended to ``metrics.csv``, the best-validation weights go to ``checkpoint-best.pt`` and everything
+needed to resume to ``checkpoint-last.pt``. At the end the best checkpoint is evaluated on the test set.
+
+A non-finite loss, non-finite dyadic states or non-finite weights stop the run: ``summary.json`` gets
+status ``diverged`` with the epoch and step, and the checkpoints of the last good epoch stay.
+Progress is reported through a :class:`TrainingObserver`; nothing here prints.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dualprop.data import BatchLoader, DatasetSplits, load_dataset
+from dualprop.learner import Learner
+from dualprop.losses import batch_loss
+from dualprop.models import CONV_MODELS, mlp
+from dualprop.training.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
+from dualprop.training.config import TrainConfig, load_config, save_config
+from dualprop.training.lr_schedule import learning_rate
+from dualprop.training.rundir import (BEST_CHECKPOINT, CONFIG_FILE, LAST_CHECKPOINT, MetricsLog,
+                                      SUMMARY_FILE, create_run_directory, read_summary, write_json_atomic)
+
+
+class TrainingObserver:
+    """Receives progress from the trainer; the default ignores everything (subclass to display it)."""
+
+    def run_started(self, run_dir: Path, config: TrainConfig, seed: int, start_epoch: int,
+                    steps_per_epoch: int) -> None:
+        """A run begins (or resumes after ``start_epoch`` finished epochs)."""
+
+    def epoch_started(self, epoch: int, steps: int) -> None:
+        """Epoch ``epoch`` (1-based) of ``steps`` optimizer steps begins."""
+
+    def step_finished(self, epoch: int, step: int, loss: float) -> None:
+        """Step ``step`` (1-based within the epoch) finished with feed-forward loss ``loss``."""
+
+    def epoch_finished(self, row: dict[str, Any]) -> None:
+        """An epoch finished; ``row`` is its ``metrics.csv`` row."""
+
+    def run_finished(self, summary: dict[str, Any]) -> None:
+        """A run ended (finished or diverged); ``summary`` is its ``summary.json``."""
+
+
+class Divergence(Exception):
+    """Raised inside the loop when a step produced non-finite values."""
+
+    def __init__(self, epoch: int, step: int, step_in_epoch: int, reason: str):
+        super().__init__(f"{reason} at epoch {epoch}, step {step}")
+        self.epoch, self.step, self.step_in_epoch, self.reason = epoch, step, step_in_epoch, reason
+
+
+@dataclass
+class Evaluation:
+    """Batch-mean loss and top-1 / top-5 accuracy (in %) of the feed-forward network on a split."""
+
+    loss: float
+    top1: float
+    top5: float | None
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but CUDA is not available")
+    return torch.device(name)
+
+
+def set_threads(config: TrainConfig) -> None:
+    """Use ``config.threads`` CPU threads; 0 means one for an MLP (its small matrix products run
+    fastest single-threaded, above all on a busy machine) and torch's default otherwise."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    elif config.model == "mlp":
+        torch.set_num_threads(1)
+
+
+def build_model(config: TrainConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Sequential:
+    """The network named by ``config.model`` for inputs of ``input_shape`` and ``num_classes`` outputs."""
+    if config.model == "mlp":
+        return mlp([math.prod(input_shape), *config.hidden, num_classes], config.activation)
+    if len(input_shape) != 3 or input_shape[1] != input_shape[2]:
+        raise ValueError(f"model {config.model!r} needs square C x H x W images, got shape {input_shape}")
+    channels, size, _ = input_shape
+    return CONV_MODELS[config.model](num_classes=num_classes, in_channels=channels, size=size,
+                                     activation=config.activation)
+
+
+def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD with momentum and weight decay, or Adam (weight decay as L2)."""
+    if config.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                           weight_decay=config.weight_decay)
+
+
+def load_splits(config: TrainConfig, seed: int) -> DatasetSplits:
+    """The dataset of ``config``; with ``limit_batches`` only the samples those batches need are read."""
+    limit = None
+    if config.limit_batches:
+        needed = config.limit_batches * config.batch_size
+        limit = math.ceil(needed / (1 - config.validation_percent / 100)) + 1
+    return load_dataset(config.dataset, root=config.data_dir, validation_percent=config.validation_percent,
+                        seed=seed, flatten=config.model == "mlp", pad_to=config.pad_to or None,
+                        augment=config.augment, limit=limit)
+
+
+def evaluate(model: nn.Module, loader: BatchLoader, loss_name: str, limit_batches: int = 0) -> Evaluation:
+    """Feed-forward loss and accuracy over ``loader`` (at most ``limit_batches`` batches when > 0)."""
+    model.eval()
+    total_loss, top1, top5, count = 0.0, 0, 0, 0
+    with torch.no_grad():
+        for index, (x, y) in enumerate(loader):
+            if limit_batches and index >= limit_batches:
+                break
+            logits = model(x)
+            total_loss += float(batch_loss(loss_name, logits, y)) * len(y)
+            ranked = logits.topk(min(5, logits.shape[1]), dim=1).indices
+            top1 += int((ranked[:, 0] == y).sum())
+            top5 += int((ranked == y[:, None]).any(dim=1).sum())
+            count += len(y)
+    model.train()
+    if count == 0:
+        return Evaluation(float("nan"), float("nan"), None)
+    has_top5 = logits.shape[1] >= 5
+    return Evaluation(total_loss / count, 100.0 * top1 / count, 100.0 * top5 / count if has_top5 else None)
+
+
+def parameters_finite(model: nn.Module) -> bool:
+    """Whether every parameter of ``model`` is finite."""
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def run_name(config: TrainConfig, seed: int) -> str:
+    """Directory name: ``name`` (else dataset and model), rule and its settings, seed."""
+    prefix = config.name or f"{config.dataset}-{config.model}"
+    rule = config.rule if config.rule == "bp" else f"{config.rule}-a{config.alpha:g}-b{config.beta:g}"
+    return f"{prefix}-{rule}-seed{seed}"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class Run:
+    """One network trained with one seed in one run directory."""
+
+    def __init__(self, config: TrainConfig, run_dir: Path, observer: TrainingObserver):
+        self.config, self.run_dir, self.observer = config, run_dir, observer
+        self.seed = config.seeds[0]
+        self.device = resolve_device(config.device)
+        set_threads(config)
+        torch.manual_seed(self.seed)
+        self.data = load_splits(config, self.seed)
+        self.model = build_model(config, self.data.input_shape, self.data.num_classes).to(self.device)
+        self.learner = Learner(self.model, rule=config.rule, alpha=config.alpha, beta=config.beta,
+                               schedule=config.schedule, passes=config.passes, loss=config.loss,
+                               implementation=config.implementation)
+        self.optimizer = build_optimizer(config, self.model)
+        self.train_loader, self.validation_loader, self.test_loader = self.data.loaders(
+            config.batch_size, seed=self.seed, eval_batch_size=max(config.batch_size, 256), device=self.device)
+        self.steps_per_epoch = len(self.train_loader)
+        if config.limit_batches:
+            self.steps_per_epoch = min(self.steps_per_epoch, config.limit_batches)
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"dataset {config.dataset!r} has no training samples")
+        self.metrics = MetricsLog(run_dir)
+        self.epoch = 0
+        self.global_step = 0
+        self.best_val_acc = -math.inf
+        self.best_epoch = 0
+        self.elapsed = 0.0
+        self.started = _now()
+        self.writer = _tensorboard_writer(run_dir) if config.tensorboard else None
+
+    # -- persistence ------------------------------------------------------------------------------
+
+    def _checkpoint(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "epoch": self.epoch, "global_step": self.global_step, "best_val_acc": self.best_val_acc,
+                "best_epoch": self.best_epoch, "elapsed": self.elapsed, "rng": rng_state(),
+                "started": self.started}
+
+    def restore(self) -> None:
+        """Continue from ``checkpoint-last.pt``; ``metrics.csv`` is cut back to its epoch."""
+        state = load_checkpoint(self.run_dir / LAST_CHECKPOINT, map_location=self.device)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch, self.global_step = int(state["epoch"]), int(state["global_step"])
+        self.best_val_acc, self.best_epoch = float(state["best_val_acc"]), int(state["best_epoch"])
+        self.elapsed, self.started = float(state["elapsed"]), str(state["started"])
+        set_rng_state(state["rng"])
+        self.metrics.truncate_to(self.epoch)
+
+    def _summary(self, status: str, test: Evaluation | None = None,
+                 divergence: Divergence | None = None) -> dict[str, Any]:
+        dyadic = self.config.rule != "bp"
+        return {
+            "status": status, "run_dir": str(self.run_dir), "rule": self.config.rule,
+            "alpha": self.config.alpha if dyadic else None, "beta": self.config.beta if dyadic else None,
+            "schedule": self.config.schedule if dyadic else None,
+            "passes": self.config.passes if dyadic else None,
+            "dataset": self.config.dataset, "model": self.config.model, "seed": self.seed,
+            "epochs": self.config.epochs, "epochs_completed": self.epoch, "steps": self.global_step,
+            "best_epoch": self.best_epoch or None,
+            "best_val_acc": self.best_val_acc if self.best_epoch and math.isfinite(self.best_val_acc) else None,
+            "test_loss": test.loss if test else None, "test_acc": test.top1 if test else None,
+            "test_top5": test.top5 if test else None, "seconds": round(self.elapsed, 3),
+            "diverged_at": None if divergence is None else {
+                "epoch": divergence.epoch, "step": divergence.step,
+                "step_in_epoch": divergence.step_in_epoch, "reason": divergence.reason},
+            "started": self.started, "updated": _now(),
+        }
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def _train_epoch(self, epoch: int) -> tuple[float, float]:
+        """One pass over the training batches; returns (mean loss, accuracy %) of the feed-forward net."""
+        self.model.train()
+        self.train_loader.set_epoch(epoch - 1)
+        self.observer.epoch_started(epoch, self.steps_per_epoch)
+        total_loss, correct, count = 0.0, 0, 0
+        for index, (x, y) in enumerate(self.train_loader):
+            if index >= self.steps_per_epoch:
+                break
+            lr = self._set_learning_rate()
+            self.optimizer.zero_grad(set_to_none=True)
+            result = self.learner.step(x, y)
+            step = self.global_step + 1
+            if not math.isfinite(result.loss):
+                raise Divergence(epoch, step, index + 1, "non-finite loss")
+            if not result.states_finite:
+                raise Divergence(epoch, step, index + 1, "non-finite dyadic states")
+            self.optimizer.step()
+            if not parameters_finite(self.model):
+                raise Divergence(epoch, step, index + 1, "non-finite weights")
+            self.global_step = step
+            total_loss += result.loss * len(y)
+            correct += int((result.logits.argmax(dim=1) == y).sum())
+            count += len(y)
+            self.observer.step_finished(epoch, index + 1, result.loss)
+            if self.writer is not None:
+                self.writer.add_scalar("train/step_loss", result.loss, step)
+                self.writer.add_scalar("train/lr", lr, step)
+        return total_loss / count, 100.0 * correct / count
+
+    def _set_learning_rate(self) -> float:
+        c = self.config
+        lr = learning_rate(self.global_step, self.steps_per_epoch, c.epochs, c.lr, c.final_lr,
+                           c.warmup_epochs, c.warmup_lr)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def train(self) -> dict[str, Any]:
+        """Train the remaining epochs, test the best checkpoint and return the summary."""
+        self.observer.run_started(self.run_dir, self.config, self.seed, self.epoch, self.steps_per_epoch)
+        write_json_atomic(self._summary("running"), self.run_dir / SUMMARY_FILE)
+        divergence = None
+        try:
+            while self.epoch < self.config.epochs:
+                self._finish_epoch(self.epoch + 1)
+        except Divergence as error:
+            divergence = error
+        test = self._test_best()
+        summary = self._summary("diverged" if divergence else "finished", test, divergence)
+        write_json_atomic(summary, self.run_dir / SUMMARY_FILE)
+        if self.writer is not None:
+            self.writer.close()
+        self.observer.run_finished(summary)
+        return summary
+
+    def _finish_epoch(self, epoch: int) -> None:
+        start = time.perf_counter()
+        train_loss, train_acc = self._train_epoch(epoch)
+        lr = self.optimizer.param_groups[0]["lr"]  # the rate of the epoch's last step
+        validation = (evaluate(self.model, self.validation_loader, self.config.loss, self.config.limit_batches)
+                      if self.validation_loader is not None else None)
+        seconds = time.perf_counter() - start
+        self.epoch = epoch
+        self.elapsed += seconds
+        row = {"epoch": epoch, "step": self.global_step, "train_loss": train_loss, "train_acc": train_acc,
+               "val_loss": validation.loss if validation else None,
+               "val_acc": validation.top1 if validation else None, "lr": lr, "seconds": seconds,
+               "elapsed": self.elapsed}
+        self.metrics.append(row)
+        # Without a validation split the latest epoch counts as the best.
+        score = validation.top1 if validation and math.isfinite(validation.top1) else math.inf
+        if score >= self.best_val_acc or not self.best_epoch:
+            self.best_val_acc, self.best_epoch = score, epoch
+            atomic_save({"model": self.model.state_dict(), "epoch": epoch, "val_acc": score},
+                        self.run_dir / BEST_CHECKPOINT)
+        atomic_save(self._checkpoint(), self.run_dir / LAST_CHECKPOINT)
+        if self.writer is not None:
+            for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
+                if row[key] is not None:
+                    self.writer.add_scalar(f"epoch/{key}", row[key], epoch)
+        self.observer.epoch_finished(row)
+
+    def _test_best(self) -> Evaluation | None:
+        path = self.run_dir / BEST_CHECKPOINT
+        if not path.exists():
+            return None
+        self.model.load_state_dict(load_checkpoint(path, map_location=self.device)["model"])
+        return evaluate(self.model, self.test_loader, self.config.loss, self.config.limit_batches)
+
+
+def _tensorboard_writer(run_dir: Path) -> Any:
+    """A TensorBoard ``SummaryWriter`` under ``run_dir/tensorboard`` when tensorboard is installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+
+def start_run(config: TrainConfig, seed: int, observer: TrainingObserver | None = None) -> dict[str, Any]:
+    """Train ``config`` with ``seed`` in a new run directory under ``config.out``; return its summary."""
+    config = config.replace(seeds=[seed], baseline=False).resolved()
+    run_dir = create_run_directory(config.out, run_name(config, seed))
+    save_config(config, run_dir / CONFIG_FILE)
+    run = Run(config, run_dir, observer or TrainingObserver())
+    run.metrics.start()
+    return run.train()
+
+
+def resume_run(run_dir: str | Path, observer: TrainingObserver | None = None) -> dict[str, Any]:
+    """Continue the run in ``run_dir`` from its last checkpoint (a finished run is returned as is)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise ValueError(f"{run_dir} is not a run directory (no {CONFIG_FILE})")
+    summary = read_summary(run_dir) if (run_dir / SUMMARY_FILE).exists() else {}
+    if summary.get("status") in ("finished", "diverged"):
+        return summary
+    config = load_config(run_dir / CONFIG_FILE).resolved()
+    run = Run(config, run_dir, observer or TrainingObserver())
+    if (run_dir / LAST_CHECKPOINT).exists():
+        run.restore()
+    else:
+        run.metrics.start()
+    return run.train()
+
+
+def train(config: TrainConfig, observer: TrainingObserver | None = None) -> list[dict[str, Any]]:
+    """Every run of ``config``: for each seed the network with its rule, then (``baseline``) with ``bp``."""
+    config = config.resolved()
+    summaries = []
+    for seed in config.seeds:
+        summaries.append(start_run(config, seed, observer))
+        if config.baseline and config.rule != "bp":
+            summaries.append(start_run(config.replace(rule="bp"), seed, observer))
+    return summaries
