@@ -24,6 +24,7 @@ _BLOCK_TYPES: set[type[nn.Module]] = {
 }
 # Modules whose Jacobian does not depend on the point, so their VJP needs no forward pass.
 _POINT_FREE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Flatten, nn.Unflatten)
+_WEIGHTED_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 
 def register_activation(module_type: type[nn.Module]) -> type[nn.Module]:
@@ -64,39 +65,65 @@ class Block(nn.Module):
         self._input_shapes = shapes
         return s
 
-    def vjp(self, s: Tensor, v: Tensor) -> Tensor:
+    def weighted_parts(self) -> list[nn.Module]:
+        """The parts holding a weight matrix or kernel (Linear and Conv), in order."""
+        return [part for part in self.parts if isinstance(part, _WEIGHTED_TYPES)]
+
+    def vjp(self, s: Tensor, v: Tensor, feedback: list[Tensor] | None = None) -> Tensor:
         """``J_{B}(s)ᵀ v`` — the vector–Jacobian product of the block at the point ``s``.
 
         Linear, convolution and reshaping parts have a constant Jacobian, so a block made only of them
         needs no forward pass: ``Wᵀv`` per Linear, a transposed convolution per Conv. Otherwise (e.g. max
         pooling, whose routing depends on ``s``) autograd differentiates the block at ``s``.
+        ``feedback`` (one tensor per weighted part) replaces each weight in the transposed map only, as
+        separate feedback weights do; the routing of max pooling still follows the forward weights.
         """
+        weights = iter(feedback) if feedback is not None else None
         if self._point_free and len(self._input_shapes) == len(self.parts) \
                 and self._input_shapes[0] == s.shape:
-            for part, shape in zip(reversed(self.parts), reversed(self._input_shapes)):
-                v = _point_free_vjp(part, shape, v)
+            transposed = [(part, shape, _feedback_for(part, weights))
+                          for part, shape in zip(self.parts, self._input_shapes)]
+            for part, shape, weight in reversed(transposed):
+                v = _point_free_vjp(part, shape, v, weight)
             return v
         with torch.enable_grad():
             point = s.detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(self.forward(point), point, v)
+            out = point
+            for part in self.parts:
+                weight = _feedback_for(part, weights)
+                value = part(out)
+                if weight is not None:  # forward value of W, gradient through the feedback weight
+                    through_feedback = torch.func.functional_call(part, {"weight": weight}, (out,))
+                    value = through_feedback + (value - through_feedback).detach()
+                out = value
+            (grad,) = torch.autograd.grad(out, point, v)
         return grad
 
 
-def _point_free_vjp(part: nn.Module, input_shape: torch.Size, v: Tensor) -> Tensor:
-    """VJP of a module whose Jacobian is constant: its transposed linear map applied to ``v``."""
+def _feedback_for(part: nn.Module, weights) -> Tensor | None:
+    return next(weights) if weights is not None and isinstance(part, _WEIGHTED_TYPES) else None
+
+
+def _point_free_vjp(part: nn.Module, input_shape: torch.Size, v: Tensor,
+                    weight: Tensor | None = None) -> Tensor:
+    """VJP of a module whose Jacobian is constant: its transposed linear map applied to ``v``
+    (with ``weight`` in place of the module's own weight, if given)."""
+    if weight is None and isinstance(part, _WEIGHTED_TYPES):
+        weight = part.weight
     if isinstance(part, nn.Linear):
-        return v @ part.weight
+        return v @ weight
     if isinstance(part, nn.Conv2d) and part.padding_mode == "zeros":
-        return torch.nn.grad.conv2d_input(input_shape, part.weight, v, part.stride, part.padding,
+        return torch.nn.grad.conv2d_input(input_shape, weight, v, part.stride, part.padding,
                                           part.dilation, part.groups)
     if isinstance(part, nn.Conv1d) and part.padding_mode == "zeros":
-        return torch.nn.grad.conv1d_input(input_shape, part.weight, v, part.stride, part.padding,
+        return torch.nn.grad.conv1d_input(input_shape, weight, v, part.stride, part.padding,
                                           part.dilation, part.groups)
     if isinstance(part, (nn.Flatten, nn.Unflatten)):
         return v.reshape(input_shape)
     with torch.enable_grad():  # e.g. a convolution with circular padding
         point = torch.zeros(input_shape, dtype=v.dtype, device=v.device, requires_grad=True)
-        (grad,) = torch.autograd.grad(part(point), point, v)
+        out = torch.func.functional_call(part, {"weight": weight}, (point,))
+        (grad,) = torch.autograd.grad(out, point, v)
     return grad
 
 

@@ -16,8 +16,8 @@ from typing import Callable
 
 from torch import Tensor
 
-DYADIC_RULES = ("dp", "dpT")
-RULES = ("bp",) + DYADIC_RULES
+DYADIC_RULES = ("dp", "dpT", "dp-damped")
+RULES = ("bp", "adversarial") + DYADIC_RULES
 
 
 def nudge_weights(rule: str, alpha: float) -> tuple[float, float]:
