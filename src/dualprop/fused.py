@@ -72,10 +72,10 @@ class DyadicActivationFunction(torch.autograd.Function):
         (drive,) = ctx.saved_tensors
         c_1, c_2 = ctx.weights
         scale = ctx.beta * drive.shape[0]
-        step = grad_output * scale
         activation = ctx.activation
-        difference = activation(drive + c_1 * step) - activation(drive - c_2 * step)
-        return difference / scale, None, None, None
+        upper = activation(torch.add(drive, grad_output, alpha=c_1 * scale))
+        lower = activation(torch.add(drive, grad_output, alpha=-c_2 * scale))
+        return (upper - lower).div_(scale), None, None, None
 
 
 class FusedActivation(nn.Module):
