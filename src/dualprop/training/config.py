@@ -40,8 +40,8 @@ class TrainConfig:
     rule: str = "dpT"
     alpha: float = 0.5
     beta: float = 0.1
-    schedule: str = "forward"
-    passes: int | None = 2
+    schedule: str = "forward-backward"
+    passes: int | None = None
     loss: str = "cross_entropy"
     implementation: str = "auto"
     # data

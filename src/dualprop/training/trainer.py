@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -79,13 +80,18 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def set_threads(config: TrainConfig) -> None:
-    """Use ``config.threads`` CPU threads; 0 means one for an MLP (its small matrix products run
-    fastest single-threaded, above all on a busy machine) and torch's default otherwise."""
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    elif config.model == "mlp":
-        torch.set_num_threads(1)
+@contextmanager
+def cpu_threads(config: TrainConfig) -> Iterator[None]:
+    """Use ``config.threads`` CPU threads while training, then restore the previous count; 0 means one
+    for an MLP (its small matrix products run fastest single-threaded, above all on a busy machine)
+    and torch's current setting otherwise."""
+    previous = torch.get_num_threads()
+    wanted = config.threads or (1 if config.model == "mlp" else previous)
+    torch.set_num_threads(wanted)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def build_model(config: TrainConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Sequential:
@@ -158,11 +164,12 @@ def _now() -> str:
 class Run:
     """One network trained with one seed in one run directory."""
 
-    def __init__(self, config: TrainConfig, run_dir: Path, observer: TrainingObserver):
-        self.config, self.run_dir, self.observer = config, run_dir, observer
+    def __init__(self, config: TrainConfig, observer: TrainingObserver):
+        """Load the data and build model, learner and optimizer (before any file is written, so bad
+        data leaves no half-made run directory); :meth:`attach` then binds the run directory."""
+        self.config, self.observer = config, observer
         self.seed = config.seeds[0]
         self.device = resolve_device(config.device)
-        set_threads(config)
         torch.manual_seed(self.seed)
         self.data = load_splits(config, self.seed)
         self.model = build_model(config, self.data.input_shape, self.data.num_classes).to(self.device)
@@ -177,14 +184,18 @@ class Run:
             self.steps_per_epoch = min(self.steps_per_epoch, config.limit_batches)
         if self.steps_per_epoch == 0:
             raise ValueError(f"dataset {config.dataset!r} has no training samples")
-        self.metrics = MetricsLog(run_dir)
         self.epoch = 0
         self.global_step = 0
         self.best_val_acc = -math.inf
         self.best_epoch = 0
         self.elapsed = 0.0
         self.started = _now()
-        self.writer = _tensorboard_writer(run_dir) if config.tensorboard else None
+
+    def attach(self, run_dir: Path) -> None:
+        """Write this run's files into ``run_dir``."""
+        self.run_dir = run_dir
+        self.metrics = MetricsLog(run_dir)
+        self.writer = _tensorboard_writer(run_dir) if self.config.tensorboard else None
 
     # -- persistence ------------------------------------------------------------------------------
 
@@ -330,11 +341,13 @@ def _tensorboard_writer(run_dir: Path) -> Any:
 def start_run(config: TrainConfig, seed: int, observer: TrainingObserver | None = None) -> dict[str, Any]:
     """Train ``config`` with ``seed`` in a new run directory under ``config.out``; return its summary."""
     config = config.replace(seeds=[seed], baseline=False).resolved()
-    run_dir = create_run_directory(config.out, run_name(config, seed))
-    save_config(config, run_dir / CONFIG_FILE)
-    run = Run(config, run_dir, observer or TrainingObserver())
-    run.metrics.start()
-    return run.train()
+    with cpu_threads(config):
+        run = Run(config, observer or TrainingObserver())
+        run_dir = create_run_directory(config.out, run_name(config, seed))
+        save_config(config, run_dir / CONFIG_FILE)
+        run.attach(run_dir)
+        run.metrics.start()
+        return run.train()
 
 
 def resume_run(run_dir: str | Path, observer: TrainingObserver | None = None) -> dict[str, Any]:
@@ -346,12 +359,14 @@ def resume_run(run_dir: str | Path, observer: TrainingObserver | None = None) ->
     if summary.get("status") in ("finished", "diverged"):
         return summary
     config = load_config(run_dir / CONFIG_FILE).resolved()
-    run = Run(config, run_dir, observer or TrainingObserver())
-    if (run_dir / LAST_CHECKPOINT).exists():
-        run.restore()
-    else:
-        run.metrics.start()
-    return run.train()
+    with cpu_threads(config):
+        run = Run(config, observer or TrainingObserver())
+        run.attach(run_dir)
+        if (run_dir / LAST_CHECKPOINT).exists():
+            run.restore()
+        else:
+            run.metrics.start()
+        return run.train()
 
 
 def train(config: TrainConfig, observer: TrainingObserver | None = None) -> list[dict[str, Any]]:

@@ -1,0 +1,336 @@
+"""The ``dualprop`` command line: the only place that prints for users and chooses exit codes.
+
+Exit codes: 0 success, 2 bad settings or data (one line ``dualprop: error: …`` on stderr), 3 a run
+diverged. Each subcommand is an ``_add_<name>_parser(subparsers)`` / ``_run_<name>(args)`` pair listed
+in ``COMMANDS``; adding a command is one pair and one table entry.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+from typing import Any, Callable, Sequence
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_DIVERGED = 3
+
+
+class UsageError(Exception):
+    """A command-line mistake, reported as one line with exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors become :class:`UsageError` (one line, no usage dump)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _error(message: str) -> None:
+    print(f"dualprop: error: {message}", file=sys.stderr)
+
+
+# -- progress -----------------------------------------------------------------------------------------
+
+
+def _progress_observer(show_bar: bool = True) -> Any:
+    """A :class:`TrainingObserver` drawing a tqdm bar per epoch and one line per epoch on stderr."""
+    from tqdm import tqdm
+
+    from dualprop.training import TrainingObserver
+
+    class ProgressObserver(TrainingObserver):
+        def __init__(self) -> None:
+            self.bar: Any = None
+            self.epochs = 0
+            self.label = ""
+
+        def run_started(self, run_dir, config, seed, start_epoch, steps_per_epoch) -> None:  # noqa: ANN001
+            self.epochs = config.epochs
+            self.label = _network_label(config.rule, config.alpha, config.beta)
+            resumed = f", resuming after epoch {start_epoch}" if start_epoch else ""
+            tqdm.write(f"{self.label} seed {seed}: {run_dir}{resumed}", file=sys.stderr)
+
+        def epoch_started(self, epoch: int, steps: int) -> None:
+            if show_bar:
+                self.bar = tqdm(total=steps, desc=f"epoch {epoch}/{self.epochs}", file=sys.stderr,
+                                leave=False, dynamic_ncols=True, disable=None)
+
+        def step_finished(self, epoch: int, step: int, loss: float) -> None:
+            if self.bar is not None:
+                self.bar.update(1)
+                if step % 10 == 0:
+                    self.bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+
+        def _close_bar(self) -> None:
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+
+        def epoch_finished(self, row: dict[str, Any]) -> None:
+            self._close_bar()
+            val = f"  val {row['val_acc']:.2f}%" if row["val_acc"] is not None else ""
+            tqdm.write(f"  epoch {row['epoch']:>3}/{self.epochs}  loss {row['train_loss']:.4f}  "
+                       f"train {row['train_acc']:.2f}%{val}  lr {row['lr']:.3g}  {row['seconds']:.1f}s",
+                       file=sys.stderr)
+
+        def run_finished(self, summary: dict[str, Any]) -> None:
+            self._close_bar()
+            if summary["status"] == "diverged":
+                where = summary["diverged_at"]
+                tqdm.write(f"  diverged: {where['reason']} at epoch {where['epoch']}, step {where['step']}",
+                           file=sys.stderr)
+
+    return ProgressObserver()
+
+
+def _network_label(rule: str, alpha: float | None, beta: float | None) -> str:
+    if rule == "bp" or alpha is None:
+        return rule
+    return f"{rule} (alpha={alpha:g}, beta={beta:g})"
+
+
+def _run_record(summary: dict[str, Any]) -> dict[str, Any]:
+    """The per-network entry of ``--json`` output."""
+    keys = ("rule", "alpha", "beta", "seed", "status", "test_acc", "test_top5", "best_val_acc",
+            "epochs_completed", "seconds", "run_dir", "diverged_at")
+    return {key: summary.get(key) for key in keys}
+
+
+def _report_runs(summaries: list[dict[str, Any]], as_json: bool) -> int:
+    """Print the final results (text or one JSON object) and return the exit status."""
+    if as_json:
+        print(json.dumps({"runs": [_run_record(s) for s in summaries]}))
+    else:
+        for s in summaries:
+            label = _network_label(s["rule"], s.get("alpha"), s.get("beta"))
+            if s.get("test_acc") is None:
+                result = "no test accuracy (no epoch finished)"
+            else:
+                top5 = f", top-5 {s['test_top5']:.2f} %" if s.get("test_top5") is not None else ""
+                result = f"test accuracy {s['test_acc']:.2f} %{top5}"
+            status = "" if s["status"] == "finished" else f" [{s['status']}]"
+            print(f"{label}, seed {s['seed']}: {result}{status} ({s['seconds']:.1f} s) -> {s['run_dir']}")
+    return EXIT_DIVERGED if any(s["status"] == "diverged" for s in summaries) else EXIT_OK
+
+
+# -- train ----------------------------------------------------------------------------------------------
+
+_FLAG_HELP = {
+    "rule": "learning rule: dpT, dp or bp", "alpha": "nudging weight α in [0, 1]",
+    "beta": "nudging strength β > 0", "schedule": "inference schedule or alias (fw3, bw, fwbw2, …)",
+    "passes": "passes of the inference schedule", "loss": "cross_entropy or mse",
+    "implementation": "auto, generic or fused", "dataset": "dataset name (digits, mnist, cifar10, …)",
+    "data_dir": "data root directory", "validation_percent": "percent of training data held out",
+    "augment": "random crop/flip where the dataset allows it", "pad_to": "zero-pad images to this size",
+    "model": "mlp or a conv model (vgg16, vgg_like, cnn, mini_cnn)",
+    "hidden": "hidden widths of the MLP", "activation": "activation function",
+    "epochs": "training epochs", "batch_size": "mini-batch size", "optimizer": "sgd or adam",
+    "lr": "peak learning rate", "final_lr": "learning rate at the end of the cosine decay",
+    "warmup_epochs": "epochs of linear warm-up", "warmup_lr": "learning rate at the start of warm-up",
+    "momentum": "SGD momentum", "weight_decay": "weight decay", "seeds": "random seeds, one run each",
+    "limit_batches": "at most this many batches per epoch and evaluation (0: all)",
+    "baseline": "also train the same network and seed with backprop",
+    "out": "directory that receives the run directories", "name": "prefix of run directory names",
+    "device": "auto, cpu, cuda or mps", "threads": "CPU threads (0: 1 for an MLP, else torch's default)",
+    "tensorboard": "write TensorBoard logs when tensorboard is installed",
+}
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per ``TrainConfig`` setting; unset flags stay absent so config files keep their values."""
+    from dualprop.training.config import TrainConfig
+
+    defaults = TrainConfig()
+    group = parser.add_argument_group("settings (also keys of a --config TOML file)")
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        help_text = f"{_FLAG_HELP.get(f.name, f.name)} (default: {default})"
+        common = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
+        if isinstance(default, bool):
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
+        elif isinstance(default, list):
+            group.add_argument(flag, nargs="+", type=int, metavar="N", **common)
+        elif f.name in ("passes", "limit_batches") or isinstance(default, int):
+            group.add_argument(flag, type=int, metavar="N", **common)
+        elif isinstance(default, float):
+            group.add_argument(flag, type=float, metavar="X", **common)
+        else:
+            group.add_argument(flag, type=str, metavar="VALUE", **common)
+    group.add_argument("--seed", type=int, dest="seed", default=argparse.SUPPRESS,
+                       help="a single random seed (same as --seeds N)")
+
+
+def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    from dualprop.training.config import field_names
+
+    overrides = {name: getattr(args, name) for name in field_names() if hasattr(args, name)}
+    if hasattr(args, "seed"):
+        if "seeds" in overrides:
+            raise UsageError("give either --seed or --seeds, not both")
+        overrides["seeds"] = [args.seed]
+    return overrides
+
+
+def _add_train_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "train", help="train a network (no arguments: the digits quick start)",
+        description="Train a network with a dual-propagation rule (and, with --baseline, backprop). "
+                    "Without arguments: an MLP on scikit-learn's digits with DP⊤ and a backprop baseline.")
+    parser.add_argument("--config", metavar="FILE", help="TOML file of settings (flags override it)")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
+    parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (epoch lines remain)")
+    _add_config_flags(parser)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from dualprop.training import TrainConfig, load_config, resume_run, train
+
+    overrides = _config_overrides(args)
+    observer = _progress_observer(show_bar=not args.no_progress)
+    if args.resume:
+        if args.config or overrides:
+            raise UsageError("--resume continues a run with its own config.toml; give no other settings")
+        return _report_runs([resume_run(args.resume, observer)], args.json)
+    config = load_config(args.config) if args.config else TrainConfig()
+    config = config.replace(**overrides).resolved()
+    return _report_runs(train(config, observer), args.json)
+
+
+# -- experiment -----------------------------------------------------------------------------------------
+
+
+def _add_experiment_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "experiment", help="run a paper's setting shipped as a config",
+        description="Run one of the papers' settings (all its configurations and seeds).")
+    parser.add_argument("name", nargs="?", help="experiment name (see --list) or a TOML file of that form")
+    parser.add_argument("--list", action="store_true", help="list the shipped experiments")
+    parser.add_argument("--only", type=int, nargs="+", metavar="I",
+                        help="run only these configurations (1-based, in the order of --show)")
+    parser.add_argument("--show", action="store_true", help="print the configurations, train nothing")
+    parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (epoch lines remain)")
+    for flag, kind, help_text in (("--epochs", int, "override the number of epochs"),
+                                  ("--limit-batches", int, "at most this many batches per epoch"),
+                                  ("--data-dir", str, "data root directory"),
+                                  ("--out", str, "directory that receives the run directories"),
+                                  ("--device", str, "auto, cpu, cuda or mps")):
+        parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=help_text)
+    parser.add_argument("--seeds", type=int, nargs="+", default=argparse.SUPPRESS,
+                        help="override the seeds")
+
+
+def _run_experiment(args: argparse.Namespace) -> int:
+    from dualprop.training import train
+    from dualprop.training.experiments import experiment_names, load_experiment
+
+    if args.list:
+        for name in experiment_names():
+            experiment = load_experiment(name)
+            print(f"{name:24s} {len(experiment.configs):2d} configs  {experiment.description}")
+        return EXIT_OK
+    if not args.name:
+        raise UsageError("experiment: give an experiment NAME or --list")
+    experiment = load_experiment(args.name)
+    overrides = {key: getattr(args, key) for key in ("epochs", "limit_batches", "data_dir", "out", "device",
+                                                     "seeds") if hasattr(args, key)}
+    selected = list(enumerate(experiment.configs, start=1))
+    if args.only:
+        unknown = [i for i in args.only if not 1 <= i <= len(experiment.configs)]
+        if unknown:
+            raise UsageError(f"experiment {experiment.name} has configurations 1..{len(experiment.configs)}, "
+                             f"not {unknown[0]}")
+        selected = [(i, c) for i, c in selected if i in args.only]
+    configs = []
+    for index, config in selected:
+        changes = dict(overrides)
+        if "epochs" in changes:  # keep the warm-up inside a shortened run
+            changes["warmup_epochs"] = min(config.warmup_epochs, changes["epochs"])
+        configs.append((index, config.replace(**changes).resolved()))
+    if args.show:
+        for index, config in configs:
+            print(f"{index:2d}  {config.dataset} {config.model} {_network_label(config.rule, config.alpha, config.beta)}"
+                  f" schedule={config.schedule} passes={config.passes} epochs={config.epochs} "
+                  f"seeds={config.seeds}")
+        return EXIT_OK
+    observer = _progress_observer(show_bar=not args.no_progress)
+    summaries = []
+    for _, config in configs:
+        summaries.extend(train(config, observer))
+    return _report_runs(summaries, args.json)
+
+
+# -- report ---------------------------------------------------------------------------------------------
+
+
+def _add_report_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "report", help="mean ± std over seeds as a Markdown table, and training curves",
+        description="Summarise run directories (or folders of them): one Markdown table row per setting, "
+                    "mean ± std over seeds; training curves as PNG when matplotlib is installed.")
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories or folders holding them")
+    parser.add_argument("--plot", metavar="PNG", help="write training curves to this PNG file")
+    parser.add_argument("--output", metavar="FILE", help="also write the Markdown table to FILE")
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from dualprop.analysis.report import collect_runs, markdown_table, plot_curves
+
+    runs = collect_runs(args.runs)
+    table = markdown_table(runs)
+    print(table, end="")
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as file:
+            file.write(table)
+    if args.plot:
+        if not plot_curves(runs, args.plot):
+            print("dualprop: matplotlib is not installed; no plot written", file=sys.stderr)
+    return EXIT_OK
+
+
+# -- dispatch -------------------------------------------------------------------------------------------
+
+COMMANDS: dict[str, tuple[Callable[[Any], None], Callable[[argparse.Namespace], int]]] = {
+    "train": (_add_train_parser, _run_train),
+    "experiment": (_add_experiment_parser, _run_experiment),
+    "report": (_add_report_parser, _run_report),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``dualprop`` parser with one subparser per entry of ``COMMANDS``."""
+    from dualprop import __version__
+
+    parser = _Parser(prog="dualprop", description="Dual propagation (DP, DP⊤) training for PyTorch.")
+    parser.add_argument("--version", action="version", version=f"dualprop {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for add_parser, _ in COMMANDS.values():
+        add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 2 bad settings or data, 3 diverged)."""
+    from dualprop.data import DataError
+    from dualprop.training.checkpoint import CheckpointError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            raise UsageError(f"choose a command: {', '.join(COMMANDS)} (dualprop train is the quick start)")
+        return COMMANDS[args.command][1](args)
+    except SystemExit as exit_request:  # --help and --version
+        return exit_request.code if isinstance(exit_request.code, int) else EXIT_OK
+    except (UsageError, ValueError, DataError, CheckpointError) as error:
+        _error(str(error).splitlines()[0] if str(error) else type(error).__name__)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return 130
