@@ -132,6 +132,7 @@ _FLAG_HELP = {
     "warmup_epochs": "epochs of linear warm-up", "warmup_lr": "learning rate at the start of warm-up",
     "momentum": "SGD momentum", "weight_decay": "weight decay", "seeds": "random seeds, one run each",
     "limit_batches": "at most this many batches per epoch and evaluation (0: all)",
+    "diagnose_every": "every N steps append per-layer angles to backprop's gradient to diagnostics.csv (0: off)",
     "baseline": "also train the same network and seed with backprop",
     "out": "directory that receives the run directories", "name": "prefix of run directory names",
     "device": "auto, cpu, cuda or mps", "threads": "CPU threads (0: 1 for an MLP, else torch's default)",
@@ -293,12 +294,63 @@ def _run_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- bench ----------------------------------------------------------------------------------------------
+
+
+def _add_bench_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "bench", help="step time and peak memory of each rule against backprop",
+        description="Time full training steps (inference, update, optimizer step) of bp, fused DP⊤ and the "
+                    "generic state loop, interleaved round-robin; report median step time, peak memory and "
+                    "their ratios to bp of the same run, next to the predicted ratio 1 + 2U/(3L).")
+    parser.add_argument("--model", default="mnist-mlp",
+                        help="digits-mlp, mnist-mlp, vgg-like, vgg16, or mlp:<sizes> such as mlp:64-32-10 "
+                             "(default: mnist-mlp)")
+    parser.add_argument("--batch-size", type=int, default=256, metavar="N", help="(default: 256)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default: cpu)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16"],
+                        help="parameter and input dtype (default: float32)")
+    parser.add_argument("--autocast", default="none", choices=["none", "bf16", "fp16"],
+                        help="mixed precision for the learner step (default: none)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model and the blocks")
+    parser.add_argument("--repeats", type=int, default=20, metavar="N", help="timed steps per rule (default: 20)")
+    parser.add_argument("--warmup", type=int, default=3, metavar="N", help="untimed steps per rule (default: 3)")
+    parser.add_argument("--passes", type=int, default=3, metavar="K",
+                        help="passes K of the default generic variants (default: 3)")
+    parser.add_argument("--variants", metavar="LIST",
+                        help="comma-separated, e.g. bp,dpT-fused,dpT-fw3,dp-fwbw2 (default: bp, dpT-fused, "
+                             "dpT-fwK, dpT-fwbwK, dp-fwK)")
+    parser.add_argument("--alpha", type=float, default=0.5, help="(default: 0.5)")
+    parser.add_argument("--beta", type=float, default=0.1, help="(default: 0.1)")
+    parser.add_argument("--threads", type=int, metavar="N", help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--seed", type=int, default=0, help="(default: 0)")
+    parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    parser.add_argument("--output", metavar="FILE", help="also write the results as JSON to FILE")
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from dualprop.benchmark import BenchSettings, format_report, run_benchmark
+
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else []
+    settings = BenchSettings(model=args.model, batch_size=args.batch_size, device=args.device, dtype=args.dtype,
+                             autocast=args.autocast, compile=args.compile, repeats=args.repeats,
+                             warmup=args.warmup, passes=args.passes, alpha=args.alpha, beta=args.beta,
+                             seed=args.seed, threads=args.threads, variants=variants)
+    report = run_benchmark(settings)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as file:
+            json.dump(report.to_dict(), file, indent=2)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
+    return EXIT_OK
+
+
 # -- dispatch -------------------------------------------------------------------------------------------
 
 COMMANDS: dict[str, tuple[Callable[[Any], None], Callable[[argparse.Namespace], int]]] = {
     "train": (_add_train_parser, _run_train),
     "experiment": (_add_experiment_parser, _run_experiment),
     "report": (_add_report_parser, _run_report),
+    "bench": (_add_bench_parser, _run_bench),
 }
 
 

@@ -67,6 +67,7 @@ class TrainConfig:
     # runs
     seeds: list[int] = field(default_factory=lambda: [0])
     limit_batches: int = 0
+    diagnose_every: int = 0
     baseline: bool = True
     out: str = "runs"
     name: str = ""
@@ -96,7 +97,7 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             if getattr(config, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
-        for name in ("warmup_epochs", "limit_batches", "pad_to", "threads"):
+        for name in ("warmup_epochs", "limit_batches", "diagnose_every", "pad_to", "threads"):
             if getattr(config, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(config, name)}")
         if config.warmup_epochs > config.epochs:

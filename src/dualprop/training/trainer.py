@@ -5,6 +5,8 @@ the same batches), one ``Learner.step`` and one optimizer step per batch with th
 :func:`dualprop.training.lr_schedule.learning_rate`, then the validation accuracy. The epoch's row is
 appended to ``metrics.csv``, the best-validation weights go to ``checkpoint-best.pt`` and everything
 needed to resume to ``checkpoint-last.pt``. At the end the best checkpoint is evaluated on the test set.
+With ``diagnose_every = N`` the per-layer angles between every N-th step's update and backprop's
+gradient on that batch are appended to ``diagnostics.csv``.
 
 A non-finite loss, non-finite dyadic states or non-finite weights stop the run: ``summary.json`` gets
 status ``diverged`` with the epoch and step, and the checkpoints of the last good epoch stay.
@@ -23,6 +25,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from dualprop.analysis.gradient_angles import AngleLog, current_update, gradient_angles
 from dualprop.data import BatchLoader, DatasetSplits, load_dataset
 from dualprop.learner import Learner
 from dualprop.losses import batch_loss
@@ -195,6 +198,7 @@ class Run:
         """Write this run's files into ``run_dir``."""
         self.run_dir = run_dir
         self.metrics = MetricsLog(run_dir)
+        self.angles = AngleLog(run_dir) if self.config.diagnose_every else None
         self.writer = _tensorboard_writer(run_dir) if self.config.tensorboard else None
 
     # -- persistence ------------------------------------------------------------------------------
@@ -215,6 +219,8 @@ class Run:
         self.elapsed, self.started = float(state["elapsed"]), str(state["started"])
         set_rng_state(state["rng"])
         self.metrics.truncate_to(self.epoch)
+        if self.angles is not None:
+            self.angles.truncate_to(self.epoch)
 
     def _summary(self, status: str, test: Evaluation | None = None,
                  divergence: Divergence | None = None) -> dict[str, Any]:
@@ -255,6 +261,9 @@ class Run:
                 raise Divergence(epoch, step, index + 1, "non-finite loss")
             if not result.states_finite:
                 raise Divergence(epoch, step, index + 1, "non-finite dyadic states")
+            if self.angles is not None and step % self.config.diagnose_every == 0:
+                angles = gradient_angles(self.learner, x, y, update=current_update(self.model))
+                self.angles.append(epoch, step, angles)
             self.optimizer.step()
             if not parameters_finite(self.model):
                 raise Divergence(epoch, step, index + 1, "non-finite weights")
