@@ -132,6 +132,7 @@ _FLAG_HELP = {
     "warmup_epochs": "epochs of linear warm-up", "warmup_lr": "learning rate at the start of warm-up",
     "momentum": "SGD momentum", "weight_decay": "weight decay", "seeds": "random seeds, one run each",
     "limit_batches": "at most this many batches per epoch and evaluation (0: all)",
+    "diagnose_every": "every N steps append per-layer angles to backprop's gradient to diagnostics.csv (0: off)",
     "baseline": "also train the same network and seed with backprop",
     "out": "directory that receives the run directories", "name": "prefix of run directory names",
     "device": "auto, cpu, cuda or mps", "threads": "CPU threads (0: 1 for an MLP, else torch's default)",
