@@ -165,3 +165,26 @@ def test_fused_step_restores_activations_when_the_forward_fails():
     with pytest.raises(RuntimeError):
         learner.step(torch.randn(2, 7), torch.tensor([0, 1]))
     assert model[1] is activation
+
+
+def test_fused_step_through_a_ddp_wrapper_matches_the_plain_model(tmp_path):
+    """The forward runs through the wrapper (one process, gloo), and the update is unchanged by it."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    torch.manual_seed(4)
+    model = _mlp()
+    x, y = _batch(model)
+    plain, _ = _update(model, x, y, rule="dpT", alpha=1.0, beta=0.2, implementation="fused")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        wrapped = DistributedDataParallel(copy.deepcopy(model))
+        calls = []
+        wrapped.register_forward_hook(lambda module, inputs, output: calls.append(1))
+        learner = Learner(wrapped, rule="dpT", alpha=1.0, beta=0.2, schedule="backward", implementation="fused")
+        learner.step(x, y)
+        update = torch.cat([p.grad.flatten() for p in wrapped.module.parameters()])
+    finally:
+        dist.destroy_process_group()
+    assert calls == [1]
+    torch.testing.assert_close(update, plain, rtol=1e-10, atol=1e-12)
