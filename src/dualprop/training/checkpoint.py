@@ -60,7 +60,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises several types for corrupt or unsafe files
-        raise CheckpointError(f"checkpoint {path} cannot be read: {str(error).splitlines()[0]}") from None
+        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        raise CheckpointError(f"checkpoint {path} cannot be read: {reason}") from None
     if not isinstance(payload, dict) or "model" not in payload:
         raise CheckpointError(f"checkpoint {path} is not a dualprop checkpoint")
     return payload
