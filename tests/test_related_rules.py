@@ -148,3 +148,12 @@ def test_kolen_pollack_feedback_converges_to_forward_weights():
 def test_bad_related_settings(kwargs, fragment):
     with pytest.raises(ValueError, match=fragment):
         Learner(models.mlp([3, 4, 2]), **kwargs)
+
+
+def test_fused_is_refused_and_never_chosen_with_kolen_pollack():
+    model = models.mlp([3, 4, 2])
+    with pytest.raises(ValueError, match="feedback"):
+        Learner(model, rule="dpT", alpha=0.0, schedule="backward", implementation="fused",
+                feedback="kolen-pollack")
+    auto = Learner(model, rule="dpT", alpha=0.0, schedule="backward", feedback="kolen-pollack")
+    assert auto.implementation == "generic"

@@ -14,18 +14,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from dualprop.fused import FUSED_RULES, FusedSweep
 from dualprop.losses import batch_loss, check_loss, output_gradient
-from dualprop.network import LayeredNetwork, split_network
-from dualprop.rules import (RULES, hidden_compartments, mean_state, nudge_weights,
+from dualprop.network import LayeredNetwork, split_network, unwrap
+from dualprop.rules import (DYADIC_RULES, RULES, damped_hidden_compartments,
+                            damping_from_spectral_norm, hidden_compartments, mean_state, nudge_weights,
                             output_compartments, output_nudge_is_fixed)
 from dualprop.schedules import layer_order, parse_schedule
+from dualprop.spectral import SpectralNormEstimator
 
 IMPLEMENTATIONS = ("auto", "generic", "fused")
+FEEDBACK_MODES = ("symmetric", "kolen-pollack")
 
 
 @dataclass
@@ -75,15 +80,28 @@ def _check_positive(name: str, value: float) -> float:
     return float(value)
 
 
+def _check_power_iterations(value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"power_iterations must be an integer >= 1, got {value!r}")
+    return value
+
+
 class Learner:
-    """Train a layered ``nn.Sequential`` with dual propagation (``dp``, ``dpT``) or backprop (``bp``).
+    """Train a layered ``nn.Sequential`` with dual propagation or a reference rule.
+
+    Rules: ``dp``, ``dpT`` (DP⊤), ``dp-damped`` (DP with damping ``L_k = max(0, (γ_k² − 1)/2)`` from a
+    warm-started power iteration of ``power_iterations`` steps per call on the next block), ``bp``
+    (backprop of the batch-mean loss) and ``adversarial`` (backprop at ``x + β ∇ₓℓ``, ℓ per sample).
+    ``feedback="kolen-pollack"`` carries ``Δ`` through separate feedback weights that receive the same
+    local update as the forward weights; give ``feedback_parameters()`` to the optimizer, with weight
+    decay, so the two sets come to agree.
 
     The model and the optimizer stay the caller's: ``step`` only accumulates into ``.grad``.
     """
 
     def __init__(self, model: nn.Module, rule: str = "dpT", alpha: float = 0.5, beta: float = 0.1,
                  schedule: str = "forward", passes: int | None = None, loss: str = "cross_entropy",
-                 implementation: str = "auto"):
+                 implementation: str = "auto", feedback: str = "symmetric", power_iterations: int = 1):
         if rule not in RULES:
             raise ValueError(f"unknown rule {rule!r}; choose one of {', '.join(RULES)}")
         if implementation not in IMPLEMENTATIONS:
@@ -97,7 +115,15 @@ class Learner:
         self.model = model
         self.network: LayeredNetwork = split_network(model)
         self.order = layer_order(self.schedule, self.network.depth, self.passes)
+        if feedback not in FEEDBACK_MODES:
+            raise ValueError(f"unknown feedback {feedback!r}; choose one of {', '.join(FEEDBACK_MODES)}")
+        if feedback != "symmetric" and rule not in DYADIC_RULES:
+            raise ValueError(f"feedback={feedback!r} needs a dual-propagation rule, not {rule!r}")
+        self.feedback = feedback
+        self._feedback_weights = self._make_feedback_weights() if feedback == "kolen-pollack" else None
+        self.power_iterations = _check_power_iterations(power_iterations)
         self.implementation = self._resolve_implementation(implementation)
+        self._spectral_estimators: dict[int, SpectralNormEstimator] = {}
 
     def _resolve_implementation(self, implementation: str) -> str:
         """``fused`` where asked (DP/DP⊤, one ``backward`` sweep) or, for ``auto``, where it is exact:
@@ -107,17 +133,38 @@ class Learner:
             if self.rule not in FUSED_RULES:
                 raise ValueError(f"implementation='fused' supports rules {', '.join(FUSED_RULES)}, "
                                  f"not {self.rule!r}")
+            if self.feedback != "symmetric":
+                raise ValueError(f"implementation='fused' feeds back through the forward weights; "
+                                 f"feedback={self.feedback!r} needs implementation='generic'")
             if self.schedule != "backward" or self.passes != 1:
                 raise ValueError(f"implementation='fused' is a single backward sweep: it needs "
                                  f"schedule='backward' with passes=1, got schedule={self.schedule!r} "
                                  f"with passes={self.passes}")
         elif implementation == "auto":
             exact = (self.rule == "dpT" and self.alpha in (0.0, 1.0) and self.schedule == "backward"
-                     and self.passes == 1)
+                     and self.passes == 1 and self.feedback == "symmetric")
             implementation = "fused" if exact else "generic"
         if implementation == "fused":
             self._fused_sweep = FusedSweep(self.model, self.network, self.rule, self.loss)
         return implementation
+
+    def _make_feedback_weights(self) -> list[list[nn.Parameter]]:
+        """Independently initialised feedback weights for blocks 2..L (block 1 feeds back nothing)."""
+        weights: list[list[nn.Parameter]] = [[]]
+        for block in self.network.blocks[1:]:
+            fresh = []
+            for part in block.weighted_parts():
+                copy = type(part).__new__(type(part))
+                copy.__dict__ = dict(part.__dict__)
+                copy._parameters = {"weight": nn.Parameter(torch.empty_like(part.weight)), "bias": None}
+                copy.reset_parameters()
+                fresh.append(copy.weight)
+            weights.append(fresh)
+        return weights
+
+    def feedback_parameters(self) -> list[nn.Parameter]:
+        """The Kolen–Pollack feedback weights (empty with symmetric feedback)."""
+        return [w for ws in self._feedback_weights or [] for w in ws]
 
     def __repr__(self) -> str:
         return (f"Learner(rule={self.rule!r}, alpha={self.alpha}, beta={self.beta}, "
@@ -143,15 +190,29 @@ class Learner:
         logits = plus[-1]
         states = DyadicStates(plus, list(plus), self.alpha, logits)
         weights = nudge_weights(self.rule, self.alpha)
+        dampings = self.dampings(plus) if self.rule == "dp-damped" else None
         with torch.no_grad():
             fixed_nudge = (self.beta * output_gradient(self.loss, logits, y)
                            if output_nudge_is_fixed(self.rule) else None)
             for k in self.order:
-                self._update_layer(states, k, y, weights, fixed_nudge)
+                self._update_layer(states, k, y, weights, fixed_nudge, dampings)
         return states
 
+    def dampings(self, states: list[Tensor]) -> list[float]:
+        """``L_k = max(0, (γ_k² − 1)/2)`` for hidden layers k = 1..L−1, γ_k the spectral norm of ``B_{k+1}``
+        (power iteration, warm-started from the previous call)."""
+        result = []
+        for k in range(1, self.network.depth):
+            estimator = self._spectral_estimators.get(k)
+            if estimator is None:
+                estimator = SpectralNormEstimator(self.network.blocks[k], states[k].shape[1:],
+                                                  self.power_iterations)
+                self._spectral_estimators[k] = estimator
+            result.append(damping_from_spectral_norm(estimator()))
+        return result
+
     def _update_layer(self, states: DyadicStates, k: int, y: Tensor, weights: tuple[float, float],
-                      fixed_nudge: Tensor | None) -> None:
+                      fixed_nudge: Tensor | None, dampings: list[float] | None) -> None:
         """Set ``s⁺_k, s⁻_k`` from the current neighbours: one block forward and (hidden) one VJP."""
         net = self.network
         drive = net.blocks[k - 1](states.mean(k - 1))
@@ -159,10 +220,15 @@ class Learner:
             nudge = fixed_nudge if fixed_nudge is not None else \
                 self.beta * output_gradient(self.loss, drive, y)
             states.plus[k], states.minus[k] = output_compartments(drive, nudge, weights)
+            return
+        feedback_weights = self._feedback_weights[k] if self._feedback_weights is not None else None
+        feedback = net.blocks[k].vjp(states.plus[k], states.difference(k + 1), feedback_weights)
+        activation = net.activations[k - 1]
+        if dampings is None:
+            states.plus[k], states.minus[k] = hidden_compartments(activation, drive, feedback, weights)
         else:
-            feedback = net.blocks[k].vjp(states.plus[k], states.difference(k + 1))
-            states.plus[k], states.minus[k] = hidden_compartments(net.activations[k - 1], drive,
-                                                                  feedback, weights)
+            states.plus[k], states.minus[k] = damped_hidden_compartments(
+                activation, drive, feedback, weights, states.plus[k], states.minus[k], dampings[k - 1])
 
     # -- learning ----------------------------------------------------------------------------------
 
@@ -185,8 +251,57 @@ class Learner:
         if self._fused_sweep is not None:
             loss_tensor, logits = self._fused_sweep.step(x, y, self.alpha, self.beta)
             return StepResult(float(loss_tensor), logits, bool(torch.isfinite(logits).all()))
+        if self.rule == "adversarial":
+            return self._adversarial_step(x, y)
         states = self.infer(x, y)
-        self.surrogate_objective(states).backward()
+        if self._feedback_weights is None:
+            self._through_model(lambda: self.surrogate_objective(states)).backward()
+        else:
+            self._kolen_pollack_backward(states)
         with torch.no_grad():
             loss = float(batch_loss(self.loss, states.logits, y))
         return StepResult(loss, states.logits, states.all_finite())
+
+    def _through_model(self, compute: Callable[[], Tensor]) -> Tensor:
+        """Evaluate ``compute()`` as the forward of ``self.model``.
+
+        A ``DistributedDataParallel`` wrapper then prepares its bucketed all-reduce for the following
+        ``backward()`` exactly as for a loss: its module's ``forward`` is swapped for ``compute`` during the
+        call. A plain model needs no detour.
+        """
+        if not isinstance(self.model, DistributedDataParallel):
+            return compute()
+        inner = self.model.module
+        inner.forward = compute
+        try:
+            return self.model()
+        finally:
+            del inner.forward
+
+    def adversarial_input(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """``(x + β ∇ₓℓ, clean logits)`` with ``∇ₓℓ`` the per-sample loss gradient (not scaled by 1/B).
+
+        The input gradient runs on the unwrapped model, so a DDP wrapper is not armed by it."""
+        with torch.enable_grad():
+            point = x.detach().requires_grad_(True)
+            logits = unwrap(self.model)(point)
+            (grad,) = torch.autograd.grad(batch_loss(self.loss, logits, y), point)
+        return (x + self.beta * x.shape[0] * grad).detach(), logits.detach()
+
+    def _adversarial_step(self, x: Tensor, y: Tensor) -> StepResult:
+        moved, clean_logits = self.adversarial_input(x, y)
+        batch_loss(self.loss, self.model(moved), y).backward()
+        with torch.no_grad():
+            loss = float(batch_loss(self.loss, clean_logits, y))
+        return StepResult(loss, clean_logits)
+
+    def _kolen_pollack_backward(self, states: DyadicStates) -> None:
+        """Accumulate the update of ``J`` into the forward weights and, identically, into their
+        feedback weights (the Kolen–Pollack rule: both sets receive the same local update)."""
+        pairs = [(part.weight, fb) for block, fbs in zip(self.network.blocks, self._feedback_weights)
+                 for part, fb in zip(block.weighted_parts(), fbs)]
+        before = [w.grad.clone() if w.grad is not None else None for w, _ in pairs]
+        self._through_model(lambda: self.surrogate_objective(states)).backward()
+        for (weight, fb), old in zip(pairs, before):
+            increment = weight.grad if old is None else weight.grad - old
+            fb.grad = increment.clone() if fb.grad is None else fb.grad + increment
