@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from dataclasses import fields
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 EXIT_OK = 0
@@ -224,6 +225,64 @@ def _add_experiment_parser(subparsers: Any) -> None:
         parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=help_text)
     parser.add_argument("--seeds", type=int, nargs="+", default=argparse.SUPPRESS,
                         help="override the seeds")
+    study = parser.add_argument_group("study options (robustness-mlp)")
+    study.add_argument("--dataset", default=argparse.SUPPRESS,
+                       help="mnist, fashion-mnist or digits (default: mnist where its files exist, else digits)")
+    study.add_argument("--resume", metavar="STUDY_DIR", default=argparse.SUPPRESS,
+                       help="continue an interrupted study in its directory")
+    study.add_argument("--rules", nargs="+", default=argparse.SUPPRESS, help="rules of the grid")
+    study.add_argument("--alphas", type=float, nargs="+", default=argparse.SUPPRESS, help="α values of the grid")
+    study.add_argument("--betas", type=float, nargs="+", default=argparse.SUPPRESS, help="β values of the grid")
+    study.add_argument("--eps", type=float, nargs=2, default=argparse.SUPPRESS,
+                       help="the two PGD radii on the [0, 1] pixel scale")
+    study.add_argument("--lr", type=float, default=argparse.SUPPRESS, help="peak learning rate")
+    study.add_argument("--test-limit", type=int, default=argparse.SUPPRESS,
+                       help="test samples for the attacks (0: all)")
+
+
+_STUDY_FLAGS = ("dataset", "resume", "rules", "alphas", "betas", "eps", "lr", "test_limit")
+STUDIES = {"robustness-mlp": "ICML 2024 MLP study: bp, dp, dpT, dp-damped, adversarial over α and β; "
+                             "stability, Lipschitz estimates and PGD accuracy"}
+
+
+def _run_study(args: argparse.Namespace) -> int:
+    from dualprop.analysis.study import (PLOT_FILE, TABLE_FILE, StudyConfig, create_study, default_dataset,
+                                         run_study)
+
+    if getattr(args, "resume", None):
+        if any(hasattr(args, key) for key in (*_STUDY_FLAGS[:1], *_STUDY_FLAGS[2:], "epochs", "limit_batches",
+                                              "seeds")):
+            raise UsageError("--resume continues a study with its own study.toml; give no other settings")
+        directory = args.resume
+    else:
+        values = {key: getattr(args, key) for key in ("dataset", "rules", "alphas", "betas", "eps", "lr",
+                                                      "test_limit", "epochs", "limit_batches", "device")
+                  if hasattr(args, key)}
+        if hasattr(args, "data_dir"):
+            values["data_dir"] = args.data_dir
+        if hasattr(args, "seeds"):
+            if len(args.seeds) != 1:
+                raise UsageError("a study trains one seed per setting; give one --seeds value")
+            values["seed"] = args.seeds[0]
+        if "dataset" not in values:
+            values["dataset"], why = default_dataset(values.get("data_dir"))
+            print(f"dualprop: {why}", file=sys.stderr)
+        directory = create_study(StudyConfig(**values), getattr(args, "out", "studies"))
+    print(f"study directory: {directory}", file=sys.stderr)
+    observer = _progress_observer(show_bar=not args.no_progress)
+
+    def setting_done(setting: Any, record: dict[str, Any]) -> None:
+        status = record["status"] + (f" at epoch {record['diverged_at']['epoch']}, step "
+                                     f"{record['diverged_at']['step']}" if record["diverged_at"] else "")
+        accuracy = "–" if record["test_acc"] is None else f"{record['test_acc']:.2f} %"
+        print(f"  {setting.key}: {status}, test accuracy {accuracy}", file=sys.stderr)
+
+    run_study(directory, observer, setting_done)
+    table = Path(directory) / TABLE_FILE
+    print(table.read_text(encoding="utf-8"), end="")
+    plot = f", {PLOT_FILE}" if (Path(directory) / PLOT_FILE).exists() else ""
+    print(f"study written to {directory} ({TABLE_FILE}, results.json{plot})")
+    return EXIT_OK
 
 
 def _run_experiment(args: argparse.Namespace) -> int:
@@ -234,9 +293,16 @@ def _run_experiment(args: argparse.Namespace) -> int:
         for name in experiment_names():
             experiment = load_experiment(name)
             print(f"{name:24s} {len(experiment.configs):2d} configs  {experiment.description}")
+        for name, description in STUDIES.items():
+            print(f"{name:24s}      study    {description}")
         return EXIT_OK
     if not args.name:
         raise UsageError("experiment: give an experiment NAME or --list")
+    if args.name in STUDIES:
+        return _run_study(args)
+    given = [key for key in _STUDY_FLAGS if hasattr(args, key)]
+    if given:
+        raise UsageError(f"--{given[0].replace('_', '-')} applies to the studies ({', '.join(STUDIES)}) only")
     experiment = load_experiment(args.name)
     overrides = {key: getattr(args, key) for key in ("epochs", "limit_batches", "data_dir", "out", "device",
                                                      "seeds") if hasattr(args, key)}
@@ -344,6 +410,103 @@ def _run_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- diagnose -------------------------------------------------------------------------------------------
+
+
+def _add_diagnose_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "diagnose", help="per-layer angle between a rule's update and backprop's gradient",
+        description="Compare a rule's weight update with backprop's gradient of the batch-mean loss, layer by "
+                    "layer, on the first training batches at fixed weights: a run's checkpoint (RUN_DIR) or a "
+                    "fresh network from the settings. Prints cosine and angle per layer, writes a CSV and "
+                    "heat maps (layer × batch; layer × epoch from a run's diagnostics.csv) with matplotlib.")
+    parser.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="run directory (default: a fresh network)")
+    parser.add_argument("--config", metavar="FILE", help="TOML file of settings for a fresh network")
+    parser.add_argument("--checkpoint", default="best", help="best, last or a checkpoint file (default: best)")
+    parser.add_argument("--batches", type=int, default=8, help="training batches to compare on (default: 8)")
+    parser.add_argument("--per", choices=("block", "parameter"), default="block",
+                        help="a layer is a block or a single parameter tensor (default: block)")
+    parser.add_argument("--float64", action="store_true", help="compute in double precision")
+    parser.add_argument("--output-dir", metavar="DIR",
+                        help="where the CSV and heat maps go (default: RUN_DIR, else OUT/diagnose)")
+    _add_config_flags(parser)
+
+
+def _run_diagnose(args: argparse.Namespace) -> int:
+    import torch
+
+    from dualprop.analysis.diagnosis import diagnose, write_diagnosis
+    from dualprop.training import TrainConfig, load_config
+
+    overrides = _config_overrides(args)
+    if args.run_dir:
+        if args.config:
+            raise UsageError("diagnose: give RUN_DIR or --config, not both")
+        config = load_config(Path(args.run_dir) / "config.toml")
+    else:
+        config = load_config(args.config) if args.config else TrainConfig()
+    config = config.replace(**overrides).resolved()
+    result = diagnose(config, args.run_dir, args.checkpoint, args.batches, args.per,
+                      torch.float64 if args.float64 else torch.float32)
+    print(f"{result.learner!r}: mean over {len(result.batches)} batches of {config.batch_size}")
+    print(f"{'layer':24s} {'cosine':>10s} {'angle (°)':>10s}")
+    for angle in result.mean_per_layer():
+        print(f"{angle.layer:24s} {angle.cosine:10.6f} {angle.angle:10.3f}")
+    directory = args.output_dir or args.run_dir or str(Path(config.out) / "diagnose")
+    for path in write_diagnosis(result, directory, args.run_dir):
+        print(f"wrote {path}")
+    return EXIT_OK
+
+
+# -- robustness -----------------------------------------------------------------------------------------
+
+
+def _add_robustness_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "robustness", help="clean, FGSM and PGD accuracy; spectral norms and Lipschitz estimates",
+        description="Evaluate a run's checkpoint on the test set in the data range ([0, 1] pixel scale): clean "
+                    "accuracy, FGSM and PGD accuracy at each ε, per-layer spectral norms, their product bound "
+                    "and the empirical Lipschitz estimate. Writes robustness.json into RUN_DIR "
+                    "(robustness-2.json, … if it exists).")
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory")
+    parser.add_argument("--eps", type=float, nargs="+", default=[0.01, 0.03, 0.1],
+                        help="attack radii on the [0, 1] pixel scale (default: 0.01 0.03 0.1)")
+    parser.add_argument("--norm", choices=("linf", "l2"), default="linf", help="attack norm (default: linf)")
+    parser.add_argument("--checkpoint", default="best", help="best, last or a checkpoint file (default: best)")
+    parser.add_argument("--limit", type=int, default=None, help="use the first N test samples")
+    parser.add_argument("--pgd-steps", type=int, default=10, help="PGD steps (default: 10)")
+    parser.add_argument("--lipschitz-samples", type=int, default=256,
+                        help="test inputs for the empirical Lipschitz estimate (default: 256)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of PGD starts and power iterations")
+    parser.add_argument("--data-dir", help="data root directory (default: the run's)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+
+
+def _run_robustness(args: argparse.Namespace) -> int:
+    from dualprop.analysis.robustness import evaluate_run_robustness, write_robustness_json
+
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(f"--limit must be >= 1, got {args.limit}")
+    report = evaluate_run_robustness(args.run_dir, args.eps, args.norm, args.checkpoint, args.limit,
+                                     args.pgd_steps, args.lipschitz_samples, args.seed, args.data_dir)
+    path = write_robustness_json(args.run_dir, report)
+    if args.json:
+        print(json.dumps(report))
+        return EXIT_OK
+    print(f"{_network_label(report['rule'], report['alpha'], report['beta'])} on {report['dataset']}, "
+          f"checkpoint epoch {report['checkpoint_epoch']}, {report['test_samples']} test samples")
+    print(f"clean accuracy {report['clean_acc']:.2f} %")
+    print(f"{'eps':>8s} {'FGSM acc (%)':>13s} {'PGD acc (%)':>12s}   ({report['norm']}, PGD {report['pgd_steps']} steps)")
+    for row in report["attacks"]:
+        print(f"{row['eps']:8g} {row['fgsm_acc']:13.2f} {row['pgd_acc']:12.2f}")
+    norms = ", ".join(f"{n:.3f}" for n in report["spectral_norms"])
+    print(f"spectral norms per layer: {norms}")
+    print(f"Lipschitz: empirical max {report['lipschitz_max']:.3f} (mean {report['lipschitz_mean']:.3f}) "
+          f"<= product bound {report['product_bound']:.3f}  (data range)")
+    print(f"wrote {path}")
+    return EXIT_OK
+
+
 # -- dispatch -------------------------------------------------------------------------------------------
 
 COMMANDS: dict[str, tuple[Callable[[Any], None], Callable[[argparse.Namespace], int]]] = {
@@ -351,6 +514,8 @@ COMMANDS: dict[str, tuple[Callable[[Any], None], Callable[[argparse.Namespace], 
     "experiment": (_add_experiment_parser, _run_experiment),
     "report": (_add_report_parser, _run_report),
     "bench": (_add_bench_parser, _run_bench),
+    "diagnose": (_add_diagnose_parser, _run_diagnose),
+    "robustness": (_add_robustness_parser, _run_robustness),
 }
 
 
