@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import torch
 from torch import Tensor
 
 DYADIC_RULES = ("dp", "dpT", "dp-damped")
@@ -35,15 +36,16 @@ def output_nudge_is_fixed(rule: str) -> bool:
 
 
 def mean_state(plus: Tensor, minus: Tensor, alpha: float) -> Tensor:
-    """``s̄ = α s⁺ + (1−α) s⁻``."""
-    return alpha * plus + (1.0 - alpha) * minus
+    """``s̄ = α s⁺ + (1−α) s⁻`` (one fused ``lerp`` kernel)."""
+    return torch.lerp(minus, plus, alpha)
 
 
 def hidden_compartments(activation: Callable[[Tensor], Tensor], drive: Tensor, feedback: Tensor,
                         weights: tuple[float, float]) -> tuple[Tensor, Tensor]:
     """``s⁺ = f(a + c⁺Δ)``, ``s⁻ = f(a − c⁻Δ)``."""
     c_plus, c_minus = weights
-    return activation(drive + c_plus * feedback), activation(drive - c_minus * feedback)
+    return (activation(torch.add(drive, feedback, alpha=c_plus)),
+            activation(torch.add(drive, feedback, alpha=-c_minus)))
 
 
 def damped_hidden_compartments(activation: Callable[[Tensor], Tensor], drive: Tensor, feedback: Tensor,
@@ -59,7 +61,7 @@ def damped_hidden_compartments(activation: Callable[[Tensor], Tensor], drive: Te
 def output_compartments(drive: Tensor, nudge: Tensor, weights: tuple[float, float]) -> tuple[Tensor, Tensor]:
     """``s⁺ = a − c⁺ g``, ``s⁻ = a + c⁻ g`` with ``g = β ∇ℓ`` per sample."""
     c_plus, c_minus = weights
-    return drive - c_plus * nudge, drive + c_minus * nudge
+    return torch.add(drive, nudge, alpha=-c_plus), torch.add(drive, nudge, alpha=c_minus)
 
 
 def damping_from_spectral_norm(gamma: float) -> float:
