@@ -1,3 +1,4 @@
+import importlib.util
 import json
 
 import pytest
@@ -12,7 +13,7 @@ from dualprop.training.trainer import load_splits
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    config = TrainConfig(rule="dpT", alpha=0.5, beta=0.1, epochs=2, hidden=[24], limit_batches=8,
+    config = TrainConfig(rule="dpT", alpha=0.5, beta=0.1, epochs=2, hidden=[24], limit_batches=8, diagnose_every=4,
                          baseline=False, out=str(out), tensorboard=False, threads=1)
     return train(config)[0]
 
@@ -72,3 +73,6 @@ def test_diagnose_command_on_a_run(trained_run, tmp_path, capsys):
     rows = (out / "diagnose.csv").read_text().splitlines()
     assert rows[0] == "batch,layer,cosine,angle" and len(rows) == 1 + 2 * 2
     assert all(abs(float(r.split(",")[3])) < 1e-2 for r in rows[1:])  # bp against itself
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (out / "diagnose-batches.png").stat().st_size > 0
+        assert (out / "diagnostics-epochs.png").stat().st_size > 0  # from the run's diagnostics.csv

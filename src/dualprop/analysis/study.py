@@ -129,8 +129,9 @@ def default_dataset(data_dir: str | None = None) -> tuple[str, str]:
     """``("mnist", why)`` when the MNIST files are found, else ``("digits", why)``."""
     try:
         find_dataset_dir(get_spec("mnist"), data_dir)
-    except (DataError, ValueError, OSError) as error:
-        return "digits", f"MNIST files not found ({str(error).splitlines()[0]}); using the digits"
+    except (DataError, ValueError, OSError):
+        return "digits", ("MNIST files not found; using scikit-learn's digits with a 64-input MLP "
+                          "(--dataset mnist --data-dir DIR for MNIST)")
     return "mnist", "MNIST files found"
 
 
