@@ -1,7 +1,7 @@
 """The ``dualprop`` command line: the only place that prints for users and chooses exit codes.
 
 Exit codes: 0 success, 2 bad settings or data (one line ``dualprop: error: …`` on stderr), 3 a run
-diverged. Each subcommand is an ``_add_<name>_parser(subparsers)`` / ``_run_<name>(args)`` pair listed
+diverged, 4 a distributed job failed on another rank or timed out. Each subcommand is an ``_add_<name>_parser(subparsers)`` / ``_run_<name>(args)`` pair listed
 in ``COMMANDS``; adding a command is one pair and one table entry.
 """
 from __future__ import annotations
@@ -16,10 +16,15 @@ from typing import Any, Callable, Sequence
 EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_DIVERGED = 3
+EXIT_DISTRIBUTED = 4
 
 
 class UsageError(Exception):
     """A command-line mistake, reported as one line with exit status 2."""
+
+
+class DistributedJobFailure(Exception):
+    """This rank stops because the data-parallel job failed elsewhere or timed out (exit status 4)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -186,21 +191,39 @@ def _add_train_parser(subparsers: Any) -> None:
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (epoch lines remain)")
+    from dualprop.training.distributed import DEFAULT_TIMEOUT_S
+
+    parser.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                        help="under torchrun: how long a rank waits for the others before the job fails "
+                             f"(default: {DEFAULT_TIMEOUT_S:g})")
     _add_config_flags(parser)
 
 
 def _run_train(args: argparse.Namespace) -> int:
     from dualprop.training import TrainConfig, load_config, resume_run, train
+    from dualprop.training.distributed import describe_failure, process_group
 
     overrides = _config_overrides(args)
     observer = _progress_observer(show_bar=not args.no_progress)
     if args.resume:
         if args.config or overrides:
             raise UsageError("--resume continues a run with its own config.toml; give no other settings")
-        return _report_runs([resume_run(args.resume, observer)], args.json)
-    config = load_config(args.config) if args.config else TrainConfig()
-    config = config.replace(**overrides).resolved()
-    return _report_runs(train(config, observer), args.json)
+        saved = Path(args.resume) / "config.toml"
+        device = load_config(saved).device if saved.is_file() else "auto"
+    else:
+        config = load_config(args.config) if args.config else TrainConfig()
+        config = config.replace(**overrides).resolved()
+        device = config.device
+    with process_group(device, args.dist_timeout) as context:
+        try:
+            summaries = [resume_run(args.resume, observer)] if args.resume else train(config, observer)
+        except RuntimeError as error:
+            if context is None:
+                raise
+            raise DistributedJobFailure(describe_failure(error, context, args.dist_timeout)) from None
+        if context is not None and not context.is_main:  # rank 0 reports for the job
+            return EXIT_DIVERGED if any(s["status"] == "diverged" for s in summaries) else EXIT_OK
+        return _report_runs(summaries, args.json)
 
 
 # -- experiment -----------------------------------------------------------------------------------------
@@ -532,7 +555,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 ok, 2 bad settings or data, 3 diverged)."""
+    """Run the command line; returns the exit status (0 ok, 2 bad settings or data, 3 diverged,
+    4 a distributed job failed)."""
     from dualprop.data import DataError
     from dualprop.training.checkpoint import CheckpointError
 
@@ -548,6 +572,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, ValueError, DataError, CheckpointError) as error:
         _error(str(error).splitlines()[0] if str(error) else type(error).__name__)
         return EXIT_USAGE
+    except DistributedJobFailure as error:
+        _error(str(error))
+        return EXIT_DISTRIBUTED
     except KeyboardInterrupt:
         _error("interrupted")
         return 130

@@ -11,6 +11,11 @@ gradient on that batch are appended to ``diagnostics.csv``.
 A non-finite loss, non-finite dyadic states or non-finite weights stop the run: ``summary.json`` gets
 status ``diverged`` with the epoch and step, and the checkpoints of the last good epoch stay.
 Progress is reported through a :class:`TrainingObserver`; nothing here prints.
+
+Inside an initialised process group (:mod:`dualprop.training.distributed`) the run is data-parallel:
+each rank trains its shard of every epoch through a ``DistributedDataParallel`` wrapper, the training
+metrics are summed over the ranks, divergence is agreed by all ranks at the same step, and rank 0
+alone creates the run directory, writes files, reports progress and evaluates the test set.
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ from dualprop.data import BatchLoader, DatasetSplits, load_dataset
 from dualprop.learner import Learner
 from dualprop.losses import batch_loss
 from dualprop.models import CONV_MODELS, mlp
+from dualprop.training import distributed
 from dualprop.training.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
 from dualprop.training.config import TrainConfig, load_config, save_config
 from dualprop.training.lr_schedule import learning_rate
@@ -116,11 +122,12 @@ def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimi
                            weight_decay=config.weight_decay)
 
 
-def load_splits(config: TrainConfig, seed: int) -> DatasetSplits:
-    """The dataset of ``config``; with ``limit_batches`` only the samples those batches need are read."""
+def load_splits(config: TrainConfig, seed: int, world_size: int = 1) -> DatasetSplits:
+    """The dataset of ``config``; with ``limit_batches`` only the samples those batches need (on each of
+    ``world_size`` ranks) are read."""
     limit = None
     if config.limit_batches:
-        needed = config.limit_batches * config.batch_size
+        needed = config.limit_batches * config.batch_size * world_size
         limit = math.ceil(needed / (1 - config.validation_percent / 100)) + 1
     return load_dataset(config.dataset, root=config.data_dir, validation_percent=config.validation_percent,
                         seed=seed, flatten=config.model == "mlp", pad_to=config.pad_to or None,
@@ -170,18 +177,25 @@ class Run:
     def __init__(self, config: TrainConfig, observer: TrainingObserver):
         """Load the data and build model, learner and optimizer (before any file is written, so bad
         data leaves no half-made run directory); :meth:`attach` then binds the run directory."""
-        self.config, self.observer = config, observer
+        self.context = distributed.current_context()
+        self.is_main = self.context is None or self.context.is_main
+        if self.context is not None and config.diagnose_every:
+            raise ValueError("diagnose_every needs a single process; run diagnostics without torchrun")
+        self.config, self.observer = config, observer if self.is_main else TrainingObserver()
         self.seed = config.seeds[0]
-        self.device = resolve_device(config.device)
+        self.device = self.context.device if self.context else resolve_device(config.device)
         torch.manual_seed(self.seed)
-        self.data = load_splits(config, self.seed)
+        self.data = load_splits(config, self.seed, self.context.world_size if self.context else 1)
         self.model = build_model(config, self.data.input_shape, self.data.num_classes).to(self.device)
-        self.learner = Learner(self.model, rule=config.rule, alpha=config.alpha, beta=config.beta,
+        trained = distributed.data_parallel(self.model, self.context) if self.context else self.model
+        self.learner = Learner(trained, rule=config.rule, alpha=config.alpha, beta=config.beta,
                                schedule=config.schedule, passes=config.passes, loss=config.loss,
                                implementation=config.implementation)
         self.optimizer = build_optimizer(config, self.model)
+        rank, world_size = (self.context.rank, self.context.world_size) if self.context else (0, 1)
         self.train_loader, self.validation_loader, self.test_loader = self.data.loaders(
-            config.batch_size, seed=self.seed, eval_batch_size=max(config.batch_size, 256), device=self.device)
+            config.batch_size, seed=self.seed, eval_batch_size=max(config.batch_size, 256), rank=rank,
+            world_size=world_size, device=self.device)
         self.steps_per_epoch = len(self.train_loader)
         if config.limit_batches:
             self.steps_per_epoch = min(self.steps_per_epoch, config.limit_batches)
@@ -199,7 +213,7 @@ class Run:
         self.run_dir = run_dir
         self.metrics = MetricsLog(run_dir)
         self.angles = AngleLog(run_dir) if self.config.diagnose_every else None
-        self.writer = _tensorboard_writer(run_dir) if self.config.tensorboard else None
+        self.writer = _tensorboard_writer(run_dir) if self.config.tensorboard and self.is_main else None
 
     # -- persistence ------------------------------------------------------------------------------
 
@@ -218,6 +232,8 @@ class Run:
         self.best_val_acc, self.best_epoch = float(state["best_val_acc"]), int(state["best_epoch"])
         self.elapsed, self.started = float(state["elapsed"]), str(state["started"])
         set_rng_state(state["rng"])
+        if not self.is_main:
+            return
         self.metrics.truncate_to(self.epoch)
         if self.angles is not None:
             self.angles.truncate_to(self.epoch)
@@ -257,9 +273,12 @@ class Run:
             self.optimizer.zero_grad(set_to_none=True)
             result = self.learner.step(x, y)
             step = self.global_step + 1
-            if not math.isfinite(result.loss):
+            loss_diverged, states_diverged = not math.isfinite(result.loss), not result.states_finite
+            if self.context is not None:
+                loss_diverged, states_diverged = distributed.any_rank([loss_diverged, states_diverged])
+            if loss_diverged:
                 raise Divergence(epoch, step, index + 1, "non-finite loss")
-            if not result.states_finite:
+            if states_diverged:
                 raise Divergence(epoch, step, index + 1, "non-finite dyadic states")
             if self.angles is not None and step % self.config.diagnose_every == 0:
                 angles = gradient_angles(self.learner, x, y, update=current_update(self.model))
@@ -275,6 +294,8 @@ class Run:
             if self.writer is not None:
                 self.writer.add_scalar("train/step_loss", result.loss, step)
                 self.writer.add_scalar("train/lr", lr, step)
+        if self.context is not None:
+            total_loss, correct, count = distributed.sum_across_ranks([total_loss, correct, count])
         return total_loss / count, 100.0 * correct / count
 
     def _set_learning_rate(self) -> float:
@@ -288,16 +309,18 @@ class Run:
     def train(self) -> dict[str, Any]:
         """Train the remaining epochs, test the best checkpoint and return the summary."""
         self.observer.run_started(self.run_dir, self.config, self.seed, self.epoch, self.steps_per_epoch)
-        write_json_atomic(self._summary("running"), self.run_dir / SUMMARY_FILE)
+        if self.is_main:
+            write_json_atomic(self._summary("running"), self.run_dir / SUMMARY_FILE)
         divergence = None
         try:
             while self.epoch < self.config.epochs:
                 self._finish_epoch(self.epoch + 1)
         except Divergence as error:
             divergence = error
-        test = self._test_best()
+        test = self._test_best() if self.is_main else None
         summary = self._summary("diverged" if divergence else "finished", test, divergence)
-        write_json_atomic(summary, self.run_dir / SUMMARY_FILE)
+        if self.is_main:
+            write_json_atomic(summary, self.run_dir / SUMMARY_FILE)
         if self.writer is not None:
             self.writer.close()
         self.observer.run_finished(summary)
@@ -316,14 +339,17 @@ class Run:
                "val_loss": validation.loss if validation else None,
                "val_acc": validation.top1 if validation else None, "lr": lr, "seconds": seconds,
                "elapsed": self.elapsed}
-        self.metrics.append(row)
+        if self.is_main:
+            self.metrics.append(row)
         # Without a validation split the latest epoch counts as the best.
         score = validation.top1 if validation and math.isfinite(validation.top1) else math.inf
         if score >= self.best_val_acc or not self.best_epoch:
             self.best_val_acc, self.best_epoch = score, epoch
-            atomic_save({"model": self.model.state_dict(), "epoch": epoch, "val_acc": score},
-                        self.run_dir / BEST_CHECKPOINT)
-        atomic_save(self._checkpoint(), self.run_dir / LAST_CHECKPOINT)
+            if self.is_main:
+                atomic_save({"model": self.model.state_dict(), "epoch": epoch, "val_acc": score},
+                            self.run_dir / BEST_CHECKPOINT)
+        if self.is_main:
+            atomic_save(self._checkpoint(), self.run_dir / LAST_CHECKPOINT)
         if self.writer is not None:
             for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
                 if row[key] is not None:
@@ -352,10 +378,13 @@ def start_run(config: TrainConfig, seed: int, observer: TrainingObserver | None 
     config = config.replace(seeds=[seed], baseline=False).resolved()
     with cpu_threads(config):
         run = Run(config, observer or TrainingObserver())
-        run_dir = create_run_directory(config.out, run_name(config, seed))
-        save_config(config, run_dir / CONFIG_FILE)
-        run.attach(run_dir)
-        run.metrics.start()
+        run_dir = None
+        if run.is_main:
+            run_dir = create_run_directory(config.out, run_name(config, seed))
+            save_config(config, run_dir / CONFIG_FILE)
+        run.attach(distributed.broadcast_from_main(run_dir))
+        if run.is_main:
+            run.metrics.start()
         return run.train()
 
 
@@ -373,7 +402,7 @@ def resume_run(run_dir: str | Path, observer: TrainingObserver | None = None) ->
         run.attach(run_dir)
         if (run_dir / LAST_CHECKPOINT).exists():
             run.restore()
-        else:
+        elif run.is_main:
             run.metrics.start()
         return run.train()
 
