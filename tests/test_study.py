@@ -63,20 +63,21 @@ def test_diverging_setting_is_reported_not_raised(tmp_path, capsys):
 
 
 def test_findings_follow_the_numbers():
-    def record(rule, alpha, beta, lipschitz, pgd, diverged=False):
+    def record(rule, alpha, beta, lipschitz, pgd, diverged=False, acc=90.0):
         return {"rule": rule, "alpha": alpha, "beta": beta, "status": "diverged" if diverged else "finished",
-                "test_acc": None if diverged else 90.0,
+                "test_acc": None if diverged else acc,
                 "diverged_at": {"epoch": 2, "step": 7, "reason": "non-finite loss"} if diverged else None,
                 "robustness": None if diverged else {"lipschitz_max": lipschitz,
                                                      "attacks": [{"pgd_acc": pgd}, {"pgd_acc": pgd / 2}]}}
     config = StudyConfig(alphas=[1.0], betas=[0.5, 2.0])
     records = [record("bp", None, None, 10.0, 40.0), record("dp", 1.0, 0.5, 9.0, 42.0),
                record("dp", 1.0, 2.0, None, None, diverged=True), record("dpT", 1.0, 0.5, 8.0, 44.0),
-               record("dpT", 1.0, 2.0, 12.0, 30.0)]
+               record("dpT", 1.0, 2.0, 12.0, 30.0, acc=85.5)]
     text = findings(config, records)
     assert "DP diverged in 1 of 2 settings (α=1 β=2 at epoch 2)" in text
     assert "DP⊤ diverged in 0 of 2 settings" in text
     assert "its failures sit at asymmetric α with large β" in text
     assert "DP⊤ α=1: rises, 8.00 at β=0.5 → 12.00 at β=2" in text
     assert "does not support a general shrinking" in text
-    assert "Backprop's estimate is 10.00; 2 of 3 other non-diverged settings lie below it" in text
+    assert "Lowest test accuracy against backprop's 90.00 %, in points: DP +0.00 (α=1 β=0.5); DP⊤ -4.50 (α=1 β=2)." in text
+    assert "Backprop's Lipschitz estimate is 10.00; 2 of 3 other non-diverged settings lie below it" in text

@@ -257,7 +257,7 @@ def study_markdown(config: StudyConfig, records: Sequence[dict[str, Any]]) -> st
              f"{config.epochs} epochs, batch {config.batch_size}, lr {config.lr:g}, schedule {config.schedule} × "
              f"{config.passes}, seed {config.seed}"
              + (f", at most {config.limit_batches} batches per epoch" if config.limit_batches else "")
-             + f". Robustness of each run's best checkpoint on {config.test_limit or 'all'} test samples; "
+             + f". Robustness of each run's best checkpoint on {_test_samples(config, records)} test samples; "
              f"ε on the [0, 1] pixel scale, PGD ℓ∞ with {config.pgd_steps} steps. Lipschitz: empirical "
              f"max ‖J(x)‖₂ over {config.lipschitz_samples} test inputs (lower bound) and the product of the "
              f"layers' spectral norms (upper bound).", "",
@@ -273,6 +273,14 @@ def study_markdown(config: StudyConfig, records: Sequence[dict[str, Any]]) -> st
                      f"{_number(_pgd(r, 0))} | {_number(_pgd(r, 1))} |")
     lines += ["", "## Findings", "", findings(config, records), ""]
     return "\n".join(lines)
+
+
+def _test_samples(config: StudyConfig, records: Sequence[dict[str, Any]]) -> str:
+    """How many test samples the attacks used (as measured, else as configured)."""
+    measured = {r["robustness"]["test_samples"] for r in records if r.get("robustness")}
+    if len(measured) == 1:
+        return str(measured.pop())
+    return str(config.test_limit or "all")
 
 
 def _series(records: Sequence[dict[str, Any]], rule: str, alpha: float | None) -> list[dict[str, Any]]:
@@ -323,8 +331,20 @@ def findings(config: StudyConfig, records: Sequence[dict[str, Any]]) -> str:
                              + (f", {config.limit_batches} batches each" if config.limit_batches else "") + ").")
         else:
             sentences.append(f"Unlike the paper's claim of a stable DP⊤, DP⊤ also failed in {len(dpt_bad)} settings.")
-    # Lipschitz against β.
     bp = next((r for r in records if r["rule"] == "bp"), None)
+    # Accuracy cost against backprop.
+    if bp is not None and bp["test_acc"] is not None:
+        losses = []
+        for rule in ("dp", "dpT", "dp-damped", "adversarial"):
+            finished = [r for r in records if r["rule"] == rule and r["test_acc"] is not None]
+            if finished:
+                worst = min(finished, key=lambda r: r["test_acc"])
+                where = ("" if worst["alpha"] is None else f"α={worst['alpha']:g} ") + f"β={worst['beta']:g}"
+                losses.append(f"{_RULE_NAMES[rule]} {worst['test_acc'] - bp['test_acc']:+.2f} ({where})")
+        if losses:
+            sentences.append(f"Lowest test accuracy against backprop's {bp['test_acc']:.2f} %, in points: "
+                             + "; ".join(losses) + ".")
+    # Lipschitz against β.
     bp_lipschitz = _lipschitz(bp) if bp else None
     trends = []
     for rule in ("dp", "dpT", "dp-damped", "adversarial"):
@@ -348,7 +368,7 @@ def findings(config: StudyConfig, records: Sequence[dict[str, Any]]) -> str:
     if bp_lipschitz is not None:
         nudged = [r for r in records if r["rule"] != "bp" and _lipschitz(r) is not None and r["status"] != "diverged"]
         below = [r for r in nudged if _lipschitz(r) < bp_lipschitz]
-        sentences.append(f"Backprop's estimate is {bp_lipschitz:.2f}; {len(below)} of {len(nudged)} other "
+        sentences.append(f"Backprop's Lipschitz estimate is {bp_lipschitz:.2f}; {len(below)} of {len(nudged)} other "
                          f"non-diverged settings lie below it.")
     # α at fixed β for DP⊤.
     dpt = [r for r in records if r["rule"] == "dpT" and _lipschitz(r) is not None and r["status"] != "diverged"]
@@ -402,7 +422,7 @@ def plot_study(config: StudyConfig, records: Sequence[dict[str, Any]], path: str
     panels = (("Lipschitz estimate (empirical)", _lipschitz),
               (f"PGD accuracy at ε={config.eps[1]:g} (%)", lambda r: _pgd(r, 1)),
               ("test accuracy (%)", lambda r: r["test_acc"]))
-    figure, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    figure, axes = plt.subplots(1, 3, figsize=(17, 4.2))
     series_keys = list(dict.fromkeys((r["rule"], r["alpha"]) for r in records if r["beta"] is not None))
     bp = next((r for r in records if r["rule"] == "bp"), None)
     for axis, (label, value) in zip(axes, panels):
@@ -417,7 +437,7 @@ def plot_study(config: StudyConfig, records: Sequence[dict[str, Any]], path: str
         axis.set(xlabel="β", ylabel=label, xscale="log")
     axes[0].set_yscale("log")
     if axes[-1].get_legend_handles_labels()[0]:
-        axes[-1].legend(fontsize="small", loc="best")
+        axes[-1].legend(fontsize="small", loc="center left", bbox_to_anchor=(1.02, 0.5))
     figure.suptitle(f"MLP {'–'.join(map(str, config.hidden))} on {config.dataset}: diverged runs omitted")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
