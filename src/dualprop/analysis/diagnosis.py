@@ -94,7 +94,9 @@ def write_diagnosis(diagnosis: Diagnosis, directory: str | Path, run_dir: str | 
             for a in angles:
                 writer.writerow((index, a.layer, f"{a.cosine:.8g}", f"{a.angle:.6g}"))
     written = [path]
-    label = repr(diagnosis.learner)
+    learner = diagnosis.learner
+    label = learner.rule if learner.rule == "bp" else \
+        f"{learner.rule} α={learner.alpha:g} β={learner.beta:g} {learner.schedule}×{learner.passes}"
     matrix = [[b[i].angle for b in diagnosis.batches] for i in range(len(diagnosis.layers()))]
     batch_png = claim_new_file(directory, path.stem + "-batches", ".png")
     if plot_angle_heatmap(matrix, diagnosis.layers(), list(range(1, len(diagnosis.batches) + 1)), "batch",

@@ -27,7 +27,7 @@ from dualprop.analysis.robustness import evaluate_run_robustness, write_robustne
 from dualprop.data import DataError, find_dataset_dir, get_spec
 from dualprop.rules import RULES
 from dualprop.training.config import TrainConfig, dumps_toml, read_toml
-from dualprop.training.rundir import (CONFIG_FILE, SUMMARY_FILE, create_run_directory, read_summary,
+from dualprop.training.rundir import (CONFIG_FILE, SUMMARY_FILE, create_run_directory,
                                       write_json_atomic)
 from dualprop.training.trainer import TrainingObserver, resume_run, start_run
 
