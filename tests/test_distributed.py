@@ -27,6 +27,8 @@ CASES = {
     "dpT": dict(rule="dpT", alpha=0.5, beta=0.2, schedule="forward-backward", passes=2, implementation="generic"),
     "dpT-fused": dict(rule="dpT", alpha=0.0, beta=0.2, schedule="backward", implementation="fused"),
     "dp-fused": dict(rule="dp", alpha=0.5, beta=0.1, schedule="backward", implementation="fused"),
+    "dp-damped": dict(rule="dp-damped", alpha=0.2, beta=0.5, schedule="forward", passes=3),
+    "adversarial": dict(rule="adversarial", beta=0.05),
 }
 
 

@@ -1,8 +1,9 @@
 """The ``dualprop`` command line: the only place that prints for users and chooses exit codes.
 
 Exit codes: 0 success, 2 bad settings or data (one line ``dualprop: error: …`` on stderr), 3 a run
-diverged, 4 a distributed job failed on another rank or timed out. Each subcommand is an ``_add_<name>_parser(subparsers)`` / ``_run_<name>(args)`` pair listed
-in ``COMMANDS``; adding a command is one pair and one table entry.
+diverged, 4 a distributed job failed on another rank or timed out. Each subcommand is an
+``_add_<name>_parser(subparsers)`` / ``_run_<name>(args)`` pair listed in ``COMMANDS``; adding a command
+is one pair and one table entry.
 """
 from __future__ import annotations
 
