@@ -101,3 +101,20 @@ def test_two_runs_with_one_name_get_two_directories(tmp_path):
     assert first["run_dir"] != second["run_dir"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["digits-mlp-dpT-a0.5-b0.1-seed5",
                                                            "digits-mlp-dpT-a0.5-b0.1-seed5-2"]
+
+
+def test_kolen_pollack_feedback_weights_are_trained_and_resumed(tmp_path):
+    settings = dict(rule="dpT", alpha=0.0, schedule="backward", feedback="kolen-pollack", weight_decay=1e-3)
+    reference = start_run(tiny(tmp_path / "a", **settings), 5)
+    with pytest.raises(Interrupt):
+        start_run(tiny(tmp_path / "b", **settings), 5, InterruptAt(epoch=3))
+    (run_dir,) = (tmp_path / "b").iterdir()
+    resumed = resume_run(run_dir)
+    assert resumed["status"] == reference["status"] == "finished"
+    # the feedback weights are restored on resume: the resumed run retraces the uninterrupted one
+    assert resumed["test_acc"] == pytest.approx(reference["test_acc"])
+    finished = load_checkpoint(f"{reference['run_dir']}/checkpoint-last.pt")
+    hidden = finished["model"]["2.weight"]  # the output layer's forward weights (block 2)
+    (feedback,) = finished["feedback"]
+    assert feedback.shape == hidden.shape and not torch.equal(feedback, hidden)
+    assert reference["test_acc"] > 80.0

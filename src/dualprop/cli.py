@@ -126,10 +126,13 @@ def _report_runs(summaries: list[dict[str, Any]], as_json: bool) -> int:
 # -- train ----------------------------------------------------------------------------------------------
 
 _FLAG_HELP = {
-    "rule": "learning rule: dpT, dp or bp", "alpha": "nudging weight α in [0, 1]",
+    "rule": "learning rule: dpT, dp, dp-damped, bp or adversarial", "alpha": "nudging weight α in [0, 1]",
     "beta": "nudging strength β > 0", "schedule": "inference schedule or alias (fw3, bw, fwbw2, …)",
     "passes": "passes of the inference schedule", "loss": "cross_entropy or mse",
-    "implementation": "auto, generic or fused", "dataset": "dataset name (digits, mnist, cifar10, …)",
+    "implementation": "auto, generic or fused",
+    "feedback": "symmetric, or kolen-pollack (separate feedback weights learned by the same rule)",
+    "power_iterations": "power-iteration steps per update for the spectral norms of dp-damped",
+    "dataset": "dataset name (digits, mnist, cifar10, …)",
     "data_dir": "data root directory", "validation_percent": "percent of training data held out",
     "augment": "random crop/flip where the dataset allows it", "pad_to": "zero-pad images to this size",
     "model": "mlp or a conv model (vgg16, vgg_like, cnn, mini_cnn)",

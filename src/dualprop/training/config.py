@@ -44,6 +44,8 @@ class TrainConfig:
     passes: int | None = None
     loss: str = "cross_entropy"
     implementation: str = "auto"
+    feedback: str = "symmetric"
+    power_iterations: int = 1
     # data
     dataset: str = "digits"
     data_dir: str | None = None
@@ -84,10 +86,11 @@ class TrainConfig:
         config.schedule, config.passes = parse_schedule(config.schedule, config.passes)
         if config.activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {config.activation!r}; choose one of {', '.join(ACTIVATIONS)}")
-        # Learner owns the rules on rule, alpha, beta, loss and implementation: ask it.
+        # Learner owns the rules on its own settings: ask it.
         probe = nn.Sequential(nn.Linear(1, 1), nn.ReLU(), nn.Linear(1, 1))
         Learner(probe, rule=config.rule, alpha=config.alpha, beta=config.beta, schedule=config.schedule,
-                passes=config.passes, loss=config.loss, implementation=config.implementation)
+                passes=config.passes, loss=config.loss, implementation=config.implementation,
+                feedback=config.feedback, power_iterations=config.power_iterations)
         config.dataset = get_spec(config.dataset).name
         if config.model not in MODELS:
             raise ValueError(f"unknown model {config.model!r}; choose one of {', '.join(MODELS)}")

@@ -114,11 +114,12 @@ def build_model(config: TrainConfig, input_shape: tuple[int, ...], num_classes: 
                                      activation=config.activation)
 
 
-def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """SGD with momentum and weight decay, or Adam (weight decay as L2)."""
+def build_optimizer(config: TrainConfig, parameters: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """SGD with momentum and weight decay, or Adam (weight decay as L2), over the network's parameters
+    and any Kolen–Pollack feedback weights (which need the same weight decay to align)."""
     if config.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+        return torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum,
                            weight_decay=config.weight_decay)
 
 
@@ -190,8 +191,10 @@ class Run:
         trained = distributed.data_parallel(self.model, self.context) if self.context else self.model
         self.learner = Learner(trained, rule=config.rule, alpha=config.alpha, beta=config.beta,
                                schedule=config.schedule, passes=config.passes, loss=config.loss,
-                               implementation=config.implementation)
-        self.optimizer = build_optimizer(config, self.model)
+                               implementation=config.implementation, feedback=config.feedback,
+                               power_iterations=config.power_iterations)
+        self.optimizer = build_optimizer(config, [*self.model.parameters(),
+                                                  *self.learner.feedback_parameters()])
         rank, world_size = (self.context.rank, self.context.world_size) if self.context else (0, 1)
         self.train_loader, self.validation_loader, self.test_loader = self.data.loaders(
             config.batch_size, seed=self.seed, eval_batch_size=max(config.batch_size, 256), rank=rank,
@@ -219,6 +222,7 @@ class Run:
 
     def _checkpoint(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "feedback": [w.detach() for w in self.learner.feedback_parameters()],
                 "epoch": self.epoch, "global_step": self.global_step, "best_val_acc": self.best_val_acc,
                 "best_epoch": self.best_epoch, "elapsed": self.elapsed, "rng": rng_state(),
                 "started": self.started}
@@ -227,6 +231,9 @@ class Run:
         """Continue from ``checkpoint-last.pt``; ``metrics.csv`` is cut back to its epoch."""
         state = load_checkpoint(self.run_dir / LAST_CHECKPOINT, map_location=self.device)
         self.model.load_state_dict(state["model"])
+        with torch.no_grad():
+            for weight, saved in zip(self.learner.feedback_parameters(), state["feedback"], strict=True):
+                weight.copy_(saved)
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.global_step = int(state["epoch"]), int(state["global_step"])
         self.best_val_acc, self.best_epoch = float(state["best_val_acc"]), int(state["best_epoch"])
