@@ -27,11 +27,12 @@ import os
 import platform
 import re
 import statistics
+import sys
 import time
 import warnings
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -246,12 +247,26 @@ def _timed(runner: _Runner, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+@contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Some torch builds' CPU profiler logs each start and stop straight to file descriptor 2."""
+    sys.stderr.flush()
+    saved, sink = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(sink, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(sink)
+
+
 def _cpu_allocation_peak(step: Callable[[], None]) -> int:
     """Highest net bytes allocated through PyTorch's CPU allocator while ``step`` runs (profiler events)."""
     from torch.profiler import ProfilerActivity, profile
 
-    with warnings.catch_warnings():  # frees of blocks allocated before profiling are expected
-        warnings.simplefilter("ignore")
+    with warnings.catch_warnings(), _native_stderr_silenced():
+        warnings.simplefilter("ignore")  # frees of blocks allocated before profiling are expected
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             step()
     events = []
