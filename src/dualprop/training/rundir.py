@@ -14,9 +14,10 @@ import csv
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
+
+from dualprop.training.atomic import atomic_write
 
 CONFIG_FILE = "config.toml"
 METRICS_FILE = "metrics.csv"
@@ -48,19 +49,11 @@ def create_run_directory(parent: str | Path, name: str) -> Path:
 
 def write_json_atomic(values: Mapping[str, Any], path: str | Path) -> None:
     """Write ``values`` as JSON through a temporary file and ``os.replace``."""
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            json.dump(values, file, indent=2, allow_nan=True)
-            file.write("\n")
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    def write(file) -> None:
+        json.dump(values, file, indent=2, allow_nan=True)
+        file.write("\n")
+
+    atomic_write(path, write, text=True)
 
 
 def read_summary(run_dir: str | Path) -> dict[str, Any]:
@@ -126,15 +119,13 @@ class MetricsLog:
         missing = [e for e in range(1, epoch + 1) if e not in kept]
         if missing:
             raise ValueError(f"{self.path} lacks the rows of epochs {missing} that the checkpoint has finished")
-        handle, temporary = tempfile.mkstemp(prefix=".metrics.", suffix=".tmp", dir=self.path.parent)
-        with os.fdopen(handle, "w", newline="", encoding="utf-8") as file:
+        def write(file) -> None:
             writer = csv.writer(file)
             writer.writerow(METRIC_COLUMNS)
             for row_epoch in sorted(kept):
                 writer.writerow(kept[row_epoch])
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, self.path)
+
+        atomic_write(self.path, write, text=True)
 
 
 def _cell(value: Any) -> str:
