@@ -61,3 +61,12 @@ def test_no_runs_is_a_clear_error(tmp_path, capsys):
     assert "no run directories" in capsys.readouterr().err
     with pytest.raises(ValueError, match="is not a directory"):
         collect_runs([tmp_path / "missing"])
+
+
+def test_report_never_overwrites_a_users_file(tmp_path, capsys):
+    fake_run(tmp_path / "runs", "a", 0, 90.0)
+    mine = tmp_path / "t.md"
+    mine.write_text("my notes\n")
+    assert main(["report", str(tmp_path / "runs"), "--output", str(mine)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert mine.read_text() == "my notes\n"

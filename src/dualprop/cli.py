@@ -24,6 +24,18 @@ class UsageError(Exception):
     """A command-line mistake, reported as one line with exit status 2."""
 
 
+def _refuse_existing(path: str) -> str:
+    """An output file the user named must not exist yet: dualprop never overwrites a user's file."""
+    if Path(path).exists():
+        raise UsageError(f"{path} already exists; choose a new file name (dualprop never overwrites files)")
+    return path
+
+
+def _write_new_file(path: str, text: str) -> None:
+    with open(_refuse_existing(path), "x", encoding="utf-8") as file:
+        file.write(text)
+
+
 class DistributedJobFailure(Exception):
     """This rank stops because the data-parallel job failed elsewhere or timed out (exit status 4)."""
 
@@ -375,12 +387,14 @@ def _add_report_parser(subparsers: Any) -> None:
 def _run_report(args: argparse.Namespace) -> int:
     from dualprop.analysis.report import collect_runs, markdown_table, plot_curves
 
+    for path in (args.output, args.plot):
+        if path:
+            _refuse_existing(path)
     runs = collect_runs(args.runs)
     table = markdown_table(runs)
     print(table, end="")
     if args.output:
-        with open(args.output, "w", encoding="utf-8") as file:
-            file.write(table)
+        _write_new_file(args.output, table)
     if args.plot:
         if not plot_curves(runs, args.plot):
             print("dualprop: matplotlib is not installed; no plot written", file=sys.stderr)
@@ -429,10 +443,11 @@ def _run_bench(args: argparse.Namespace) -> int:
                              autocast=args.autocast, compile=args.compile, repeats=args.repeats,
                              warmup=args.warmup, passes=args.passes, alpha=args.alpha, beta=args.beta,
                              seed=args.seed, threads=args.threads, variants=variants)
+    if args.output:
+        _refuse_existing(args.output)
     report = run_benchmark(settings)
     if args.output:
-        with open(args.output, "w", encoding="utf-8") as file:
-            json.dump(report.to_dict(), file, indent=2)
+        _write_new_file(args.output, json.dumps(report.to_dict(), indent=2))
     print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
     return EXIT_OK
 
