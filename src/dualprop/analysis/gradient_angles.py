@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from torch import Tensor, nn
 
 from dualprop.learner import Learner
 from dualprop.losses import batch_loss
+from dualprop.atomic import atomic_write
 
 GROUPINGS = ("block", "parameter")
 DIAGNOSTICS_FILE = "diagnostics.csv"
@@ -154,13 +154,14 @@ class AngleLog:
         if not self.path.exists():
             return
         rows = [row for row in read_angle_log(self.path) if row["epoch"] <= epoch]
-        handle, temporary = tempfile.mkstemp(prefix=".diagnostics.", suffix=".tmp", dir=self.path.parent)
-        with os.fdopen(handle, "w", newline="", encoding="utf-8") as file:
+
+        def write(file) -> None:
             writer = csv.writer(file)
             writer.writerow(DIAGNOSTICS_COLUMNS)
             for row in rows:
                 writer.writerow([row[c] for c in DIAGNOSTICS_COLUMNS])
-        os.replace(temporary, self.path)
+
+        atomic_write(self.path, write, text=True)
 
 
 def read_angle_log(path: str | Path) -> list[dict[str, Any]]:

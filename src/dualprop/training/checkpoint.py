@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dualprop.training.atomic import atomic_write
+from dualprop.atomic import atomic_write
 
 
 class CheckpointError(Exception):

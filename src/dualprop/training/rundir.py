@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from dualprop.training.atomic import atomic_write
+from dualprop.atomic import atomic_write
 
 CONFIG_FILE = "config.toml"
 METRICS_FILE = "metrics.csv"
