@@ -125,15 +125,31 @@ def test_linear_update_is_hebbian_outer_product(rule):
         torch.testing.assert_close(linear.bias.grad, -delta.sum(0) / (0.4 * 6))
 
 
-def test_infer_visits_layers_in_schedule_order():
+def test_infer_visits_layers_in_schedule_order(monkeypatch):
     model = models.mlp([3, 4, 4, 4, 2])
     learner = Learner(model, rule="dpT", schedule="fwbw2")
     visits = []
-    for k, block in enumerate(learner.network.blocks, start=1):
-        block.register_forward_hook(lambda *_, k=k: visits.append(k))
+    original = Learner._update_layer
+
+    def recorded(self, states, cache, k, *rest):
+        visits.append(k)
+        return original(self, states, cache, k, *rest)
+
+    monkeypatch.setattr(Learner, "_update_layer", recorded)
     learner.infer(torch.randn(2, 3), torch.tensor([0, 1]))
-    assert visits[:4] == [1, 2, 3, 4]  # the feed-forward pass
-    assert visits[4:] == [4, 3, 2, 1, 2, 3, 4, 3, 2, 1, 1]
+    assert visits == [4, 3, 2, 1, 2, 3, 4, 3, 2, 1, 1]
+
+
+def test_drives_are_recomputed_only_after_the_layer_below_changed():
+    model = models.mlp([3, 4, 4, 4, 2])
+    learner = Learner(model, rule="dp", alpha=0.3, beta=0.5, schedule="fwbw2")
+    forwards = []
+    for k, block in enumerate(learner.network.blocks, start=1):
+        block.register_forward_hook(lambda *_, k=k: forwards.append(k))
+    learner.infer(torch.randn(2, 3), torch.tensor([0, 1]))
+    # feed-forward 1..4; then the visits 4 3 2 1 | 2 3 4 3 2 1 | 1: a drive is computed again when the
+    # layer below was updated since the last time — never for layer 1, whose input x is fixed
+    assert forwards == [1, 2, 3, 4] + [2, 3, 4]
 
 
 # -- β → 0 recovers backprop ------------------------------------------------------------------------------

@@ -67,6 +67,28 @@ class StepResult:
     states_finite: bool = True
 
 
+class _DriveCache:
+    """Drives ``a_k = B_k(s̄_{k−1})`` of one inference, recomputed only after layer ``k−1`` has changed.
+
+    The feed-forward pass supplies every drive; layer 1's never changes (``s̄_0 = x``), and a drive stays
+    valid until the layer below is updated — so a ``backward`` sweep needs no block forward at all.
+    """
+
+    def __init__(self, feed_forward_drives: list[Tensor | None]):
+        self.values = feed_forward_drives
+        self.updates = [0] * len(feed_forward_drives)   # updates made to each layer
+        self.seen = [0] * len(feed_forward_drives)      # updates of layer k−1 that values[k] reflects
+
+    def drive(self, k: int, compute: Callable[[], Tensor]) -> Tensor:
+        if self.seen[k] != self.updates[k - 1]:
+            self.values[k] = compute()
+            self.seen[k] = self.updates[k - 1]
+        return self.values[k]
+
+    def layer_updated(self, k: int) -> None:
+        self.updates[k] += 1
+
+
 def _check_unit_interval(name: str, value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
         raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
@@ -149,18 +171,11 @@ class Learner:
         return implementation
 
     def _make_feedback_weights(self) -> list[list[nn.Parameter]]:
-        """Independently initialised feedback weights for blocks 2..L (block 1 feeds back nothing)."""
-        weights: list[list[nn.Parameter]] = [[]]
-        for block in self.network.blocks[1:]:
-            fresh = []
-            for part in block.weighted_parts():
-                copy = type(part).__new__(type(part))
-                copy.__dict__ = dict(part.__dict__)
-                copy._parameters = {"weight": nn.Parameter(torch.empty_like(part.weight)), "bias": None}
-                copy.reset_parameters()
-                fresh.append(copy.weight)
-            weights.append(fresh)
-        return weights
+        """Independently initialised feedback weights for blocks 2..L (block 1 feeds back nothing), drawn
+        like PyTorch's own Linear and Conv weights (Kaiming-uniform with ``a = √5``)."""
+        return [[]] + [[nn.Parameter(nn.init.kaiming_uniform_(torch.empty_like(part.weight), a=math.sqrt(5)))
+                        for part in block.weighted_parts()]
+                       for block in self.network.blocks[1:]]
 
     def feedback_parameters(self) -> list[nn.Parameter]:
         """The Kolen–Pollack feedback weights (empty with symmetric feedback)."""
@@ -175,27 +190,34 @@ class Learner:
 
     def feed_forward(self, x: Tensor) -> list[Tensor]:
         """``[s_0, …, s_L]`` with ``s_k = f_k(B_k(s_{k−1}))`` and ``s_L = B_L(s_{L−1})``, without grad."""
-        states = [x]
+        return self._feed_forward(x)[0]
+
+    def _feed_forward(self, x: Tensor) -> tuple[list[Tensor], list[Tensor | None]]:
+        """The feed-forward states and drives ``[None, a_1, …, a_L]`` (``a_k = B_k(s_{k−1})``)."""
+        states: list[Tensor] = [x]
+        drives: list[Tensor | None] = [None]
         with torch.no_grad():
             for k, block in enumerate(self.network.blocks):
-                s = block(states[-1])
-                states.append(self.network.activations[k](s) if k < len(self.network.activations) else s)
-        return states
+                drives.append(block(states[-1]))
+                states.append(self.network.activations[k](drives[-1])
+                              if k < len(self.network.activations) else drives[-1])
+        return states, drives
 
     def infer(self, x: Tensor, y: Tensor) -> DyadicStates:
         """Run the inference schedule from the feed-forward states and return the dyadic states."""
         if self.rule == "bp":
             raise ValueError("rule 'bp' has no dyadic states to infer")
-        plus = self.feed_forward(x)
+        plus, drives = self._feed_forward(x)
         logits = plus[-1]
         states = DyadicStates(plus, list(plus), self.alpha, logits)
         weights = nudge_weights(self.rule, self.alpha)
         dampings = self.dampings(plus) if self.rule == "dp-damped" else None
+        cache = _DriveCache(drives)
         with torch.no_grad():
             fixed_nudge = (self.beta * output_gradient(self.loss, logits, y)
                            if output_nudge_is_fixed(self.rule) else None)
             for k in self.order:
-                self._update_layer(states, k, y, weights, fixed_nudge, dampings)
+                self._update_layer(states, cache, k, y, weights, fixed_nudge, dampings)
         return states
 
     def dampings(self, states: list[Tensor]) -> list[float]:
@@ -211,24 +233,27 @@ class Learner:
             result.append(damping_from_spectral_norm(estimator()))
         return result
 
-    def _update_layer(self, states: DyadicStates, k: int, y: Tensor, weights: tuple[float, float],
-                      fixed_nudge: Tensor | None, dampings: list[float] | None) -> None:
-        """Set ``s⁺_k, s⁻_k`` from the current neighbours: one block forward and (hidden) one VJP."""
+    def _update_layer(self, states: DyadicStates, cache: "_DriveCache", k: int, y: Tensor,
+                      weights: tuple[float, float], fixed_nudge: Tensor | None,
+                      dampings: list[float] | None) -> None:
+        """Set ``s⁺_k, s⁻_k`` from the current neighbours: at most one block forward (the drive, only if
+        layer k−1 changed since it was last computed) and, for a hidden layer, one VJP."""
         net = self.network
-        drive = net.blocks[k - 1](states.mean(k - 1))
+        drive = cache.drive(k, lambda: net.blocks[k - 1](states.mean(k - 1)))
         if k == net.depth:
             nudge = fixed_nudge if fixed_nudge is not None else \
                 self.beta * output_gradient(self.loss, drive, y)
             states.plus[k], states.minus[k] = output_compartments(drive, nudge, weights)
-            return
-        feedback_weights = self._feedback_weights[k] if self._feedback_weights is not None else None
-        feedback = net.blocks[k].vjp(states.plus[k], states.difference(k + 1), feedback_weights)
-        activation = net.activations[k - 1]
-        if dampings is None:
-            states.plus[k], states.minus[k] = hidden_compartments(activation, drive, feedback, weights)
         else:
-            states.plus[k], states.minus[k] = damped_hidden_compartments(
-                activation, drive, feedback, weights, states.plus[k], states.minus[k], dampings[k - 1])
+            feedback_weights = self._feedback_weights[k] if self._feedback_weights is not None else None
+            feedback = net.blocks[k].vjp(states.plus[k], states.difference(k + 1), feedback_weights)
+            activation = net.activations[k - 1]
+            if dampings is None:
+                states.plus[k], states.minus[k] = hidden_compartments(activation, drive, feedback, weights)
+            else:
+                states.plus[k], states.minus[k] = damped_hidden_compartments(
+                    activation, drive, feedback, weights, states.plus[k], states.minus[k], dampings[k - 1])
+        cache.layer_updated(k)
 
     # -- learning ----------------------------------------------------------------------------------
 
