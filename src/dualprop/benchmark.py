@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from dualprop import models
 from dualprop.learner import Learner
+from dualprop.network import split_network
 from dualprop.schedules import layer_order, parse_schedule
 
 MODELS: dict[str, tuple[Callable[[], nn.Sequential], tuple[int, ...]]] = {
@@ -331,7 +332,7 @@ def _run(settings: BenchSettings) -> BenchReport:
     torch.manual_seed(settings.seed)
     initial, input_shape = build_model(settings.model)
     initial = initial.to(device=device, dtype=DTYPES[settings.dtype])
-    depth = Learner(initial, rule="bp").network.depth
+    depth = split_network(initial).depth
     generator = torch.Generator().manual_seed(settings.seed)
     classes = [m for m in initial if isinstance(m, nn.Linear)][-1].out_features
     x = torch.randn((settings.batch_size, *input_shape), generator=generator).to(device, DTYPES[settings.dtype])

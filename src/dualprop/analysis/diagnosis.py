@@ -71,8 +71,7 @@ def diagnose(config: TrainConfig, run_dir: str | Path | None = None, checkpoint:
         raise ValueError(f"batches must be >= 1, got {batches}")
     model, loader = diagnosis_model(config, run_dir, checkpoint)
     model = model.to(dtype)
-    learner = Learner(model, rule=config.rule, alpha=config.alpha, beta=config.beta, schedule=config.schedule,
-                      passes=config.passes, loss=config.loss, implementation=config.implementation)
+    learner = Learner(model, **config.learner_settings())
     results = []
     for index, (x, y) in enumerate(loader):
         if index >= batches:

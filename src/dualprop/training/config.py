@@ -88,9 +88,7 @@ class TrainConfig:
             raise ValueError(f"unknown activation {config.activation!r}; choose one of {', '.join(ACTIVATIONS)}")
         # Learner owns the rules on its own settings: ask it.
         probe = nn.Sequential(nn.Linear(1, 1), nn.ReLU(), nn.Linear(1, 1))
-        Learner(probe, rule=config.rule, alpha=config.alpha, beta=config.beta, schedule=config.schedule,
-                passes=config.passes, loss=config.loss, implementation=config.implementation,
-                feedback=config.feedback, power_iterations=config.power_iterations)
+        Learner(probe, **config.learner_settings())
         config.dataset = get_spec(config.dataset).name
         if config.model not in MODELS:
             raise ValueError(f"unknown model {config.model!r}; choose one of {', '.join(MODELS)}")
@@ -124,6 +122,12 @@ class TrainConfig:
         return config
 
     # -- conversion -------------------------------------------------------------------------------
+
+    def learner_settings(self) -> dict[str, Any]:
+        """The keyword arguments of :class:`dualprop.Learner` that this config sets."""
+        return {"rule": self.rule, "alpha": self.alpha, "beta": self.beta, "schedule": self.schedule,
+                "passes": self.passes, "loss": self.loss, "implementation": self.implementation,
+                "feedback": self.feedback, "power_iterations": self.power_iterations}
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as a plain dict (``None`` values omitted, as TOML has no null)."""

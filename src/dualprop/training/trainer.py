@@ -189,10 +189,7 @@ class Run:
         self.data = load_splits(config, self.seed, self.context.world_size if self.context else 1)
         self.model = build_model(config, self.data.input_shape, self.data.num_classes).to(self.device)
         trained = distributed.data_parallel(self.model, self.context) if self.context else self.model
-        self.learner = Learner(trained, rule=config.rule, alpha=config.alpha, beta=config.beta,
-                               schedule=config.schedule, passes=config.passes, loss=config.loss,
-                               implementation=config.implementation, feedback=config.feedback,
-                               power_iterations=config.power_iterations)
+        self.learner = Learner(trained, **config.learner_settings())
         self.optimizer = build_optimizer(config, [*self.model.parameters(),
                                                   *self.learner.feedback_parameters()])
         rank, world_size = (self.context.rank, self.context.world_size) if self.context else (0, 1)
