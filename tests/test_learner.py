@@ -286,3 +286,18 @@ def test_public_interface_example_runs():
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     states = learner.infer(x, y)
     assert len(states.plus) == len(states.minus) == 3 and states.plus[0] is x
+
+
+def test_all_finite_flags_any_non_finite_compartment():
+    torch.manual_seed(8)
+    model = models.mlp([4, 5, 3]).double()
+    x, y = torch.randn(6, 4, dtype=torch.float64), torch.randint(0, 3, (6,))
+    states = Learner(model, rule="dp", schedule="fw2").infer(x, y)
+    assert states.all_finite()
+    for compartments in (states.plus, states.minus):
+        for k in (1, 2):
+            saved = compartments[k]
+            compartments[k] = saved.clone()
+            compartments[k][0, 0] = float("nan")
+            assert not states.all_finite()
+            compartments[k] = saved

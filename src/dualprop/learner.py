@@ -54,8 +54,8 @@ class DyadicStates:
         return self.plus[k] - self.minus[k]
 
     def all_finite(self) -> bool:
-        """Whether every compartment is finite (a diverging DP run first shows up here)."""
-        return all(bool(torch.isfinite(s).all()) for s in self.plus + self.minus)
+        """Whether every compartment is finite (a diverging DP run first shows up here); one device sync."""
+        return bool(torch.stack([torch.isfinite(s).all() for s in self.plus[1:] + self.minus[1:]]).all())
 
 
 @dataclass

@@ -157,8 +157,8 @@ def evaluate(model: nn.Module, loader: BatchLoader, loss_name: str, limit_batche
 
 
 def parameters_finite(model: nn.Module) -> bool:
-    """Whether every parameter of ``model`` is finite."""
-    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    """Whether every parameter of ``model`` is finite (one device sync, not one per tensor)."""
+    return bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
 
 
 def run_name(config: TrainConfig, seed: int) -> str:
