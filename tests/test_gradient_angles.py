@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from dualprop import Learner
-from dualprop.analysis.gradient_angles import (AngleLog, cosine_angle, epoch_matrix, gradient_angles,
-                                               read_angle_log)
+from dualprop.analysis.gradient_angles import cosine_angle, epoch_matrix, gradient_angles
+from dualprop.training.rundir import DiagnosticsLog, read_diagnostics
 from dualprop.training import TrainConfig, train
 
 
@@ -96,12 +96,12 @@ def test_callers_grad_is_untouched():
 
 
 def test_angle_log_truncates_to_a_resumed_epoch(tmp_path):
-    log = AngleLog(tmp_path)
+    log = DiagnosticsLog(tmp_path)
     from dualprop.analysis.gradient_angles import LayerAngle
     for epoch, step in ((1, 5), (2, 10), (3, 15)):
         log.append(epoch, step, [LayerAngle("block 1", 0.5, 60.0), LayerAngle("block 2", 1.0, 0.0)])
     log.truncate_to(2)
-    rows = read_angle_log(tmp_path / "diagnostics.csv")
+    rows = read_diagnostics(tmp_path / "diagnostics.csv")
     assert [(r["epoch"], r["layer"]) for r in rows] == [(1, "block 1"), (1, "block 2"), (2, "block 1"),
                                                          (2, "block 2")]
     layers, epochs, matrix = epoch_matrix(rows)

@@ -16,14 +16,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dualprop.analysis.gradient_angles import (DIAGNOSTICS_FILE, LayerAngle, epoch_matrix, gradient_angles,
-                                               read_angle_log)
+from dualprop.analysis.gradient_angles import LayerAngle, epoch_matrix, gradient_angles
 from dualprop.analysis.heatmap import plot_angle_heatmap
 from dualprop.analysis.outputs import claim_new_file
 from dualprop.analysis.robustness import load_trained_run
 from dualprop.data import BatchLoader, load_dataset
 from dualprop.learner import Learner
 from dualprop.training.config import TrainConfig
+from dualprop.training.rundir import DIAGNOSTICS_FILE, read_diagnostics
 from dualprop.training.trainer import build_model
 
 
@@ -105,7 +105,7 @@ def write_diagnosis(diagnosis: Diagnosis, directory: str | Path, run_dir: str | 
         batch_png.unlink()
     log = Path(run_dir) / DIAGNOSTICS_FILE if run_dir is not None else None
     if log is not None and log.is_file():
-        rows = read_angle_log(log)
+        rows = read_diagnostics(log)
         if rows:
             layers, epochs, epoch_angles = epoch_matrix(rows)
             epoch_png = claim_new_file(directory, "diagnostics-epochs", ".png")

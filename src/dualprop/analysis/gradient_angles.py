@@ -9,16 +9,14 @@ A layer is a block ``B_k`` of the layered network (all its parameters together) 
 ``per="parameter"``, each parameter tensor on its own. Where ``u`` or ``g`` is zero the angle is
 undefined and reported as NaN. Nothing here changes the caller's ``.grad``.
 
-:class:`AngleLog` keeps these rows as ``diagnostics.csv`` in a run directory during training.
+:class:`dualprop.training.rundir.DiagnosticsLog` keeps these rows as ``diagnostics.csv`` in a run
+directory during training.
 """
 from __future__ import annotations
 
-import csv
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,11 +24,8 @@ from torch import Tensor, nn
 
 from dualprop.learner import Learner
 from dualprop.losses import batch_loss
-from dualprop.atomic import atomic_write
 
 GROUPINGS = ("block", "parameter")
-DIAGNOSTICS_FILE = "diagnostics.csv"
-DIAGNOSTICS_COLUMNS = ("epoch", "step", "layer", "cosine", "angle")
 
 
 @dataclass(frozen=True)
@@ -125,56 +120,6 @@ def gradient_angles(learner: Learner, x: Tensor, y: Tensor, per: str = "block",
 def current_update(model: nn.Module) -> list[Tensor]:
     """The ``.grad`` of every parameter (zeros where none), detached copies."""
     return [torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in model.parameters()]
-
-
-class AngleLog:
-    """Append-only ``diagnostics.csv`` (epoch, step, layer, cosine, angle), one row per layer and check."""
-
-    def __init__(self, run_dir: str | Path):
-        self.path = Path(run_dir) / DIAGNOSTICS_FILE
-
-    def start(self) -> None:
-        """Write the header of a new, empty log."""
-        with open(self.path, "w", newline="", encoding="utf-8") as file:
-            csv.writer(file).writerow(DIAGNOSTICS_COLUMNS)
-
-    def append(self, epoch: int, step: int, angles: Sequence[LayerAngle]) -> None:
-        """Add the rows of one check (created with its header if the file is missing)."""
-        if not self.path.exists():
-            self.start()
-        with open(self.path, "a", newline="", encoding="utf-8") as file:
-            writer = csv.writer(file)
-            for angle in angles:
-                writer.writerow([epoch, step, angle.layer, f"{angle.cosine:.8g}", f"{angle.angle:.6g}"])
-            file.flush()
-            os.fsync(file.fileno())
-
-    def truncate_to(self, epoch: int) -> None:
-        """Keep only the rows of epochs ``1..epoch`` (what a resumed run's checkpoint has finished)."""
-        if not self.path.exists():
-            return
-        rows = [row for row in read_angle_log(self.path) if row["epoch"] <= epoch]
-
-        def write(file) -> None:
-            writer = csv.writer(file)
-            writer.writerow(DIAGNOSTICS_COLUMNS)
-            for row in rows:
-                writer.writerow([row[c] for c in DIAGNOSTICS_COLUMNS])
-
-        atomic_write(self.path, write, text=True)
-
-
-def read_angle_log(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a ``diagnostics.csv``: epoch and step as int, cosine and angle as float (torn rows skipped)."""
-    rows = []
-    with open(path, newline="", encoding="utf-8") as file:
-        for row in csv.DictReader(file):
-            try:
-                rows.append({"epoch": int(row["epoch"]), "step": int(row["step"]), "layer": row["layer"],
-                             "cosine": float(row["cosine"]), "angle": float(row["angle"])})
-            except (KeyError, TypeError, ValueError):
-                continue
-    return rows
 
 
 def epoch_matrix(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[int], list[list[float]]]:

@@ -4,6 +4,7 @@ Layout of one run directory::
 
     config.toml           the resolved settings (flat TOML; ``dualprop train --config`` reads it)
     metrics.csv           one row per finished epoch
+    diagnostics.csv       with diagnose_every: per-layer angles to backprop's gradient every N steps
     summary.json          status (running, finished, diverged), best epoch, test accuracy, timings
     checkpoint-best.pt    the weights of the epoch with the best validation accuracy
     checkpoint-last.pt    everything needed to resume after the last finished epoch
@@ -25,6 +26,8 @@ SUMMARY_FILE = "summary.json"
 BEST_CHECKPOINT = "checkpoint-best.pt"
 LAST_CHECKPOINT = "checkpoint-last.pt"
 
+DIAGNOSTICS_FILE = "diagnostics.csv"
+DIAGNOSTICS_COLUMNS = ("epoch", "step", "layer", "cosine", "angle")
 METRIC_COLUMNS = ("epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds",
                   "elapsed")
 
@@ -78,23 +81,64 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, float]]:
             for row in rows if row.get("epoch") not in ("", None)]
 
 
-class MetricsLog:
-    """Append-only ``metrics.csv`` with one row per finished epoch, flushed and fsynced per row."""
+class _EpochLog:
+    """An append-only CSV run log whose first column is the epoch: rows are flushed and fsynced as they
+    are added, and a resumed run cuts the file back atomically to its checkpoint's epoch."""
 
-    def __init__(self, run_dir: str | Path):
-        self.path = Path(run_dir) / METRICS_FILE
+    columns: tuple[str, ...] = ()
+
+    def __init__(self, path: Path):
+        self.path = path
 
     def start(self) -> None:
         """Write the header of a new, empty log."""
-        with open(self.path, "w", newline="", encoding="utf-8") as file:
-            csv.writer(file).writerow(METRIC_COLUMNS)
+        self._rewrite([])
+
+    def _append(self, rows: Sequence[Sequence[Any]]) -> None:
+        with open(self.path, "a", newline="", encoding="utf-8") as file:
+            csv.writer(file).writerows(rows)
+            file.flush()
+            os.fsync(file.fileno())
+
+    def _rewrite(self, rows: Sequence[Sequence[Any]]) -> None:
+        def write(file) -> None:
+            writer = csv.writer(file)
+            writer.writerow(self.columns)
+            writer.writerows(rows)
+
+        atomic_write(self.path, write, text=True)
+
+    def _rows_up_to(self, epoch: int) -> list[list[str]]:
+        """Complete rows of epochs ``1..epoch`` in file order (a torn last line is skipped)."""
+        if not self.path.exists():
+            return []
+        kept = []
+        with open(self.path, newline="", encoding="utf-8") as file:
+            reader = csv.reader(file)
+            next(reader, None)
+            for cells in reader:
+                if len(cells) != len(self.columns):
+                    continue
+                try:
+                    row_epoch = int(float(cells[0]))
+                except ValueError:
+                    continue
+                if 1 <= row_epoch <= epoch:
+                    kept.append(cells)
+        return kept
+
+
+class MetricsLog(_EpochLog):
+    """``metrics.csv``: one row per finished epoch."""
+
+    columns = METRIC_COLUMNS
+
+    def __init__(self, run_dir: str | Path):
+        super().__init__(Path(run_dir) / METRICS_FILE)
 
     def append(self, row: Mapping[str, Any]) -> None:
         """Add one epoch's row (missing columns are left empty)."""
-        with open(self.path, "a", newline="", encoding="utf-8") as file:
-            csv.writer(file).writerow([_cell(row.get(column)) for column in METRIC_COLUMNS])
-            file.flush()
-            os.fsync(file.fileno())
+        self._append([[_cell(row.get(column)) for column in METRIC_COLUMNS]])
 
     def truncate_to(self, epoch: int) -> None:
         """Keep exactly the rows of epochs ``1..epoch`` (the last finished epoch of a checkpoint).
@@ -102,30 +146,45 @@ class MetricsLog:
         Rows after ``epoch`` (written before a crash that beat the checkpoint) and duplicates are
         dropped; a torn last line is dropped too. The file is rewritten atomically.
         """
-        kept: dict[int, list[str]] = {}
-        if self.path.exists():
-            with open(self.path, newline="", encoding="utf-8") as file:
-                reader = csv.reader(file)
-                next(reader, None)
-                for cells in reader:
-                    if len(cells) != len(METRIC_COLUMNS):
-                        continue
-                    try:
-                        row_epoch = int(float(cells[0]))
-                    except ValueError:
-                        continue
-                    if 1 <= row_epoch <= epoch:
-                        kept[row_epoch] = cells
+        kept = {int(float(cells[0])): cells for cells in self._rows_up_to(epoch)}
         missing = [e for e in range(1, epoch + 1) if e not in kept]
         if missing:
             raise ValueError(f"{self.path} lacks the rows of epochs {missing} that the checkpoint has finished")
-        def write(file) -> None:
-            writer = csv.writer(file)
-            writer.writerow(METRIC_COLUMNS)
-            for row_epoch in sorted(kept):
-                writer.writerow(kept[row_epoch])
+        self._rewrite([kept[e] for e in sorted(kept)])
 
-        atomic_write(self.path, write, text=True)
+
+class DiagnosticsLog(_EpochLog):
+    """``diagnostics.csv``: per check during training, one row per layer (epoch, step, layer, cosine, angle)."""
+
+    columns = DIAGNOSTICS_COLUMNS
+
+    def __init__(self, run_dir: str | Path):
+        super().__init__(Path(run_dir) / DIAGNOSTICS_FILE)
+
+    def append(self, epoch: int, step: int, angles: Sequence[Any]) -> None:
+        """Add the rows of one check (objects with ``layer``, ``cosine``, ``angle``); the file and its
+        header are created if missing."""
+        if not self.path.exists():
+            self.start()
+        self._append([[epoch, step, a.layer, f"{a.cosine:.8g}", f"{a.angle:.6g}"] for a in angles])
+
+    def truncate_to(self, epoch: int) -> None:
+        """Keep only the rows of epochs ``1..epoch`` (what a resumed run's checkpoint has finished)."""
+        if self.path.exists():
+            self._rewrite(self._rows_up_to(epoch))
+
+
+def read_diagnostics(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a ``diagnostics.csv``: epoch and step as int, cosine and angle as float (torn rows skipped)."""
+    rows = []
+    with open(path, newline="", encoding="utf-8") as file:
+        for row in csv.DictReader(file):
+            try:
+                rows.append({"epoch": int(row["epoch"]), "step": int(row["step"]), "layer": row["layer"],
+                             "cosine": float(row["cosine"]), "angle": float(row["angle"])})
+            except (KeyError, TypeError, ValueError):
+                continue
+    return rows
 
 
 def _cell(value: Any) -> str:

@@ -30,7 +30,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from dualprop.analysis.gradient_angles import AngleLog, current_update, gradient_angles
+from dualprop.analysis.gradient_angles import current_update, gradient_angles
 from dualprop.data import BatchLoader, DatasetSplits, load_dataset
 from dualprop.learner import Learner
 from dualprop.losses import batch_loss
@@ -39,8 +39,9 @@ from dualprop.training import distributed
 from dualprop.training.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
 from dualprop.training.config import TrainConfig, load_config, save_config
 from dualprop.training.lr_schedule import learning_rate
-from dualprop.training.rundir import (BEST_CHECKPOINT, CONFIG_FILE, LAST_CHECKPOINT, MetricsLog,
-                                      SUMMARY_FILE, create_run_directory, read_summary, write_json_atomic)
+from dualprop.training.rundir import (BEST_CHECKPOINT, CONFIG_FILE, LAST_CHECKPOINT, SUMMARY_FILE,
+                                      DiagnosticsLog, MetricsLog, create_run_directory, read_summary,
+                                      write_json_atomic)
 
 
 class TrainingObserver:
@@ -212,7 +213,7 @@ class Run:
         """Write this run's files into ``run_dir``."""
         self.run_dir = run_dir
         self.metrics = MetricsLog(run_dir)
-        self.angles = AngleLog(run_dir) if self.config.diagnose_every else None
+        self.angles = DiagnosticsLog(run_dir) if self.config.diagnose_every else None
         self.writer = _tensorboard_writer(run_dir) if self.config.tensorboard and self.is_main else None
 
     # -- persistence ------------------------------------------------------------------------------
