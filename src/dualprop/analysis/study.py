@@ -25,7 +25,6 @@ from typing import Any
 
 from dualprop.analysis.robustness import evaluate_run_robustness, write_robustness_json
 from dualprop.data import DataError, find_dataset_dir, get_spec
-from dualprop.rules import RULES
 from dualprop.training.config import TrainConfig, dumps_toml, read_toml
 from dualprop.training.rundir import (CONFIG_FILE, SUMMARY_FILE, create_run_directory,
                                       write_json_atomic)
@@ -65,20 +64,17 @@ class StudyConfig:
     device: str = "auto"
 
     def check(self) -> "StudyConfig":
-        """A checked copy: known rules, α in [0, 1], β > 0, two ε > 0."""
+        """A checked copy: a non-empty grid of valid training settings and two ε > 0."""
         config = dataclasses.replace(self, hidden=list(self.hidden), rules=list(self.rules),
                                      alphas=[float(a) for a in self.alphas], betas=[float(b) for b in self.betas],
                                      eps=[float(e) for e in self.eps])
-        unknown = [r for r in config.rules if r not in RULES]
-        if unknown or not config.rules:
-            raise ValueError(f"study rules must be among {', '.join(RULES)}, got {config.rules}")
-        if not config.alphas or any(not 0.0 <= a <= 1.0 for a in config.alphas):
-            raise ValueError(f"study alphas must be numbers in [0, 1], got {config.alphas}")
-        if not config.betas or any(not (b > 0 and math.isfinite(b)) for b in config.betas):
-            raise ValueError(f"study betas must be finite numbers > 0, got {config.betas}")
+        for name in ("rules", "alphas", "betas"):
+            if not getattr(config, name):
+                raise ValueError(f"study {name} must list at least one value")
         if len(config.eps) != 2 or any(not (e > 0 and math.isfinite(e)) for e in config.eps):
             raise ValueError(f"study eps must be two numbers > 0, got {config.eps}")
-        config.train_config(Setting("bp", None, None)).resolved()  # shared settings are checked there
+        for setting in study_settings(config):  # the Learner and TrainConfig check rule, α, β and the rest
+            config.train_config(setting).resolved()
         return config
 
     def train_config(self, setting: "Setting") -> TrainConfig:
