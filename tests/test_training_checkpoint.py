@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from dualprop.training.checkpoint import (CheckpointError, atomic_save, load_checkpoint, rng_state,
+from dualprop.training.checkpoint import (CheckpointError, atomic_save, load_checkpoint, model_state, rng_state,
                                           set_rng_state)
 from dualprop.training.rundir import METRIC_COLUMNS, MetricsLog, create_run_directory, read_metrics
 
@@ -19,10 +19,10 @@ def test_atomic_save_round_trips_through_the_safe_loader(tmp_path):
     model(torch.ones(1, 3)).sum().backward()
     optimizer.step()
     path = tmp_path / "ckpt.pt"
-    atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": 4,
+    atomic_save({"learner": {"model.weight": model.weight.detach()}, "optimizer": optimizer.state_dict(), "epoch": 4,
                  "rng": rng_state()}, path)
     loaded = load_checkpoint(path)
-    assert torch.equal(loaded["model"]["weight"], model.weight.detach())
+    assert torch.equal(model_state(loaded)["weight"], model.weight.detach())
     assert loaded["epoch"] == 4
     momentum = loaded["optimizer"]["state"][0]["momentum_buffer"]
     assert torch.equal(momentum, optimizer.state[model.weight]["momentum_buffer"])
@@ -31,9 +31,9 @@ def test_atomic_save_round_trips_through_the_safe_loader(tmp_path):
 
 def test_failed_save_leaves_the_previous_checkpoint_intact(tmp_path):
     path = tmp_path / "ckpt.pt"
-    atomic_save({"model": {"w": torch.zeros(2)}, "epoch": 1}, path)
+    atomic_save({"learner": {"w": torch.zeros(2)}, "epoch": 1}, path)
     with pytest.raises(Exception):
-        atomic_save({"model": {"w": torch.ones(2)}, "epoch": lambda: 2}, path)  # lambdas cannot be pickled
+        atomic_save({"learner": {"w": torch.ones(2)}, "epoch": lambda: 2}, path)  # lambdas cannot be pickled
     assert load_checkpoint(path)["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
 
@@ -45,7 +45,7 @@ class _Payload:
 
 def test_loader_refuses_objects_that_are_not_plain_data(tmp_path):
     path = tmp_path / "evil.pt"
-    torch.save({"model": _Payload()}, path)
+    torch.save({"learner": _Payload()}, path)
     with pytest.raises(CheckpointError, match="evil.pt cannot be read"):
         load_checkpoint(path)
     (tmp_path / "garbage.pt").write_bytes(pickle.dumps([1, 2], protocol=2)[:3])
@@ -57,7 +57,7 @@ def test_loader_refuses_objects_that_are_not_plain_data(tmp_path):
 
 def test_rng_state_restores_torch_numpy_and_python(tmp_path):
     torch.manual_seed(1), np.random.seed(2), random.seed(3)
-    atomic_save({"model": {}, "rng": rng_state()}, tmp_path / "r.pt")
+    atomic_save({"learner": {}, "rng": rng_state()}, tmp_path / "r.pt")
     expected = (torch.rand(3), np.random.rand(3), random.random())
     torch.rand(5), np.random.rand(5), random.random()
     set_rng_state(load_checkpoint(tmp_path / "r.pt")["rng"])

@@ -10,7 +10,7 @@ from dualprop.data import load_dataset
 from dualprop.learner import Learner, StepResult
 from dualprop.models import mlp
 from dualprop.training import TrainConfig, TrainingObserver, resume_run, start_run
-from dualprop.training.checkpoint import load_checkpoint
+from dualprop.training.checkpoint import load_checkpoint, model_state
 from dualprop.training.rundir import read_metrics
 
 
@@ -61,7 +61,7 @@ def test_test_accuracy_is_that_of_the_best_checkpoint(tmp_path):
     assert best["epoch"] == summary["best_epoch"]
     data = load_dataset("digits", validation_percent=10, seed=5, flatten=True)
     model = mlp([64, 32, 10])
-    model.load_state_dict(best["model"])
+    model.load_state_dict(model_state(best))
     x, y = data.test.tensors
     with torch.no_grad():
         accuracy = 100.0 * int((model(x).argmax(1) == y).sum()) / len(y)
@@ -114,7 +114,7 @@ def test_kolen_pollack_feedback_weights_are_trained_and_resumed(tmp_path):
     # the feedback weights are restored on resume: the resumed run retraces the uninterrupted one
     assert resumed["test_acc"] == pytest.approx(reference["test_acc"])
     finished = load_checkpoint(f"{reference['run_dir']}/checkpoint-last.pt")
-    hidden = finished["model"]["2.weight"]  # the output layer's forward weights (block 2)
-    (feedback,) = finished["feedback"]
+    hidden = finished["learner"]["model.2.weight"]  # the output layer's forward weights (block 2)
+    feedback = finished["learner"]["feedback_weights.0"]
     assert feedback.shape == hidden.shape and not torch.equal(feedback, hidden)
     assert reference["test_acc"] > 80.0

@@ -138,10 +138,9 @@ class FusedSweep:
             for (parent, name), original in zip(self._sites, originals):
                 parent._modules[name] = original
 
-    def step(self, x: Tensor, y: Tensor, alpha: float, beta: float) -> tuple[Tensor, Tensor]:
-        """Accumulate the fused update into ``.grad``; return the batch-mean loss and the logits (detached)."""
+    def objective(self, x: Tensor, y: Tensor, alpha: float, beta: float) -> tuple[Tensor, Tensor]:
+        """The batch-mean loss through the fused activations (its ``backward()`` accumulates the fused
+        update) and the detached logits."""
         with self.installed(alpha, beta):
             logits = self.model(x)
-        loss = batch_loss(self.loss, logits, y)
-        loss.backward()
-        return loss.detach(), logits.detach()
+        return batch_loss(self.loss, logits, y), logits.detach()

@@ -60,11 +60,17 @@ class DyadicStates:
 
 @dataclass
 class StepResult:
-    """What ``Learner.step`` reports: the feed-forward batch-mean loss and output."""
+    """What ``Learner.objective`` and ``Learner.step`` report.
+
+    ``loss`` is the feed-forward batch-mean loss, ``logits`` the feed-forward output (detached), and
+    ``objective`` the scalar whose ``backward()`` accumulates the rule's update into ``.grad``: the
+    surrogate ``J`` for the dyadic rules, the batch-mean loss for ``bp`` and ``adversarial``.
+    """
 
     loss: float
     logits: Tensor
     states_finite: bool = True
+    objective: Tensor | None = None
 
 
 class _DriveCache:
@@ -108,22 +114,28 @@ def _check_power_iterations(value: int) -> int:
     return value
 
 
-class Learner:
-    """Train a layered ``nn.Sequential`` with dual propagation or a reference rule.
+class Learner(nn.Module):
+    """Train a model with dual propagation or a reference rule; an ``nn.Module`` beside the optimizer.
 
     Rules: ``dp``, ``dpT`` (DP⊤), ``dp-damped`` (DP with damping ``L_k = max(0, (γ_k² − 1)/2)`` from a
     warm-started power iteration of ``power_iterations`` steps per call on the next block), ``bp``
     (backprop of the batch-mean loss) and ``adversarial`` (backprop at ``x + β ∇ₓℓ``, ℓ per sample).
     ``feedback="kolen-pollack"`` carries ``Δ`` through separate feedback weights that receive the same
-    local update as the forward weights; give ``feedback_parameters()`` to the optimizer, with weight
-    decay, so the two sets come to agree.
+    local update as the forward weights; give ``learner.parameters()`` (model and feedback weights) to
+    the optimizer, with weight decay, so the two sets come to agree.
 
-    The model and the optimizer stay the caller's: ``step`` only accumulates into ``.grad``.
+    The Learner's own tensors are registered state: the feedback weights (parameters) and the
+    spectral-norm estimates of damped DP (buffers) are in ``state_dict()``, moved by ``to()``. The model
+    is the submodule ``model`` (unwrapped from ``DistributedDataParallel`` or ``torch.compile``; the
+    wrapper is still what runs), and ``learner(x)`` is its forward. ``objective(x, y)`` returns the
+    scalar whose ``backward()`` accumulates the update into ``.grad``; ``step(x, y)`` is that plus
+    ``backward()``. The optimizer stays the caller's.
     """
 
     def __init__(self, model: nn.Module, rule: str = "dpT", alpha: float = 0.5, beta: float = 0.1,
                  schedule: str = "forward", passes: int | None = None, loss: str = "cross_entropy",
                  implementation: str = "auto", feedback: str = "symmetric", power_iterations: int = 1):
+        super().__init__()
         if rule not in RULES:
             raise ValueError(f"unknown rule {rule!r}; choose one of {', '.join(RULES)}")
         if implementation not in IMPLEMENTATIONS:
@@ -134,15 +146,19 @@ class Learner:
         self.beta = _check_positive("beta", beta)
         self.schedule, self.passes = parse_schedule(schedule, passes)
         self.loss = check_loss(loss)
-        self.model = model
-        self.network: LayeredNetwork = split_network(model)
+        self.model = unwrap(model)
+        self.__dict__["wrapper"] = model  # what runs; kept out of the module tree (no duplicate state)
+        self.network: LayeredNetwork = split_network(self.model)
         self.order = layer_order(self.schedule, self.network.depth, self.passes)
         if feedback not in FEEDBACK_MODES:
             raise ValueError(f"unknown feedback {feedback!r}; choose one of {', '.join(FEEDBACK_MODES)}")
         if feedback != "symmetric" and rule not in DYADIC_RULES:
             raise ValueError(f"feedback={feedback!r} needs a dual-propagation rule, not {rule!r}")
         self.feedback = feedback
-        self._feedback_weights = self._make_feedback_weights() if feedback == "kolen-pollack" else None
+        self.feedback_weights = nn.ParameterList()
+        self._feedback_index: list[list[int]] = []
+        if feedback == "kolen-pollack":
+            self._make_feedback_weights()
         self.power_iterations = _check_power_iterations(power_iterations)
         self.implementation = self._resolve_implementation(implementation)
         self._spectral_estimators: dict[int, SpectralNormEstimator] = {}
@@ -167,24 +183,45 @@ class Learner:
                      and self.passes == 1 and self.feedback == "symmetric")
             implementation = "fused" if exact else "generic"
         if implementation == "fused":
-            self._fused_sweep = FusedSweep(self.model, self.network, self.rule, self.loss)
+            self._fused_sweep = FusedSweep(self.wrapper, self.network, self.rule, self.loss)
         return implementation
 
-    def _make_feedback_weights(self) -> list[list[nn.Parameter]]:
+    def _make_feedback_weights(self) -> None:
         """Independently initialised feedback weights for blocks 2..L (block 1 feeds back nothing), drawn
         like PyTorch's own Linear and Conv weights (Kaiming-uniform with ``a = √5``)."""
-        return [[]] + [[nn.Parameter(nn.init.kaiming_uniform_(torch.empty_like(part.weight), a=math.sqrt(5)))
-                        for part in block.weighted_parts()]
-                       for block in self.network.blocks[1:]]
+        self._feedback_index = [[]]
+        for block in self.network.blocks[1:]:
+            indices = []
+            for part in block.weighted_parts():
+                indices.append(len(self.feedback_weights))
+                self.feedback_weights.append(nn.Parameter(
+                    nn.init.kaiming_uniform_(torch.empty_like(part.weight), a=math.sqrt(5))))
+            self._feedback_index.append(indices)
+
+    def _block_feedback(self, k: int) -> list[Tensor] | None:
+        """The feedback weights that replace block ``k+1``'s weights in its transposed map (or None)."""
+        if self.feedback == "symmetric":
+            return None
+        weights = [self.feedback_weights[i] for i in self._feedback_index[k]]
+        for weight, part in zip(weights, self.network.blocks[k].weighted_parts()):
+            if weight.dtype != part.weight.dtype or weight.device != part.weight.device:
+                raise ValueError(f"the feedback weights are {weight.dtype} on {weight.device} but the model "
+                                 f"is {part.weight.dtype} on {part.weight.device}; move the Learner with "
+                                 f"learner.to(...) rather than the model alone")
+        return weights
 
     def feedback_parameters(self) -> list[nn.Parameter]:
         """The Kolen–Pollack feedback weights (empty with symmetric feedback)."""
-        return [w for ws in self._feedback_weights or [] for w in ws]
+        return list(self.feedback_weights)
 
-    def __repr__(self) -> str:
-        return (f"Learner(rule={self.rule!r}, alpha={self.alpha}, beta={self.beta}, "
-                f"schedule={self.schedule!r}, passes={self.passes}, loss={self.loss!r}, "
-                f"implementation={self.implementation!r}, depth={self.network.depth})")
+    def forward(self, x: Tensor) -> Tensor:
+        """The model's output (through its wrapper, if any)."""
+        return self.wrapper(x)
+
+    def extra_repr(self) -> str:
+        return (f"rule={self.rule!r}, alpha={self.alpha}, beta={self.beta}, schedule={self.schedule!r}, "
+                f"passes={self.passes}, loss={self.loss!r}, implementation={self.implementation!r}, "
+                f"feedback={self.feedback!r}, depth={self.network.depth}")
 
     # -- inference ---------------------------------------------------------------------------------
 
@@ -222,7 +259,7 @@ class Learner:
 
     def dampings(self, states: list[Tensor]) -> list[float]:
         """``L_k = max(0, (γ_k² − 1)/2)`` for hidden layers k = 1..L−1, γ_k the spectral norm of ``B_{k+1}``
-        (power iteration, warm-started from the previous call)."""
+        (power iteration, warm-started from the previous call's vector, a buffer ``spectral_vector_k``)."""
         result = []
         for k in range(1, self.network.depth):
             estimator = self._spectral_estimators.get(k)
@@ -230,8 +267,20 @@ class Learner:
                 estimator = SpectralNormEstimator(self.network.blocks[k], states[k].shape[1:],
                                                   self.power_iterations)
                 self._spectral_estimators[k] = estimator
+            name = f"spectral_vector_{k}"
+            saved = getattr(self, name, None)
+            estimator.vector = saved if saved is not None and saved.numel() else None
             result.append(damping_from_spectral_norm(estimator()))
+            self.register_buffer(name, estimator.vector if estimator.vector is not None else torch.empty(0))
         return result
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+        """Accept the spectral-norm vectors of a saved Learner even before this one has made its own."""
+        for key, value in state_dict.items():
+            name = key[len(prefix):]
+            if key.startswith(prefix) and name.startswith("spectral_vector_") and "." not in name:
+                self.register_buffer(name, torch.empty_like(value))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _update_layer(self, states: DyadicStates, cache: "_DriveCache", k: int, y: Tensor,
                       weights: tuple[float, float], fixed_nudge: Tensor | None,
@@ -245,8 +294,7 @@ class Learner:
                 self.beta * output_gradient(self.loss, drive, y)
             states.plus[k], states.minus[k] = output_compartments(drive, nudge, weights)
         else:
-            feedback_weights = self._feedback_weights[k] if self._feedback_weights is not None else None
-            feedback = net.blocks[k].vjp(states.plus[k], states.difference(k + 1), feedback_weights)
+            feedback = net.blocks[k].vjp(states.plus[k], states.difference(k + 1), self._block_feedback(k))
             activation = net.activations[k - 1]
             if dampings is None:
                 states.plus[k], states.minus[k] = hidden_compartments(activation, drive, feedback, weights)
@@ -258,48 +306,71 @@ class Learner:
     # -- learning ----------------------------------------------------------------------------------
 
     def surrogate_objective(self, states: DyadicStates) -> Tensor:
-        """``J(θ) = −1/(β·B) Σ_k ⟨s⁺_k − s⁻_k, B_k(s̄_{k−1})⟩`` with the states detached."""
+        """``J(θ) = −1/(β·B) Σ_k ⟨s⁺_k − s⁻_k, B_k(s̄_{k−1})⟩`` with the states detached.
+
+        With Kolen–Pollack feedback each forward weight ``W`` enters ``J`` as ``W + (V − sg(V))`` for its
+        feedback weight ``V`` (``sg``: stop-gradient): the value is unchanged and ``∂J/∂V = ∂J/∂W``, so
+        one ``backward()`` gives both sets the same local update.
+        """
         batch = states.plus[0].shape[0]
         total = None
         for k, block in enumerate(self.network.blocks, start=1):
-            term = (states.difference(k).detach() * block(states.mean(k - 1).detach())).sum()
+            drive = _with_tied_feedback(block, self._feedback_of_block(k - 1),
+                                        states.mean(k - 1).detach())
+            term = (states.difference(k).detach() * drive).sum()
             total = term if total is None else total + term
         return total * (-1.0 / (self.beta * batch))
 
-    def step(self, x: Tensor, y: Tensor) -> StepResult:
-        """Accumulate the rule's weight update into ``.grad`` (like ``loss.backward()``)."""
+    def _feedback_of_block(self, index: int) -> list[Tensor] | None:
+        """Feedback weights paired with the weighted parts of ``blocks[index]`` (None if it has none)."""
+        if self.feedback == "symmetric" or index == 0:
+            return None
+        return self._block_feedback(index)
+
+    def objective(self, x: Tensor, y: Tensor) -> StepResult:
+        """Run inference and return the step's result with ``.objective``, the scalar whose
+        ``backward()`` accumulates the rule's update into ``.grad`` exactly as :meth:`step` does."""
         if self.rule == "bp":
-            logits = self.model(x)
+            logits = self.wrapper(x)
             loss = batch_loss(self.loss, logits, y)
-            loss.backward()
-            return StepResult(float(loss.detach()), logits.detach())
+            return StepResult(float(loss.detach()), logits.detach(), objective=loss)
         if self._fused_sweep is not None:
-            loss_tensor, logits = self._fused_sweep.step(x, y, self.alpha, self.beta)
-            return StepResult(float(loss_tensor), logits, bool(torch.isfinite(logits).all()))
+            loss_tensor, logits = self._fused_sweep.objective(x, y, self.alpha, self.beta)
+            return StepResult(float(loss_tensor.detach()), logits, bool(torch.isfinite(logits).all()),
+                              objective=loss_tensor)
         if self.rule == "adversarial":
-            return self._adversarial_step(x, y)
+            moved, clean_logits = self.adversarial_input(x, y)
+            objective = batch_loss(self.loss, self.wrapper(moved), y)
+            with torch.no_grad():
+                loss = float(batch_loss(self.loss, clean_logits, y))
+            return StepResult(loss, clean_logits, objective=objective)
         states = self.infer(x, y)
-        if self._feedback_weights is None:
-            self._through_model(lambda: self.surrogate_objective(states)).backward()
-        else:
-            self._kolen_pollack_backward(states)
+        objective = self._through_model(lambda: self.surrogate_objective(states))
         with torch.no_grad():
             loss = float(batch_loss(self.loss, states.logits, y))
-        return StepResult(loss, states.logits, states.all_finite())
+        return StepResult(loss, states.logits, states.all_finite(), objective=objective)
+
+    def step(self, x: Tensor, y: Tensor) -> StepResult:
+        """Accumulate the rule's weight update into ``.grad`` (like ``loss.backward()``):
+        ``objective(x, y).objective.backward()``."""
+        result = self.objective(x, y)
+        result.objective.backward()
+        return result
 
     def _through_model(self, compute: Callable[[], Tensor]) -> Tensor:
-        """Evaluate ``compute()`` as the forward of ``self.model``.
+        """Evaluate ``compute()`` as the forward of the model's ``DistributedDataParallel`` wrapper, if any.
 
-        A ``DistributedDataParallel`` wrapper then prepares its bucketed all-reduce for the following
-        ``backward()`` exactly as for a loss: its module's ``forward`` is swapped for ``compute`` during the
-        call. A plain model needs no detour.
+        The wrapper then prepares its bucketed all-reduce for the following ``backward()`` exactly as for
+        a loss: its module's ``forward`` is swapped for ``compute`` during the call. Otherwise (a plain or
+        compiled model) ``compute()`` runs directly on the shared parameters.
         """
-        if not isinstance(self.model, DistributedDataParallel):
+        ddp = _find_ddp(self.wrapper)
+        if ddp is None:
             return compute()
-        inner = self.model.module
+        inner = ddp.module
         inner.forward = compute
         try:
-            return self.model()
+            return ddp()
         finally:
             del inner.forward
 
@@ -309,24 +380,28 @@ class Learner:
         The input gradient runs on the unwrapped model, so a DDP wrapper is not armed by it."""
         with torch.enable_grad():
             point = x.detach().requires_grad_(True)
-            logits = unwrap(self.model)(point)
+            logits = self.model(point)
             (grad,) = torch.autograd.grad(batch_loss(self.loss, logits, y), point)
         return (x + self.beta * x.shape[0] * grad).detach(), logits.detach()
 
-    def _adversarial_step(self, x: Tensor, y: Tensor) -> StepResult:
-        moved, clean_logits = self.adversarial_input(x, y)
-        batch_loss(self.loss, self.model(moved), y).backward()
-        with torch.no_grad():
-            loss = float(batch_loss(self.loss, clean_logits, y))
-        return StepResult(loss, clean_logits)
 
-    def _kolen_pollack_backward(self, states: DyadicStates) -> None:
-        """Accumulate the update of ``J`` into the forward weights and, identically, into their
-        feedback weights (the Kolen–Pollack rule: both sets receive the same local update)."""
-        pairs = [(part.weight, fb) for block, fbs in zip(self.network.blocks, self._feedback_weights)
-                 for part, fb in zip(block.weighted_parts(), fbs)]
-        before = [w.grad.clone() if w.grad is not None else None for w, _ in pairs]
-        self._through_model(lambda: self.surrogate_objective(states)).backward()
-        for (weight, fb), old in zip(pairs, before):
-            increment = weight.grad if old is None else weight.grad - old
-            fb.grad = increment.clone() if fb.grad is None else fb.grad + increment
+def _find_ddp(model: nn.Module) -> DistributedDataParallel | None:
+    """The ``DistributedDataParallel`` wrapper in a chain of wrappers (DDP, ``torch.compile``), if any."""
+    while True:
+        if isinstance(model, DistributedDataParallel):
+            return model
+        inner = getattr(model, "_orig_mod", None)
+        if inner is None:
+            return None
+        model = inner
+
+
+def _with_tied_feedback(block: nn.Module, feedback: list[Tensor] | None, s: Tensor) -> Tensor:
+    """``block(s)`` with each weighted part's weight ``W`` replaced by ``W + (V − sg(V))`` (value ``W``,
+    gradient shared with its feedback weight ``V``); the plain ``block(s)`` without feedback weights."""
+    if not feedback:
+        return block(s)
+    tied = {f"parts.{i}.weight": part.weight + (weight - weight.detach())
+            for (i, part), weight in zip(
+                ((i, p) for i, p in enumerate(block.parts) if p in block.weighted_parts()), feedback)}
+    return torch.func.functional_call(block, tied, (s,))

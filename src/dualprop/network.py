@@ -141,8 +141,18 @@ class LayeredNetwork:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module inside a ``DistributedDataParallel`` wrapper (or the model itself)."""
-    return model.module if isinstance(model, DistributedDataParallel) else model
+    """The plain module inside ``DistributedDataParallel`` and ``torch.compile`` wrappers (in any nesting),
+    or the model itself. Other wrappers that hide the module (``nn.DataParallel``, FSDP) are refused."""
+    while True:
+        if isinstance(model, DistributedDataParallel):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        elif isinstance(model, nn.DataParallel) or type(model).__name__ == "FullyShardedDataParallel":
+            raise ValueError(f"a model wrapped in {type(model).__name__} cannot be trained by a Learner; "
+                             f"pass the module itself, or wrap it in DistributedDataParallel")
+        else:
+            return model
 
 
 def _flatten_sequential(model: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:

@@ -26,7 +26,7 @@ from dualprop.data import DatasetSplits, load_dataset
 from dualprop.losses import batch_loss
 from dualprop.network import split_network
 from dualprop.spectral import layer_spectral_norms, product_bound
-from dualprop.training.checkpoint import load_checkpoint
+from dualprop.training.checkpoint import load_checkpoint, model_state
 from dualprop.training.config import TrainConfig, load_config
 from dualprop.training.rundir import BEST_CHECKPOINT, CONFIG_FILE, LAST_CHECKPOINT, write_json_atomic
 from dualprop.training.trainer import build_model
@@ -88,7 +88,7 @@ def load_trained_run(run_dir: str | Path, checkpoint: str = "best", limit: int |
                         seed=config.seeds[0], flatten=config.model == "mlp", pad_to=config.pad_to or None,
                         augment=False, limit=limit)
     model = build_model(config, data.input_shape, data.num_classes)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(model_state(state))
     model.eval()
     epoch = state.get("epoch")
     return TrainedRun(run_dir, config, model, data, path, int(epoch) if epoch is not None else None)

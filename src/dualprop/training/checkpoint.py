@@ -1,6 +1,7 @@
 """Checkpoints: written atomically, read back with ``torch.load(weights_only=True)``.
 
-A checkpoint is a dict of tensors and plain containers only (model and optimizer state, counters,
+A checkpoint is a dict of tensors and plain containers only (the Learner's ``state_dict`` — the model
+under ``model.``, feedback weights and spectral-norm estimates beside it — the optimizer state, counters,
 the best validation metric and the random-number-generator states), so the safe loader accepts it.
 Writing goes to a temporary file in the same directory, which is flushed, fsynced and then renamed
 over the target with ``os.replace``: a reader sees the old file or the new one, never half of one.
@@ -36,9 +37,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except Exception as error:  # torch raises several types for corrupt or unsafe files
         reason = (str(error).splitlines() or [type(error).__name__])[0]
         raise CheckpointError(f"checkpoint {path} cannot be read: {reason}") from None
-    if not isinstance(payload, dict) or "model" not in payload:
+    if not isinstance(payload, dict) or "learner" not in payload:
         raise CheckpointError(f"checkpoint {path} is not a dualprop checkpoint")
     return payload
+
+
+def model_state(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The model's own ``state_dict`` inside a checkpoint's Learner state (its ``model.`` entries)."""
+    prefix = "model."
+    return {key[len(prefix):]: value for key, value in checkpoint["learner"].items() if key.startswith(prefix)}
 
 
 def rng_state() -> dict[str, Any]:

@@ -191,8 +191,7 @@ class Run:
         self.model = build_model(config, self.data.input_shape, self.data.num_classes).to(self.device)
         trained = distributed.data_parallel(self.model, self.context) if self.context else self.model
         self.learner = Learner(trained, **config.learner_settings())
-        self.optimizer = build_optimizer(config, [*self.model.parameters(),
-                                                  *self.learner.feedback_parameters()])
+        self.optimizer = build_optimizer(config, list(self.learner.parameters()))
         rank, world_size = (self.context.rank, self.context.world_size) if self.context else (0, 1)
         self.train_loader, self.validation_loader, self.test_loader = self.data.loaders(
             config.batch_size, seed=self.seed, eval_batch_size=max(config.batch_size, 256), rank=rank,
@@ -219,8 +218,7 @@ class Run:
     # -- persistence ------------------------------------------------------------------------------
 
     def _checkpoint(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "feedback": [w.detach() for w in self.learner.feedback_parameters()],
+        return {"learner": self.learner.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "epoch": self.epoch, "global_step": self.global_step, "best_val_acc": self.best_val_acc,
                 "best_epoch": self.best_epoch, "elapsed": self.elapsed, "rng": rng_state(),
                 "started": self.started}
@@ -228,10 +226,7 @@ class Run:
     def restore(self) -> None:
         """Continue from ``checkpoint-last.pt``; ``metrics.csv`` is cut back to its epoch."""
         state = load_checkpoint(self.run_dir / LAST_CHECKPOINT, map_location=self.device)
-        self.model.load_state_dict(state["model"])
-        with torch.no_grad():
-            for weight, saved in zip(self.learner.feedback_parameters(), state["feedback"], strict=True):
-                weight.copy_(saved)
+        self.learner.load_state_dict(state["learner"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.global_step = int(state["epoch"]), int(state["global_step"])
         self.best_val_acc, self.best_epoch = float(state["best_val_acc"]), int(state["best_epoch"])
@@ -351,7 +346,7 @@ class Run:
         if score >= self.best_val_acc or not self.best_epoch:
             self.best_val_acc, self.best_epoch = score, epoch
             if self.is_main:
-                atomic_save({"model": self.model.state_dict(), "epoch": epoch, "val_acc": score},
+                atomic_save({"learner": self.learner.state_dict(), "epoch": epoch, "val_acc": score},
                             self.run_dir / BEST_CHECKPOINT)
         if self.is_main:
             atomic_save(self._checkpoint(), self.run_dir / LAST_CHECKPOINT)
@@ -365,7 +360,7 @@ class Run:
         path = self.run_dir / BEST_CHECKPOINT
         if not path.exists():
             return None
-        self.model.load_state_dict(load_checkpoint(path, map_location=self.device)["model"])
+        self.learner.load_state_dict(load_checkpoint(path, map_location=self.device)["learner"])
         return evaluate(self.model, self.test_loader, self.config.loss, self.config.limit_batches)
 
 

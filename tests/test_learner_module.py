@@ -1,0 +1,151 @@
+"""The Learner as a PyTorch citizen: ``objective()`` for external ``backward()``, registered state,
+wrapped models (DDP, ``torch.compile``)."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from dualprop import Learner, models
+
+SETTINGS = [
+    dict(rule="bp"),
+    dict(rule="adversarial", beta=0.05),
+    dict(rule="dp", alpha=0.3, schedule="fw2"),
+    dict(rule="dpT", alpha=0.5, schedule="fwbw2"),
+    dict(rule="dpT", alpha=1.0, schedule="backward"),  # the fused sweep
+    dict(rule="dp-damped", alpha=0.8, schedule="fw2"),
+    dict(rule="dpT", alpha=0.0, schedule="fw2", feedback="kolen-pollack"),
+]
+
+
+def _setup(seed=0):
+    torch.manual_seed(seed)
+    model = models.mlp([5, 7, 6, 3]).double()
+    x, y = torch.randn(8, 5, dtype=torch.float64), torch.randint(0, 3, (8,))
+    return model, x, y
+
+
+def _grads(learner):
+    return [p.grad.detach().clone() for p in learner.parameters()]
+
+
+@pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: "-".join(map(str, s.values())))
+def test_objective_backward_accumulates_exactly_what_step_accumulates(settings):
+    model, x, y = _setup()
+    stepped = Learner(copy.deepcopy(model), **settings)
+    by_step = stepped.step(x, y)
+    learner = Learner(copy.deepcopy(model), **settings)
+    learner.load_state_dict(stepped.state_dict())  # the same feedback weights
+    for p in learner.parameters():
+        p.grad = None
+    result = learner.objective(x, y)
+    assert result.objective.dim() == 0 and result.objective.requires_grad
+    assert all(p.grad is None for p in learner.parameters())  # nothing accumulated before backward()
+    result.objective.backward()
+    for a, b in zip(_grads(stepped), _grads(learner)):
+        torch.testing.assert_close(a, b)
+    assert result.loss == pytest.approx(by_step.loss)
+
+
+def test_kolen_pollack_feedback_receives_the_forward_weights_update_through_objective():
+    model, x, y = _setup(1)
+    learner = Learner(model, rule="dpT", alpha=0.5, schedule="fw2", feedback="kolen-pollack")
+    learner.objective(x, y).objective.backward()
+    forward_weights = [model[2].weight, model[4].weight]
+    assert len(learner.feedback_parameters()) == 2
+    for feedback, weight in zip(learner.feedback_parameters(), forward_weights):
+        torch.testing.assert_close(feedback.grad, weight.grad)
+        assert not torch.equal(feedback, weight)
+
+
+def test_grad_scaler_scales_the_objective_and_unscales_to_the_step_update():
+    torch.manual_seed(2)
+    model = models.mlp([5, 7, 3])
+    x, y = torch.randn(8, 5), torch.randint(0, 3, (8,))
+    reference = copy.deepcopy(model)
+    Learner(reference, rule="dpT", alpha=0.5, schedule="fw2").step(x, y)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    learner = Learner(model, rule="dpT", alpha=0.5, schedule="fw2")
+    scaler.scale(learner.objective(x, y).objective).backward()
+    for p, q in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, 1024.0 * q.grad)
+    scaler.unscale_(optimizer)
+    for p, q in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, q.grad)
+    scaler.step(optimizer)
+    scaler.update()
+
+
+def test_objective_through_a_ddp_wrapper_matches_the_plain_model(tmp_path):
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    model, x, y = _setup(3)
+    plain = Learner(copy.deepcopy(model), rule="dp", alpha=0.5, schedule="fw2")
+    plain.step(x, y)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        wrapped = DistributedDataParallel(copy.deepcopy(model))
+        calls = []
+        wrapped.register_forward_hook(lambda module, inputs, output: calls.append(1))
+        learner = Learner(wrapped, rule="dp", alpha=0.5, schedule="fw2")
+        assert learner.model is wrapped.module
+        learner.objective(x, y).objective.backward()
+        grads = [p.grad.clone() for p in wrapped.module.parameters()]
+    finally:
+        dist.destroy_process_group()
+    assert calls == [1]  # J ran through the wrapper, so its gradient hooks were armed
+    for a, b in zip(grads, _grads(plain)):
+        torch.testing.assert_close(a, b)
+
+
+def test_feedback_weights_and_spectral_estimates_are_registered_state():
+    model, x, y = _setup(4)
+    learner = Learner(model, rule="dp-damped", alpha=0.5, schedule="fw2")
+    learner.step(x, y)
+    keys = set(learner.state_dict())
+    assert {"spectral_vector_1", "spectral_vector_2"} <= keys
+    assert {f"model.{name}" for name, _ in model.named_parameters()} <= keys
+    restored = Learner(copy.deepcopy(model), rule="dp-damped", alpha=0.5, schedule="fw2")
+    restored.load_state_dict(learner.state_dict())
+    torch.testing.assert_close(restored.spectral_vector_1, learner.spectral_vector_1)
+
+    kp = Learner(models.mlp([5, 7, 6, 3]), rule="dpT", feedback="kolen-pollack")
+    names = [name for name, _ in kp.named_parameters()]
+    assert names[-2:] == ["feedback_weights.0", "feedback_weights.1"]
+    assert len(list(kp.parameters())) == len(list(kp.model.parameters())) + 2
+
+
+def test_learner_to_moves_feedback_weights_and_model_alone_gets_a_clear_error():
+    torch.manual_seed(5)
+    x, y = torch.randn(4, 5, dtype=torch.float64), torch.randint(0, 3, (4,))
+    learner = Learner(models.mlp([5, 7, 6, 3]), rule="dpT", schedule="fw2", feedback="kolen-pollack")
+    learner.model.double()
+    with pytest.raises(ValueError, match=r"learner\.to"):
+        learner.step(x, y)
+    learner.to(torch.float64)
+    assert all(w.dtype == torch.float64 for w in learner.feedback_parameters())
+    assert learner.step(x, y).states_finite
+    torch.testing.assert_close(learner(x), learner.model(x))
+
+
+def test_compiled_model_is_unwrapped_and_trained_through_its_wrapper():
+    model, x, y = _setup(6)
+    plain = Learner(copy.deepcopy(model), rule="bp")
+    plain.step(x, y)
+    twin = copy.deepcopy(model)
+    compiled = torch.compile(twin, backend="eager")
+    learner = Learner(compiled, rule="bp")
+    assert learner.model is twin
+    learner.step(x, y)
+    for a, b in zip(_grads(plain), _grads(learner)):
+        torch.testing.assert_close(a, b)
+    dyadic = Learner(torch.compile(copy.deepcopy(model), backend="eager"), rule="dpT", schedule="fw2")
+    assert dyadic.step(x, y).states_finite
+
+
+def test_data_parallel_wrapper_is_refused_with_a_clear_error():
+    with pytest.raises(ValueError, match="DataParallel"):
+        Learner(nn.DataParallel(models.mlp([3, 4, 2])))
