@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -12,8 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dualprop.data import DataError, data_root, download, fetch_verified, file_md5, find_dataset_dir, get_spec
+from dualprop.data import (DataError, Resource, data_root, data_roots, download, fetch_verified, file_md5, find_dataset_dir,
+                           get_spec, verify_dataset)
 import dualprop.data.fetch as fetch_module
+import dualprop.data.paths as paths_module
 from dualprop.data.fetch import extract_members
 
 
@@ -48,6 +51,57 @@ def test_data_root_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.delenv("DUALPROP_DATA")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert data_root() == tmp_path / "home" / ".cache" / "dualprop"
+
+
+def test_search_order_ends_at_the_system_datasets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(paths_module, "SYSTEM_DATA_ROOT", tmp_path / "system")
+    monkeypatch.setenv("DUALPROP_DATA", str(tmp_path / "env"))
+    cache = tmp_path / "home" / ".cache" / "dualprop"
+    assert data_roots() == [tmp_path / "env", cache, tmp_path / "system"]
+    assert data_roots(tmp_path / "explicit") == [tmp_path / "explicit"]
+    spec = get_spec("fashion-mnist")
+    with pytest.raises(DataError, match="searched .*env, .*cache/dualprop, .*system; .*dataset-fashion-mnist"):
+        find_dataset_dir(spec)
+    write_idx_set(tmp_path / "system" / "fashion-mnist")
+    assert find_dataset_dir(spec) == tmp_path / "system" / "fashion-mnist"
+    write_idx_set(cache / "fashion-mnist")  # an earlier root wins
+    assert find_dataset_dir(spec) == cache / "fashion-mnist"
+    with pytest.raises(DataError):  # an explicit root is the only one searched
+        find_dataset_dir(spec, tmp_path / "explicit")
+
+
+def test_recompressed_gzip_is_checked_by_its_contents(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    content = bytes(range(256)) * 400
+    official = gzip.compress(content, compresslevel=1, mtime=0)
+    recompressed = gzip.compress(content, compresslevel=9, mtime=12345)
+    assert official != recompressed
+    requested = serve(monkeypatch, official)
+    target = tmp_path / "file.gz"
+    target.write_bytes(recompressed)
+    md5, content_md5 = hashlib.md5(official).hexdigest(), hashlib.md5(content).hexdigest()
+    assert fetch_verified("https://example.invalid/file.gz", target, md5, content_md5) == target
+    assert requested == [] and target.read_bytes() == recompressed
+    target.write_bytes(gzip.compress(content[:-1]))
+    with pytest.raises(DataError, match=f"expected {md5} \\(or decompressed contents with md5 {content_md5}\\)"):
+        fetch_verified("https://example.invalid/file.gz", target, md5, content_md5)
+
+
+def test_verify_dataset_names_the_file_that_differs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_idx_set(tmp_path / "fashion-mnist")
+    with pytest.raises(DataError, match="train-images-idx3-ubyte.gz: md5 checksum is .*expected 8d4fb7e6"):
+        verify_dataset("fashion-mnist", tmp_path)
+    resources = tuple(Resource(r.url, r.filename, r.md5,
+                                            content_md5=fetch_module.gzip_content_md5(tmp_path / "fashion-mnist" / r.filename))
+                      for r in get_spec("fashion-mnist").resources)
+    spec = dataclasses.replace(get_spec("fashion-mnist"), resources=resources)
+    monkeypatch.setattr(fetch_module, "get_spec", lambda name: spec)
+    assert verify_dataset("fashion-mnist", tmp_path) == tmp_path / "fashion-mnist"
+    plain = tmp_path / "fashion-mnist" / "t10k-labels-idx1-ubyte"
+    plain.write_bytes(gzip.decompress(plain.with_suffix(".gz").read_bytes()) + b"x")
+    plain.with_suffix(".gz").unlink()
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte: md5 checksum"):
+        verify_dataset("fashion-mnist", tmp_path)
 
 
 def test_our_layout_and_uncompressed_idx(tmp_path: Path) -> None:

@@ -1,17 +1,22 @@
 """Fetch official dataset files over HTTP and verify their md5 checksums.
 
+A gzip file whose own digest differs from the official one is still accepted when its decompressed
+bytes have the official content digest: distributions re-compress the archives (Debian does).
+
 Files are written to a temporary name in the target directory and published with a hard link, so
 a partial download is never visible under the final name and an existing file is never replaced.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+import zlib
 from pathlib import Path
 from typing import BinaryIO
 
@@ -29,6 +34,28 @@ def file_md5(path: Path) -> str:
         for chunk in iter(lambda: file.read(CHUNK_BYTES), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def gzip_content_md5(path: Path) -> str | None:
+    """Hex md5 digest of the decompressed bytes of a gzip file; None when it is not valid gzip."""
+    digest = hashlib.md5(usedforsecurity=False)
+    try:
+        with gzip.open(path, "rb") as file:
+            for chunk in iter(lambda: file.read(CHUNK_BYTES), b""):
+                digest.update(chunk)
+    except (OSError, EOFError, zlib.error):
+        return None
+    return digest.hexdigest()
+
+
+def check_file(path: Path, md5: str | None, content_md5: str | None = None) -> None:
+    """DataError unless the file's md5 is `md5` or (for gzip) its decompressed md5 is `content_md5`."""
+    if md5 is None or (found := file_md5(path)) == md5:
+        return
+    if content_md5 is not None and gzip_content_md5(path) == content_md5:
+        return
+    expected = f"{md5}" + (f" (or decompressed contents with md5 {content_md5})" if content_md5 else "")
+    raise DataError(f"{path}: md5 checksum is {found}, expected {expected}; delete the file to download it again")
 
 
 def _open_url(url: str) -> BinaryIO:
@@ -59,13 +86,11 @@ def _publish(source: BinaryIO, destination: Path, md5: str | None, origin: str) 
             os.remove(temporary)
 
 
-def fetch_verified(url: str, destination: Path, md5: str | None) -> Path:
-    """Download `url` to `destination` unless it exists; either way its md5 must equal `md5` (if known)."""
+def fetch_verified(url: str, destination: Path, md5: str | None, content_md5: str | None = None) -> Path:
+    """Download `url` to `destination` unless it exists; either way its md5 must equal `md5` (if known),
+    or, for an existing gzip file, its decompressed md5 must equal `content_md5` (see :func:`check_file`)."""
     if destination.exists():
-        if md5 is not None and (found := file_md5(destination)) != md5:
-            raise DataError(
-                f"{destination}: md5 checksum is {found}, expected {md5}; delete the file to download it again"
-            )
+        check_file(destination, md5, content_md5)
         return destination
     try:
         with _open_url(url) as response:
@@ -119,6 +144,22 @@ def download(name: str, root: str | os.PathLike[str] | None = None) -> Path:
 def _fetch_resource(resource: Resource, directory: Path) -> None:
     if resource.members and all((directory / m).exists() for m in resource.members):
         return
-    saved = fetch_verified(resource.url, directory / resource.filename, resource.md5)
+    saved = fetch_verified(resource.url, directory / resource.filename, resource.md5, resource.content_md5)
     if resource.members:
         extract_members(saved, directory, resource.members)
+
+
+def verify_dataset(name: str, root: str | os.PathLike[str] | None = None) -> Path:
+    """Check every official file of dataset `name` where the data root search finds it (see
+    :func:`check_file`; an uncompressed copy of a '.gz' file is checked against `content_md5`);
+    return the dataset directory, DataError naming the first file that differs."""
+    spec = get_spec(name)
+    directory = find_dataset_dir(spec, root)
+    for resource in spec.resources:
+        path = directory / resource.filename
+        if path.exists():
+            check_file(path, resource.md5, resource.content_md5)
+        elif resource.content_md5 is not None and (plain := path.with_suffix("")).exists():
+            if (found := file_md5(plain)) != resource.content_md5:
+                raise DataError(f"{plain}: md5 checksum is {found}, expected {resource.content_md5}")
+    return directory

@@ -13,13 +13,23 @@ if TYPE_CHECKING:
 
 DATA_ENV_VAR = "DUALPROP_DATA"
 DEFAULT_DATA_ROOT = Path("~/.cache/dualprop")
+SYSTEM_DATA_ROOT = Path("/usr/share/datasets")  # where Debian's dataset-* packages install
 
 
 def data_root(root: str | os.PathLike[str] | None = None) -> Path:
-    """The explicit `root`, else $DUALPROP_DATA, else ~/.cache/dualprop (user-expanded)."""
+    """The root that receives downloads: the explicit `root`, else $DUALPROP_DATA, else ~/.cache/dualprop."""
     if root is None:
         root = os.environ.get(DATA_ENV_VAR) or DEFAULT_DATA_ROOT
     return Path(root).expanduser()
+
+
+def data_roots(root: str | os.PathLike[str] | None = None) -> list[Path]:
+    """The roots searched for a dataset, in order: the explicit `root` alone when given; else
+    $DUALPROP_DATA (when set), ~/.cache/dualprop and the system-wide /usr/share/datasets."""
+    if root is not None:
+        return [Path(root).expanduser()]
+    roots = [data_root(), DEFAULT_DATA_ROOT.expanduser(), SYSTEM_DATA_ROOT]
+    return list(dict.fromkeys(roots))
 
 
 def is_present(directory: Path, relative: str) -> bool:
@@ -29,9 +39,9 @@ def is_present(directory: Path, relative: str) -> bool:
 
 
 def candidate_dirs(spec: DatasetSpec, root: str | os.PathLike[str] | None = None) -> list[Path]:
-    """Our layout `<root>/<name>` first, then the torchvision layouts of the same files."""
-    base = data_root(root)
-    return [base / spec.name, *(base / alias for alias in spec.torchvision_dirs)]
+    """For every data root in search order: our layout `<root>/<name>`, then torchvision's layouts."""
+    return [directory for base in data_roots(root)
+            for directory in (base / spec.name, *(base / alias for alias in spec.torchvision_dirs))]
 
 
 def find_dataset_dir(spec: DatasetSpec, root: str | os.PathLike[str] | None = None) -> Path:
@@ -44,11 +54,15 @@ def find_dataset_dir(spec: DatasetSpec, root: str | os.PathLike[str] | None = No
         if not absent:
             return directory
     closest = min(candidates, key=lambda d: len(missing[d]))
+    first_root = data_roots(root)[0]
     sources = ", ".join(r.url for r in spec.resources) or spec.homepage
     raise DataError(
         f"dataset {spec.name!r} is incomplete: missing {', '.join(str(closest / f) for f in missing[closest])}; "
-        f"place {', '.join(spec.files)} in {candidates[0]}"
-        + (f" (or in {', '.join(str(d) for d in candidates[1:])})" if len(candidates) > 1 else "")
-        + f"; get them from {sources}"
+        f"place {', '.join(spec.files)} in {first_root / spec.name}"
+        + (f" (or in {', '.join(str(first_root / alias) for alias in spec.torchvision_dirs)})"
+           if spec.torchvision_dirs else "")
+        + f"; searched {', '.join(map(str, data_roots(root)))}; get them from {sources}"
         + (f" or run dualprop.data.download({spec.name!r})" if spec.resources else "")
+        + (f" or install the system package {spec.system_package} (into {SYSTEM_DATA_ROOT})"
+           if spec.system_package else "")
     )

@@ -19,12 +19,15 @@ Reader = Callable[[Path, int | None], dict[str, ImageSet]]
 @dataclass(frozen=True)
 class Resource:
     """One official download: saved as `filename` in the dataset directory; `members` are extracted
-    from it when it is a tar.gz archive."""
+    from it when it is a tar.gz archive. `md5` is the digest of the downloaded bytes; `content_md5`,
+    for a gzip file, the digest of its decompressed bytes, which stays the same when a distribution
+    re-compresses the file (Debian's dataset packages do)."""
 
     url: str
     filename: str
     md5: str | None
     members: tuple[str, ...] = ()
+    content_md5: str | None = None
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,7 @@ class DatasetSpec:
     `<root>/<alias>` for `alias in torchvision_dirs` ("." is the root itself). Pixel values are
     divided by `pixel_max` before the per-channel `mean`/`std` (statistics of the training images
     on that [0, 1] scale) are applied. `files == ()` marks a dataset bundled with a package.
+    `system_package` names a Debian package installing the files under /usr/share/datasets.
     """
 
     name: str
@@ -50,11 +54,14 @@ class DatasetSpec:
     homepage: str
     crop_padding: int = 0
     flip: bool = False
+    system_package: str = ""
 
 
-def _idx_resources(base_url: str, md5s: tuple[str, ...]) -> tuple[Resource, ...]:
+def _idx_resources(base_url: str, md5s: tuple[str, ...],
+                   content_md5s: tuple[str | None, ...] = (None,) * 4) -> tuple[Resource, ...]:
     names = [name for pair in MNIST_FILES.values() for name in pair]
-    return tuple(Resource(base_url + name, name, md5) for name, md5 in zip(names, md5s))
+    return tuple(Resource(base_url + name, name, md5, content_md5=content)
+                 for name, md5, content in zip(names, md5s, content_md5s, strict=True))
 
 
 _MNIST_FILES = tuple(name for pair in MNIST_FILES.values() for name in pair)
@@ -83,8 +90,11 @@ DATASETS: dict[str, DatasetSpec] = {
                 "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
                 ("8d4fb7e6c68d591d4c3dfef9ec88bf0d", "25c81989df183df01b3e8a0aad5dffbe",
                  "bef4ecab320f06d8554ea6380940ec79", "bb300cfdad3c16e7a12a480ee83cd310"),
+                ("f4a8712d7a061bf5bd6d2ca38dc4d50a", "9018921c3c673c538a1fc5bad174d6f9",
+                 "8181f5470baa50b63fa0f6fddb340f0a", "15d484375f8d13e6eb1aabb0c3f46965"),
             ),
             homepage="https://github.com/zalandoresearch/fashion-mnist",
+            system_package="dataset-fashion-mnist",
         ),
         DatasetSpec(
             name="cifar10", reader=read_cifar10, num_classes=10, input_shape=(3, 32, 32),
