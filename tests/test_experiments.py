@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 import struct
 from pathlib import Path
 
@@ -11,10 +12,13 @@ import numpy as np
 import pytest
 
 from dualprop.cli import main
-from dualprop.training.experiments import experiment_names, load_experiment, parse_experiment
+from dualprop.training.config import TrainConfig
+from dualprop.training.experiments import (experiment_names, experiment_runs, load_experiment, parse_experiment,
+                                           run_experiment)
 
 EXPECTED = {"icml2023-cifar10", "icml2023-cifar100", "icml2023-imagenet32", "icml2024-cifar10",
-            "icml2024-cifar100", "icml2024-imagenet32", "icml2024-mnist-cnn"}
+            "icml2024-cifar100", "icml2024-imagenet32", "icml2024-mnist-cnn", "icml2024-fashion-mnist-mlp",
+            "icml2024-fashion-mnist-cnn"}
 
 
 def test_every_shipped_experiment_parses_and_validates():
@@ -48,6 +52,75 @@ def test_other_paper_settings():
     for dataset in ("cifar10", "cifar100", "imagenet32"):
         dp = [c for c in load_experiment(f"icml2023-{dataset}").configs if c.rule != "bp"]
         assert [(c.rule, c.alpha, c.model, c.dataset) for c in dp] == [("dp", 0.5, "vgg16", dataset)]
+
+
+def test_fashion_mnist_mlp_study_grid():
+    configs = load_experiment("icml2024-fashion-mnist-mlp").configs
+    grid = {(a, b) for a in (0.0, 0.5, 1.0) for b in (0.01, 0.1, 1.0)}
+    for rule in ("dpT", "dp"):
+        assert {(c.alpha, c.beta) for c in configs if c.rule == rule} == grid
+    assert len(configs) == 2 * len(grid) + 1 and [c.rule for c in configs].count("bp") == 1
+    for c in configs:
+        assert (c.dataset, c.model, c.hidden, c.activation) == ("fashion-mnist", "mlp", [512, 512], "relu")
+        assert (c.optimizer, c.lr, c.final_lr, c.warmup_epochs, c.weight_decay) == ("adam", 1e-3, 1e-3, 0, 0.0)
+        assert (c.validation_percent, c.seeds, c.augment) == (10.0, [1988, 1542, 8697], False)
+    cnn = load_experiment("icml2024-fashion-mnist-cnn").configs
+    assert [(c.rule, c.model, c.dataset) for c in cnn] == [("bp", "mini_cnn", "fashion-mnist"),
+                                                          ("dpT", "mini_cnn", "fashion-mnist")]
+    assert (cnn[1].alpha, cnn[1].beta, cnn[1].schedule, cnn[1].passes) == (1.0, 0.5, "backward", 1)
+
+
+def test_runs_go_seed_by_seed_with_baselines():
+    configs = [TrainConfig(rule="dpT", seeds=[1, 2], baseline=True), TrainConfig(rule="bp", seeds=[1, 2, 3])]
+    runs = experiment_runs(configs)
+    assert [(r.rule, r.seeds) for r in runs] == [("dpT", [1]), ("bp", [1]), ("bp", [1]), ("dpT", [2]),
+                                                 ("bp", [2]), ("bp", [2]), ("bp", [3])]
+    assert not any(r.baseline for r in runs)
+
+
+TINY = """description = "tiny"
+dataset = "digits"
+hidden = [16]
+epochs = 1
+limit_batches = 2
+seeds = [1, 2]
+baseline = false
+[[runs]]
+rule = "bp"
+[[runs]]
+rule = "dpT"
+alpha = 1.0
+"""
+
+
+def test_parallel_jobs_equal_one_process_and_resume_keeps_finished_runs(tmp_path, capsys):
+    experiment = tmp_path / "tiny.toml"
+    experiment.write_text(TINY)
+    assert main(["experiment", str(experiment), "--out", str(tmp_path / "serial"), "--json", "--no-progress"]) == 0
+    serial = json.loads(capsys.readouterr().out)["runs"]
+    assert main(["experiment", str(experiment), "--jobs", "2", "--out", str(tmp_path / "parallel"), "--json"]) == 0
+    parallel = json.loads(capsys.readouterr().out)["runs"]
+    assert [(r["rule"], r["seed"]) for r in parallel] == [("bp", 1), ("dpT", 1), ("bp", 2), ("dpT", 2)]
+    assert [(r["rule"], r["seed"], r["test_acc"]) for r in parallel] == \
+        [(r["rule"], r["seed"], r["test_acc"]) for r in serial]
+    # An interrupted experiment: one run of the four is missing; resuming trains only that one.
+    kept = {Path(r["run_dir"]).name: (Path(r["run_dir"]) / "summary.json").read_text() for r in parallel[:3]}
+    shutil.rmtree(parallel[3]["run_dir"])
+    assert main(["experiment", str(experiment), "--resume", str(tmp_path / "parallel"), "--json",
+                 "--no-progress"]) == 0
+    resumed = json.loads(capsys.readouterr().out)["runs"]
+    assert sorted(p.name for p in (tmp_path / "parallel").iterdir()) == sorted(Path(r["run_dir"]).name for r in resumed)
+    assert {name: (tmp_path / "parallel" / name / "summary.json").read_text() for name in kept} == kept
+    assert resumed[3]["test_acc"] == parallel[3]["test_acc"]
+
+
+def test_bad_jobs_and_resume_are_refused(tmp_path, capsys):
+    assert main(["experiment", "icml2024-mnist-cnn", "--jobs", "0"]) == 2
+    assert "--jobs must be >= 1" in capsys.readouterr().err
+    assert main(["experiment", "icml2024-mnist-cnn", "--resume", str(tmp_path / "nowhere")]) == 2
+    assert "no such directory" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="jobs must be >= 1"):
+        run_experiment([TrainConfig()], jobs=0)
 
 
 def test_an_experiment_with_a_bad_run_is_rejected():

@@ -260,15 +260,21 @@ def _add_experiment_parser(subparsers: Any) -> None:
                                   ("--limit-batches", int, "at most this many batches per epoch"),
                                   ("--data-dir", str, "data root directory"),
                                   ("--out", str, "directory that receives the run directories"),
-                                  ("--device", str, "auto, cpu, cuda or mps")):
+                                  ("--device", str, "auto, cpu, cuda or mps"),
+                                  ("--threads", int, "CPU threads per run (0: 1 for an MLP, else torch's "
+                                                     "default; with --jobs N: CPUs / N)")):
         parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=help_text)
     parser.add_argument("--seeds", type=int, nargs="+", default=argparse.SUPPRESS,
                         help="override the seeds")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="train the runs (configurations × seeds) in N parallel processes (default: 1)")
+    parser.add_argument("--resume", metavar="DIR", default=argparse.SUPPRESS,
+                        help="continue an interrupted experiment in its --out folder (runs that ended are "
+                             "kept, unfinished ones continue from their last checkpoint, missing ones start), "
+                             "or an interrupted study in its directory")
     study = parser.add_argument_group("study options (robustness-mlp)")
     study.add_argument("--dataset", default=argparse.SUPPRESS,
                        help="mnist, fashion-mnist or digits (default: mnist where its files exist, else digits)")
-    study.add_argument("--resume", metavar="STUDY_DIR", default=argparse.SUPPRESS,
-                       help="continue an interrupted study in its directory")
     study.add_argument("--rules", nargs="+", default=argparse.SUPPRESS, help="rules of the grid")
     study.add_argument("--alphas", type=float, nargs="+", default=argparse.SUPPRESS, help="α values of the grid")
     study.add_argument("--betas", type=float, nargs="+", default=argparse.SUPPRESS, help="β values of the grid")
@@ -288,6 +294,8 @@ def _run_study(args: argparse.Namespace) -> int:
     from dualprop.analysis.study import (PLOT_FILE, TABLE_FILE, StudyConfig, create_study, default_dataset,
                                          run_study)
 
+    if args.jobs != 1 or hasattr(args, "threads"):
+        raise UsageError("--jobs and --threads apply to experiments, not to the studies")
     if getattr(args, "resume", None):
         if any(hasattr(args, key) for key in (*_STUDY_FLAGS[:1], *_STUDY_FLAGS[2:], "epochs", "limit_batches",
                                               "seeds")):
@@ -325,26 +333,34 @@ def _run_study(args: argparse.Namespace) -> int:
 
 
 def _run_experiment(args: argparse.Namespace) -> int:
-    from dualprop.training import train
-    from dualprop.training.experiments import experiment_names, load_experiment
+    from dualprop.training.experiments import experiment_names, load_experiment, run_experiment
 
     if args.list:
+        width = max(map(len, [*experiment_names(), *STUDIES]))
         for name in experiment_names():
             experiment = load_experiment(name)
-            print(f"{name:24s} {len(experiment.configs):2d} configs  {experiment.description}")
+            print(f"{name:{width}s} {len(experiment.configs):2d} configs  {experiment.description}")
         for name, description in STUDIES.items():
-            print(f"{name:24s}      study    {description}")
+            print(f"{name:{width}s}      study    {description}")
         return EXIT_OK
     if not args.name:
         raise UsageError("experiment: give an experiment NAME or --list")
     if args.name in STUDIES:
         return _run_study(args)
-    given = [key for key in _STUDY_FLAGS if hasattr(args, key)]
+    given = [key for key in _STUDY_FLAGS if hasattr(args, key) and key != "resume"]
     if given:
         raise UsageError(f"--{given[0].replace('_', '-')} applies to the studies ({', '.join(STUDIES)}) only")
+    if args.jobs < 1:
+        raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
     experiment = load_experiment(args.name)
     overrides = {key: getattr(args, key) for key in ("epochs", "limit_batches", "data_dir", "out", "device",
-                                                     "seeds") if hasattr(args, key)}
+                                                     "seeds", "threads") if hasattr(args, key)}
+    if hasattr(args, "resume"):
+        if not Path(args.resume).is_dir():
+            raise UsageError(f"--resume {args.resume}: no such directory")
+        if "out" in overrides and Path(overrides["out"]).resolve() != Path(args.resume).resolve():
+            raise UsageError("--resume DIR continues the runs in DIR; give no other --out")
+        overrides["out"] = args.resume
     selected = list(enumerate(experiment.configs, start=1))
     if args.only:
         unknown = [i for i in args.only if not 1 <= i <= len(experiment.configs)]
@@ -364,10 +380,16 @@ def _run_experiment(args: argparse.Namespace) -> int:
                   f" schedule={config.schedule} passes={config.passes} epochs={config.epochs} "
                   f"seeds={config.seeds}")
         return EXIT_OK
-    observer = _progress_observer(show_bar=not args.no_progress)
-    summaries = []
-    for _, config in configs:
-        summaries.extend(train(config, observer))
+    observer = _progress_observer(show_bar=not args.no_progress and args.jobs == 1)
+
+    def run_done(summary: dict[str, Any]) -> None:
+        if args.jobs > 1:
+            accuracy = "–" if summary.get("test_acc") is None else f"{summary['test_acc']:.2f} %"
+            print(f"  {_network_label(summary['rule'], summary.get('alpha'), summary.get('beta'))}, seed "
+                  f"{summary['seed']}: {summary['status']}, test accuracy {accuracy}", file=sys.stderr)
+
+    summaries = run_experiment([config for _, config in configs], jobs=args.jobs,
+                               resume=hasattr(args, "resume"), observer=observer, run_done=run_done)
     return _report_runs(summaries, args.json)
 
 
@@ -381,13 +403,15 @@ def _add_report_parser(subparsers: Any) -> None:
                     "mean ± std over seeds; training curves as PNG when matplotlib is installed.")
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories or folders holding them")
     parser.add_argument("--plot", metavar="PNG", help="write training curves to this PNG file")
+    parser.add_argument("--plot-beta", metavar="PNG",
+                        help="write test accuracy against β (one line per α, one panel per rule) to this PNG file")
     parser.add_argument("--output", metavar="FILE", help="also write the Markdown table to FILE")
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from dualprop.analysis.report import collect_runs, markdown_table, plot_curves
+    from dualprop.analysis.report import collect_runs, markdown_table, plot_accuracy_against_beta, plot_curves
 
-    for path in (args.output, args.plot):
+    for path in (args.output, args.plot, args.plot_beta):
         if path:
             _refuse_existing(path)
     runs = collect_runs(args.runs)
@@ -395,9 +419,11 @@ def _run_report(args: argparse.Namespace) -> int:
     print(table, end="")
     if args.output:
         _write_new_file(args.output, table)
-    if args.plot:
-        if not plot_curves(runs, args.plot):
-            print("dualprop: matplotlib is not installed; no plot written", file=sys.stderr)
+    for path, plot in ((args.plot, plot_curves), (args.plot_beta, plot_accuracy_against_beta)):
+        if path and not plot(runs, path):
+            print(f"dualprop: no plot written to {path} (matplotlib is not installed"
+                  + (", or no run has both α and β)" if plot is plot_accuracy_against_beta else ")"),
+                  file=sys.stderr)
     return EXIT_OK
 
 

@@ -28,6 +28,9 @@ from dualprop.models import ACTIVATIONS, CONV_MODELS
 from dualprop.schedules import parse_schedule
 
 OPTIMIZERS = ("sgd", "adam")
+# Settings that do not change what a run computes (where it is written, on which device, with how many
+# threads, …); runs that differ only in these and the seed are the same setting.
+BOOKKEEPING_KEYS = ("seeds", "out", "name", "device", "threads", "data_dir", "tensorboard", "baseline")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 MODELS = ("mlp", *CONV_MODELS)
 

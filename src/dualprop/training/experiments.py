@@ -3,15 +3,25 @@
 An experiment file holds ``description`` (one line), the shared settings as top-level keys (any
 ``TrainConfig`` key) and optionally an array of ``[[runs]]`` tables, each overriding some settings —
 one trained configuration per table (all seeds of it). Without ``[[runs]]`` it is a single setting.
+
+:func:`run_experiment` trains every (configuration, seed) pair, seed by seed — all configurations of
+the first seed, then of the second, … — so an interrupted experiment holds whole grids; in one process
+or in several. Continued in its output folder, it keeps the runs already there.
 """
 from __future__ import annotations
 
+import multiprocessing
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from dualprop.training.config import TrainConfig, from_mapping, read_toml
+from dualprop.training.config import BOOKKEEPING_KEYS, TrainConfig, from_mapping, read_toml
+from dualprop.training.rundir import CONFIG_FILE
+from dualprop.training.trainer import TrainingObserver, resume_run, start_run
 
 EXPERIMENT_SUFFIX = ".toml"
 
@@ -59,3 +69,88 @@ def load_experiment(name: str) -> Experiment:
     if path.suffix == EXPERIMENT_SUFFIX and path.is_file():
         return parse_experiment(path.stem, read_toml(path), f"experiment file {path}")
     raise ValueError(f"unknown experiment {name!r}; `dualprop experiment --list` shows the shipped ones")
+
+
+def experiment_runs(configs: Sequence[TrainConfig]) -> list[TrainConfig]:
+    """One single-seed config per run, seed by seed (every configuration of a seed before the next
+    seed); a config with ``baseline`` is followed by its backprop twin."""
+    runs = []
+    longest = max((len(c.seeds) for c in configs), default=0)
+    for index in range(longest):
+        for config in configs:
+            if index < len(config.seeds):
+                single = config.replace(seeds=[config.seeds[index]], baseline=False)
+                runs.append(single)
+                if config.baseline and config.rule != "bp":
+                    runs.append(single.replace(rule="bp"))
+    return runs
+
+
+def _setting(values: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in values.items() if key not in BOOKKEEPING_KEYS or key == "seeds"}
+
+
+def existing_run(parent: str | Path, config: TrainConfig) -> Path | None:
+    """The run directory under ``parent`` whose saved config equals the single-seed ``config`` up to
+    bookkeeping keys (output folder, device, threads, …), or None."""
+    wanted = _setting(config.resolved().to_dict())
+    for path in sorted(Path(parent).glob(f"*/{CONFIG_FILE}")):
+        try:
+            saved = read_toml(path)
+        except ValueError:
+            continue
+        if _setting(saved) == wanted:
+            return path.parent
+    return None
+
+
+def run_one(config: TrainConfig, resume: bool = False, observer: TrainingObserver | None = None) -> dict[str, Any]:
+    """Train the single-seed ``config`` in a new run directory under ``config.out``; with ``resume``,
+    a matching run already there is kept when it has ended, or continued from its last checkpoint."""
+    found = existing_run(config.out, config) if resume else None
+    if found is not None:
+        return resume_run(found, observer)
+    return start_run(config, config.seeds[0], observer)
+
+
+def _run_quietly(config: TrainConfig, resume: bool) -> dict[str, Any]:
+    return run_one(config, resume)
+
+
+def run_experiment(configs: Sequence[TrainConfig], jobs: int = 1, resume: bool = False,
+                   observer: TrainingObserver | None = None,
+                   run_done: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Every run of ``configs`` (see :func:`experiment_runs`), returning their summaries in that order.
+
+    With ``jobs > 1`` the runs go to that many worker processes (``observer`` is not used there; each
+    run's summary reaches ``run_done`` as it ends), and a config with ``threads = 0`` gets
+    ``cpu_count // jobs`` threads per process. ``resume`` keeps or continues matching runs already in
+    each config's ``out`` folder (see :func:`run_one`).
+    """
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    runs = experiment_runs(configs)
+    if jobs == 1 or len(runs) <= 1:
+        summaries = []
+        for config in runs:
+            summaries.append(run_one(config, resume, observer))
+            if run_done is not None:
+                run_done(summaries[-1])
+        return summaries
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    runs = [c.replace(threads=threads) if c.threads == 0 else c for c in runs]
+    results: dict[int, dict[str, Any]] = {}
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        pending: dict[Future, int] = {pool.submit(_run_quietly, c, resume): i for i, c in enumerate(runs)}
+        try:
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    results[pending.pop(future)] = future.result()
+                    if run_done is not None:
+                        run_done(future.result())
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+    return [results[i] for i in range(len(runs))]
