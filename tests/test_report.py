@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from dualprop.analysis.report import collect_runs, markdown_table
+from dualprop.analysis.report import collect_runs, markdown_table, plot_accuracy_against_beta
 from dualprop.cli import main
 from dualprop.training.config import TrainConfig, save_config
 from dualprop.training.rundir import MetricsLog
 
 
 def fake_run(root: Path, name: str, seed: int, test_acc: float | None, status: str = "finished",
-             **settings) -> None:
+             seconds: tuple[float, ...] = (), **settings) -> None:
     run_dir = root / name
     run_dir.mkdir(parents=True)
     config = TrainConfig(seeds=[seed], baseline=False, **settings).resolved()
@@ -23,8 +23,8 @@ def fake_run(root: Path, name: str, seed: int, test_acc: float | None, status: s
          "best_val_acc": test_acc}))
     log = MetricsLog(run_dir)
     log.start()
-    for epoch in (1, 2):
-        log.append({"epoch": epoch, "train_loss": 1.0 / epoch, "val_acc": 50.0 * epoch})
+    for epoch, epoch_seconds in enumerate(seconds or (float("nan"),) * 2, start=1):
+        log.append({"epoch": epoch, "train_loss": 1.0 / epoch, "val_acc": 50.0 * epoch, "seconds": epoch_seconds})
 
 
 def test_mean_and_std_over_seeds_per_setting(tmp_path):
@@ -70,3 +70,31 @@ def test_report_never_overwrites_a_users_file(tmp_path, capsys):
     assert main(["report", str(tmp_path / "runs"), "--output", str(mine)]) == 2
     assert "already exists" in capsys.readouterr().err
     assert mine.read_text() == "my notes\n"
+
+
+def test_time_per_epoch_against_backprop(tmp_path):
+    # Median epoch time per run (a slow epoch does not count), mean over seeds, divided by backprop's.
+    fake_run(tmp_path, "p0", 0, 90.0, seconds=(10.0, 30.0, 12.0), rule="bp")   # median 12
+    fake_run(tmp_path, "p1", 1, 91.0, seconds=(8.0, 8.0, 8.0), rule="bp")      # median 8 -> mean 10
+    fake_run(tmp_path, "d0", 0, 89.0, seconds=(25.0, 26.0, 24.0), alpha=1.0)   # 25
+    fake_run(tmp_path, "d1", 1, 88.0, seconds=(24.0, 23.0, 100.0), alpha=1.0)  # 24 -> mean 24.5
+    fake_run(tmp_path, "o0", 0, 80.0, seconds=(5.0,), alpha=1.0, optimizer="adam")  # no backprop twin
+    lines = markdown_table(collect_runs([tmp_path])).strip().splitlines()
+    assert lines[0].endswith("| diverged | s / epoch | × bp |")
+    rows = {line.split(" | ")[2] + ("adam" if "| adam |" in line else "sgd"): line for line in lines[2:]}
+    assert rows["bpsgd"].endswith("| 10.0 | 1.00 |")
+    assert rows["dpTsgd"].endswith("| 24.5 | 2.45 |")
+    assert rows["dpTadam"].endswith("| 5.0 | – |")
+
+
+def test_accuracy_against_beta_plot(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    fake_run(tmp_path / "runs", "p", 0, 90.0, rule="bp")
+    assert not plot_accuracy_against_beta(collect_runs([tmp_path / "runs"]), tmp_path / "none.png")
+    for seed in (0, 1):
+        for alpha in (0.0, 1.0):
+            for beta in (0.1, 1.0):
+                fake_run(tmp_path / "runs", f"d{seed}{alpha}{beta}", seed, 80.0 + seed + beta, alpha=alpha, beta=beta)
+    assert main(["report", str(tmp_path / "runs"), "--plot-beta", str(tmp_path / "beta.png")]) == 0
+    assert (tmp_path / "beta.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (tmp_path / "none.png").exists()

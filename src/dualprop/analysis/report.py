@@ -4,6 +4,9 @@ Runs belong to the same setting when their resolved configs agree on everything 
 the bookkeeping keys (output folder, run name, device, threads, data directory, logging); for backprop
 runs the nudging keys (α, β, schedule, passes, implementation) do not matter either.
 Mean ± std use the sample standard deviation (n − 1) over the runs that reached a test accuracy.
+A run's time per epoch is the median of its epochs' training seconds (robust to a few slow epochs on a
+shared machine); a setting's is the mean over its runs, and ``× bp`` divides it by that of the backprop
+setting with the same data, network and optimisation.
 """
 from __future__ import annotations
 
@@ -13,10 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from dualprop.training.config import read_toml
+from dualprop.training.config import BOOKKEEPING_KEYS, read_toml
 from dualprop.training.rundir import CONFIG_FILE, find_run_directories, read_metrics, read_summary
 
-BOOKKEEPING_KEYS = ("seeds", "out", "name", "device", "threads", "data_dir", "tensorboard", "baseline")
 NUDGING_KEYS = ("alpha", "beta", "schedule", "passes", "implementation")
 COLUMNS = ("dataset", "model", "rule", "alpha", "beta", "schedule", "passes", "epochs")
 _HEADINGS = {"alpha": "α", "beta": "β"}
@@ -55,6 +57,23 @@ def group_runs(runs: Sequence[RunRecord]) -> list[list[RunRecord]]:
     return list(groups.values())
 
 
+def backprop_twin(key: tuple[tuple[str, Any], ...]) -> tuple[tuple[str, Any], ...]:
+    """The setting key of backprop with everything else of ``key`` unchanged."""
+    return setting_key({**dict(key), "rule": "bp"})
+
+
+def epoch_seconds(run: RunRecord) -> float:
+    """Median training seconds per epoch of one run (NaN when its metrics hold none)."""
+    seconds = [row["seconds"] for row in run.metrics if math.isfinite(row.get("seconds", math.nan))]
+    return statistics.median(seconds) if seconds else math.nan
+
+
+def mean_epoch_seconds(group: Sequence[RunRecord]) -> float:
+    """Mean over the runs of a setting of their median epoch time (NaN when none is known)."""
+    values = [v for v in map(epoch_seconds, group) if math.isfinite(v)]
+    return statistics.mean(values) if values else math.nan
+
+
 def mean_std(values: Sequence[float]) -> str:
     """``mean ± std`` with two decimals (std over n − 1; just the value for n = 1; ``–`` for none)."""
     values = [v for v in values if v is not None and math.isfinite(v)]
@@ -83,45 +102,122 @@ def markdown_table(runs: Sequence[RunRecord]) -> str:
     extra = sorted({k for key in keys for k in key if k not in COLUMNS
                     and len({_cell(other[k]) for other in keys if k in other}) > 1})
     headings = [_HEADINGS.get(c, c) for c in (*COLUMNS, *extra)] + [
-        "seeds", "test acc (%)", "test top-5 (%)", "best val acc (%)", "diverged"]
+        "seeds", "test acc (%)", "test top-5 (%)", "best val acc (%)", "diverged", "s / epoch", "× bp"]
+    seconds = {setting_key(g[0].config): mean_epoch_seconds(g) for g in groups}
     lines = ["| " + " | ".join(headings) + " |", "|" + "---|" * len(headings)]
     for group, key in zip(groups, keys):
         summaries = [run.summary for run in group]
         setting = [_cell(key.get(c)) for c in (*COLUMNS, *extra)]
         diverged = sum(s.get("status") == "diverged" for s in summaries)
+        own = seconds[setting_key(group[0].config)]
+        ratio = own / seconds.get(backprop_twin(setting_key(group[0].config)), math.nan)
         stats = [str(len(group)), mean_std([s.get("test_acc") for s in summaries]),
                  mean_std([s.get("test_top5") for s in summaries]),
-                 mean_std([s.get("best_val_acc") for s in summaries]), f"{diverged}/{len(group)}"]
+                 mean_std([s.get("best_val_acc") for s in summaries]), f"{diverged}/{len(group)}",
+                 "–" if math.isnan(own) else f"{own:.1f}", "–" if math.isnan(ratio) else f"{ratio:.2f}"]
         lines.append("| " + " | ".join(setting + stats) + " |")
     return "\n".join(lines) + "\n"
 
 
-def plot_curves(runs: Sequence[RunRecord], path: str | Path) -> bool:
-    """Training loss and validation accuracy per epoch, mean over the seeds of each setting, as a PNG.
+_RULE_TITLES = {"dpT": "DP⊤", "dp": "DP", "dp-damped": "damped DP", "bp": "backprop",
+                "adversarial": "adversarial"}
 
-    Returns False (writing nothing) when matplotlib is not installed.
-    """
+
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend, or None when matplotlib is not installed."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def _rules(groups: Sequence[Sequence[RunRecord]]) -> list[str]:
+    """The rules of the groups in order of first appearance, backprop last."""
+    rules = list(dict.fromkeys(g[0].config["rule"] for g in groups))
+    return [r for r in rules if r != "bp"] + (["bp"] if "bp" in rules else [])
+
+
+def _label(config: dict[str, Any]) -> str:
+    if config["rule"] == "bp":
+        return "backprop"
+    return f"α={config['alpha']:g} β={config['beta']:g}"
+
+
+def plot_curves(runs: Sequence[RunRecord], path: str | Path) -> bool:
+    """Training loss (top) and validation accuracy (bottom) per epoch, mean over the seeds of each
+    setting, one column per rule (backprop dashed in every column), as a PNG.
+
+    Returns False (writing nothing) when matplotlib is not installed.
+    """
+    plt = _pyplot()
+    if plt is None:
         return False
-    figure, (loss_axis, acc_axis) = plt.subplots(1, 2, figsize=(11, 4))
-    for group in group_runs(runs):
-        config = group[0].config
-        label = config["rule"] if config["rule"] == "bp" else \
-            f"{config['rule']} α={config['alpha']:g} β={config['beta']:g}"
-        label = f"{config['dataset']} {config['model']} {label}"
-        for axis, column in ((loss_axis, "train_loss"), (acc_axis, "val_acc")):
-            epochs, means = _mean_curve(group, column)
-            if epochs:
-                axis.plot(epochs, means, label=label)
-    loss_axis.set(xlabel="epoch", ylabel="training loss", yscale="log")
-    acc_axis.set(xlabel="epoch", ylabel="validation accuracy (%)")
-    acc_axis.legend(fontsize="small")
+    groups = group_runs(runs)
+    rules = _rules(groups)
+    figure, axes = plt.subplots(2, len(rules), figsize=(4.6 * len(rules) + 1.5, 7), squeeze=False)
+    for column, rule in enumerate(rules):
+        for group in groups:
+            config = group[0].config
+            if config["rule"] != rule and config["rule"] != "bp":
+                continue
+            style = {"color": "black", "linestyle": "--"} if config["rule"] == "bp" else {}
+            for row, metric in enumerate(("train_loss", "val_acc")):
+                epochs, means = _mean_curve(group, metric)
+                if epochs:
+                    axes[row][column].plot(epochs, means, marker=".", label=_label(config), **style)
+        axes[0][column].set(title=_RULE_TITLES.get(rule, rule), yscale="log",
+                            ylabel="training loss")
+        axes[1][column].set(xlabel="epoch", ylabel="validation accuracy (%)")
+        axes[1][column].legend(fontsize="x-small")
+    figure.suptitle(_title(groups) + ": mean over seeds")
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return True
+
+
+def _title(groups: Sequence[Sequence[RunRecord]]) -> str:
+    names = dict.fromkeys(f"{g[0].config['dataset']} {g[0].config['model']}" for g in groups)
+    return ", ".join(names)
+
+
+def plot_accuracy_against_beta(runs: Sequence[RunRecord], path: str | Path) -> bool:
+    """Test accuracy (mean ± std over seeds) against β, one line per α, one panel per nudged rule;
+    backprop's mean as a dashed line with its ± std band. Returns False (writing nothing) when
+    matplotlib is not installed or no setting has both α and β."""
+    plt = _pyplot()
+    groups = [g for g in group_runs(runs) if any(r.summary.get("test_acc") is not None for r in g)]
+    rules = [r for r in _rules(groups) if r not in ("bp", "adversarial")]
+    if plt is None or not rules:
+        return False
+    figure, axes = plt.subplots(1, len(rules), figsize=(4.8 * len(rules) + 1.5, 4), squeeze=False, sharey=True)
+    for axis, rule in zip(axes[0], rules):
+        by_alpha: dict[float, list[tuple[float, float, float]]] = {}
+        for group in groups:
+            config = group[0].config
+            if config["rule"] != rule:
+                continue
+            values = [r.summary["test_acc"] for r in group if r.summary.get("test_acc") is not None]
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            by_alpha.setdefault(config["alpha"], []).append((config["beta"], statistics.mean(values), spread))
+        first = next(g[0].config for g in groups if g[0].config["rule"] == rule)
+        twin = next((g for g in groups if setting_key(g[0].config) == backprop_twin(setting_key(first))), None)
+        for alpha, points in sorted(by_alpha.items()):
+            betas, means, spreads = zip(*sorted(points))
+            axis.errorbar(betas, means, yerr=spreads, marker="o", capsize=3, label=f"α={alpha:g}")
+        if twin is not None:
+            values = [r.summary["test_acc"] for r in twin if r.summary.get("test_acc") is not None]
+            mean, spread = statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+            axis.axhline(mean, color="black", linestyle="--", label="backprop")
+            axis.axhspan(mean - spread, mean + spread, color="black", alpha=0.1)
+        axis.set(title=_RULE_TITLES.get(rule, rule), xscale="log", xlabel="β", ylabel="test accuracy (%)")
+        axis.legend(fontsize="small")
+    figure.suptitle(_title(groups) + ": test accuracy, mean ± std over seeds")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
     plt.close(figure)
     return True
 
