@@ -139,11 +139,14 @@ def _report_runs(summaries: list[dict[str, Any]], as_json: bool) -> int:
 
 _FLAG_HELP = {
     "rule": "learning rule: dpT, dp, dp-damped, bp or adversarial", "alpha": "nudging weight α in [0, 1]",
-    "beta": "nudging strength β > 0", "schedule": "inference schedule or alias (fw3, bw, fwbw2, …)",
+    "beta": "nudging strength β > 0", "schedule": "inference schedule or alias (fw3, bw, fwbw2, random, …)",
     "passes": "passes of the inference schedule", "loss": "cross_entropy or mse",
     "implementation": "auto, generic or fused",
     "feedback": "symmetric, or kolen-pollack (separate feedback weights learned by the same rule)",
     "power_iterations": "power-iteration steps per update for the spectral norms of dp-damped",
+    "state_noise": "σ of the Gaussian noise added to every compartment update (bp: activations and gradients)",
+    "state_quantum": "resolution q: compartments stochastically rounded to multiples of q (0: off)",
+    "noise_seed": "seed of the noise, rounding and random-schedule generator",
     "dataset": "dataset name (digits, mnist, cifar10, …)",
     "data_dir": "data root directory", "validation_percent": "percent of training data held out",
     "augment": "random crop/flip where the dataset allows it", "pad_to": "zero-pad images to this size",
@@ -272,9 +275,12 @@ def _add_experiment_parser(subparsers: Any) -> None:
                         help="continue an interrupted experiment in its --out folder (runs that ended are "
                              "kept, unfinished ones continue from their last checkpoint, missing ones start), "
                              "or an interrupted study in its directory")
-    study = parser.add_argument_group("study options (robustness-mlp)")
+    study = parser.add_argument_group("study options (robustness-mlp, noise-robustness)")
     study.add_argument("--dataset", default=argparse.SUPPRESS,
-                       help="mnist, fashion-mnist or digits (default: mnist where its files exist, else digits)")
+                       help="mnist, fashion-mnist or digits (default: mnist for robustness-mlp, fashion-mnist "
+                            "for noise-robustness, where its files exist, else digits)")
+    study.add_argument("--hidden", type=int, nargs="+", default=argparse.SUPPRESS, metavar="N",
+                       help="hidden widths of the MLP")
     study.add_argument("--rules", nargs="+", default=argparse.SUPPRESS, help="rules of the grid")
     study.add_argument("--alphas", type=float, nargs="+", default=argparse.SUPPRESS, help="α values of the grid")
     study.add_argument("--betas", type=float, nargs="+", default=argparse.SUPPRESS, help="β values of the grid")
@@ -283,38 +289,63 @@ def _add_experiment_parser(subparsers: Any) -> None:
     study.add_argument("--lr", type=float, default=argparse.SUPPRESS, help="peak learning rate")
     study.add_argument("--test-limit", type=int, default=argparse.SUPPRESS,
                        help="test samples for the attacks (0: all)")
+    study.add_argument("--sigmas", type=float, nargs="+", default=argparse.SUPPRESS,
+                       help="compartment noise σ values of the grid (noise-robustness)")
+    study.add_argument("--quanta", type=float, nargs="+", default=argparse.SUPPRESS,
+                       help="stochastic-rounding resolutions q (noise-robustness)")
 
 
-_STUDY_FLAGS = ("dataset", "resume", "rules", "alphas", "betas", "eps", "lr", "test_limit")
+_STUDY_ONLY_FLAGS = ("dataset", "hidden", "rules", "alphas", "betas", "eps", "lr", "test_limit", "sigmas", "quanta")
+_STUDY_SETTINGS = (*_STUDY_ONLY_FLAGS, "epochs", "limit_batches", "device", "data_dir")
 STUDIES = {"robustness-mlp": "ICML 2024 MLP study: bp, dp, dpT, dp-damped, adversarial over α and β; "
-                             "stability, Lipschitz estimates and PGD accuracy"}
+                             "stability, Lipschitz estimates and PGD accuracy",
+           "noise-robustness": "DP⊤ and DP over β × compartment noise σ, asynchronous order and stochastic "
+                               "rounding, against backprop with the same noise"}
+
+
+def _study_kind(name: str) -> Any:
+    """The config dataclass of the study ``name`` and its preferred dataset."""
+    if name == "noise-robustness":
+        from dualprop.analysis.noise_study import NoiseStudyConfig
+
+        return NoiseStudyConfig, "fashion-mnist"
+    from dualprop.analysis.study import StudyConfig
+
+    return StudyConfig, "mnist"
 
 
 def _run_study(args: argparse.Namespace) -> int:
-    from dualprop.analysis.study import (PLOT_FILE, TABLE_FILE, StudyConfig, create_study, default_dataset,
-                                         run_study)
+    from dualprop.analysis.study import PLOT_FILE, TABLE_FILE, create_study, default_dataset, run_study, study_kind
 
     if args.jobs != 1 or hasattr(args, "threads"):
         raise UsageError("--jobs and --threads apply to experiments, not to the studies")
     if getattr(args, "resume", None):
-        if any(hasattr(args, key) for key in (*_STUDY_FLAGS[:1], *_STUDY_FLAGS[2:], "epochs", "limit_batches",
-                                              "seeds")):
+        if any(hasattr(args, key) for key in (*_STUDY_SETTINGS, "seeds")):
             raise UsageError("--resume continues a study with its own study.toml; give no other settings")
         directory = args.resume
+        try:
+            kind_name = study_kind(directory)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+        if kind_name != args.name:
+            raise UsageError(f"{directory} holds a {kind_name} study; resume it with `dualprop experiment "
+                             f"{kind_name} --resume {directory}`")
+        kind, _ = _study_kind(kind_name)
     else:
-        values = {key: getattr(args, key) for key in ("dataset", "rules", "alphas", "betas", "eps", "lr",
-                                                      "test_limit", "epochs", "limit_batches", "device")
-                  if hasattr(args, key)}
-        if hasattr(args, "data_dir"):
-            values["data_dir"] = args.data_dir
+        kind, preferred = _study_kind(args.name)
+        values = {key: getattr(args, key) for key in _STUDY_SETTINGS if hasattr(args, key)}
         if hasattr(args, "seeds"):
             if len(args.seeds) != 1:
                 raise UsageError("a study trains one seed per setting; give one --seeds value")
             values["seed"] = args.seeds[0]
+        known = {f.name for f in fields(kind)}
+        foreign = [key for key in values if key not in known]
+        if foreign:
+            raise UsageError(f"--{foreign[0].replace('_', '-')} is not a setting of the {args.name} study")
         if "dataset" not in values:
-            values["dataset"], why = default_dataset(values.get("data_dir"))
+            values["dataset"], why = default_dataset(values.get("data_dir"), preferred)
             print(f"dualprop: {why}", file=sys.stderr)
-        directory = create_study(StudyConfig(**values), getattr(args, "out", "studies"))
+        directory = create_study(kind(**values), getattr(args, "out", "studies"))
     print(f"study directory: {directory}", file=sys.stderr)
     observer = _progress_observer(show_bar=not args.no_progress)
 
@@ -324,7 +355,7 @@ def _run_study(args: argparse.Namespace) -> int:
         accuracy = "–" if record["test_acc"] is None else f"{record['test_acc']:.2f} %"
         print(f"  {setting.key}: {status}, test accuracy {accuracy}", file=sys.stderr)
 
-    run_study(directory, observer, setting_done)
+    run_study(directory, observer, setting_done, kind)
     table = Path(directory) / TABLE_FILE
     print(table.read_text(encoding="utf-8"), end="")
     plot = f", {PLOT_FILE}" if (Path(directory) / PLOT_FILE).exists() else ""
@@ -347,7 +378,7 @@ def _run_experiment(args: argparse.Namespace) -> int:
         raise UsageError("experiment: give an experiment NAME or --list")
     if args.name in STUDIES:
         return _run_study(args)
-    given = [key for key in _STUDY_FLAGS if hasattr(args, key) and key != "resume"]
+    given = [key for key in _STUDY_ONLY_FLAGS if hasattr(args, key)]
     if given:
         raise UsageError(f"--{given[0].replace('_', '-')} applies to the studies ({', '.join(STUDIES)}) only")
     if args.jobs < 1:

@@ -21,12 +21,13 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from dualprop.fused import FUSED_RULES, FusedSweep
+from dualprop.hardware import CompartmentPerturbation, noisy_backprop
 from dualprop.losses import batch_loss, check_loss, output_gradient
 from dualprop.network import LayeredNetwork, split_network, unwrap
 from dualprop.rules import (DYADIC_RULES, RULES, damped_hidden_compartments,
                             damping_from_spectral_norm, hidden_compartments, mean_state, nudge_weights,
                             output_compartments, output_nudge_is_fixed)
-from dualprop.schedules import layer_order, parse_schedule
+from dualprop.schedules import layer_order, parse_schedule, random_order
 from dualprop.spectral import SpectralNormEstimator
 
 IMPLEMENTATIONS = ("auto", "generic", "fused")
@@ -130,11 +131,18 @@ class Learner(nn.Module):
     wrapper is still what runs), and ``learner(x)`` is its forward. ``objective(x, y)`` returns the
     scalar whose ``backward()`` accumulates the update into ``.grad``; ``step(x, y)`` is that plus
     ``backward()``. The optimizer stays the caller's.
+
+    Hardware realism (:mod:`dualprop.hardware`): ``state_noise=σ`` adds N(0, σ²) to ``s⁺_k`` and ``s⁻_k``
+    each time the state loop updates neuron k, ``state_quantum=q`` rounds them stochastically to multiples
+    of q, both drawn from a generator seeded by ``noise_seed``; with ``bp`` the same perturbation hits every
+    neuron's activation forward and its per-sample gradient backward. ``schedule="random"`` draws a new
+    asynchronous order of ``K·L`` visits every step from its own generator seeded by ``noise_seed``.
     """
 
     def __init__(self, model: nn.Module, rule: str = "dpT", alpha: float = 0.5, beta: float = 0.1,
                  schedule: str = "forward", passes: int | None = None, loss: str = "cross_entropy",
-                 implementation: str = "auto", feedback: str = "symmetric", power_iterations: int = 1):
+                 implementation: str = "auto", feedback: str = "symmetric", power_iterations: int = 1,
+                 state_noise: float = 0.0, state_quantum: float = 0.0, noise_seed: int = 0):
         super().__init__()
         if rule not in RULES:
             raise ValueError(f"unknown rule {rule!r}; choose one of {', '.join(RULES)}")
@@ -149,7 +157,15 @@ class Learner(nn.Module):
         self.model = unwrap(model)
         self.__dict__["wrapper"] = model  # what runs; kept out of the module tree (no duplicate state)
         self.network: LayeredNetwork = split_network(self.model)
-        self.order = layer_order(self.schedule, self.network.depth, self.passes)
+        # hardware realism: compartment noise and resolution, asynchronous order
+        self.perturbation = CompartmentPerturbation(state_noise, state_quantum, noise_seed)
+        if self.perturbation.active and rule == "adversarial":
+            raise ValueError("state_noise and state_quantum apply to dp, dpT, dp-damped and bp, "
+                             "not to rule 'adversarial'")
+        self._order_generator = (torch.Generator().manual_seed(noise_seed) if self.schedule == "random"
+                                 else None)
+        self.order = None if self.schedule == "random" else \
+            layer_order(self.schedule, self.network.depth, self.passes)
         if feedback not in FEEDBACK_MODES:
             raise ValueError(f"unknown feedback {feedback!r}; choose one of {', '.join(FEEDBACK_MODES)}")
         if feedback != "symmetric" and rule not in DYADIC_RULES:
@@ -178,9 +194,12 @@ class Learner(nn.Module):
                 raise ValueError(f"implementation='fused' is a single backward sweep: it needs "
                                  f"schedule='backward' with passes=1, got schedule={self.schedule!r} "
                                  f"with passes={self.passes}")
+            if self.perturbation.active:
+                raise ValueError("implementation='fused' has no state loop to perturb: state_noise and "
+                                 "state_quantum need implementation='generic' (or 'auto')")
         elif implementation == "auto":
             exact = (self.rule == "dpT" and self.alpha in (0.0, 1.0) and self.schedule == "backward"
-                     and self.passes == 1 and self.feedback == "symmetric")
+                     and self.passes == 1 and self.feedback == "symmetric" and not self.perturbation.active)
             implementation = "fused" if exact else "generic"
         if implementation == "fused":
             self._fused_sweep = FusedSweep(self.wrapper, self.network, self.rule, self.loss)
@@ -253,7 +272,9 @@ class Learner(nn.Module):
         with torch.no_grad():
             fixed_nudge = (self.beta * output_gradient(self.loss, logits, y)
                            if output_nudge_is_fixed(self.rule) else None)
-            for k in self.order:
+            order = self.order if self._order_generator is None else \
+                random_order(self.network.depth, self.passes, self._order_generator)
+            for k in order:
                 self._update_layer(states, cache, k, y, weights, fixed_nudge, dampings)
         return states
 
@@ -301,6 +322,7 @@ class Learner(nn.Module):
             else:
                 states.plus[k], states.minus[k] = damped_hidden_compartments(
                     activation, drive, feedback, weights, states.plus[k], states.minus[k], dampings[k - 1])
+        states.plus[k], states.minus[k] = self.perturbation(states.plus[k]), self.perturbation(states.minus[k])
         cache.layer_updated(k)
 
     # -- learning ----------------------------------------------------------------------------------
@@ -331,7 +353,8 @@ class Learner(nn.Module):
         """Run inference and return the step's result with ``.objective``, the scalar whose
         ``backward()`` accumulates the rule's update into ``.grad`` exactly as :meth:`step` does."""
         if self.rule == "bp":
-            logits = self.wrapper(x)
+            with noisy_backprop(self.perturbation, self.network.activations, x.shape[0]) as neuron:
+                logits = neuron(self.wrapper(x))
             loss = batch_loss(self.loss, logits, y)
             return StepResult(float(loss.detach()), logits.detach(), objective=loss)
         if self._fused_sweep is not None:

@@ -6,14 +6,18 @@ With ``L`` blocks and ``K`` passes:
 * ``backward`` (``bwK``):   ``[L..1] × K`` (one sweep by default)
 * ``forward-backward`` (``fwbwK``): ``[L..2] + ([1..L−1] + [L..1]) × (K−1) + [1]``
 * ``odd-even`` (``oddevenK``) / ``even-odd`` (``evenoddK``): odd layers then even layers (or the reverse), × K
+* ``random`` (``randomK``): asynchronous updates, ``K·L`` visits to neurons drawn independently and
+  uniformly from ``1..L`` — a new order every step (:func:`random_order`), so no fixed order exists
 """
 from __future__ import annotations
 
 import re
 
-SCHEDULES = ("forward", "backward", "forward-backward", "odd-even", "even-odd")
+import torch
+
+SCHEDULES = ("forward", "backward", "forward-backward", "odd-even", "even-odd", "random")
 _ALIASES = {"fw": "forward", "bw": "backward", "fwbw": "forward-backward",
-            "oddeven": "odd-even", "evenodd": "even-odd"}
+            "oddeven": "odd-even", "evenodd": "even-odd", "random": "random"}
 
 
 def parse_schedule(name: str, passes: int | None = None) -> tuple[str, int]:
@@ -28,10 +32,10 @@ def parse_schedule(name: str, passes: int | None = None) -> tuple[str, int]:
         raise ValueError(f"passes must be an integer >= 1, got {passes!r}")
     if name in SCHEDULES:
         return name, passes or 1
-    match = re.fullmatch(r"(fwbw|fw|bw|oddeven|evenodd)(\d*)", name)
+    match = re.fullmatch(r"(fwbw|fw|bw|oddeven|evenodd|random)(\d*)", name)
     if match is None:
         raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)} "
-                         f"or an alias fwK, bwK, fwbwK, oddevenK, evenoddK")
+                         f"or an alias fwK, bwK, fwbwK, oddevenK, evenoddK, randomK")
     canonical = _ALIASES[match.group(1)]
     if not match.group(2):
         return canonical, passes or 1
@@ -44,10 +48,14 @@ def parse_schedule(name: str, passes: int | None = None) -> tuple[str, int]:
 
 
 def layer_order(schedule: str, depth: int, passes: int = 1) -> list[int]:
-    """The 1-based layer ids visited by ``schedule`` on a network of ``depth`` blocks."""
+    """The 1-based layer ids visited by ``schedule`` on a network of ``depth`` blocks.
+
+    ``random`` has no fixed order (see :func:`random_order`); asking for one is a ``ValueError``.
+    """
     schedule, passes = parse_schedule(schedule, passes)
-    if depth < 1:
-        raise ValueError(f"a network needs at least one block, got depth {depth}")
+    _check_depth(depth)
+    if schedule == "random":
+        raise ValueError("schedule 'random' draws a new order every step; it has no fixed layer order")
     up = list(range(1, depth + 1))
     down = up[::-1]
     if schedule == "forward":
@@ -58,3 +66,20 @@ def layer_order(schedule: str, depth: int, passes: int = 1) -> list[int]:
         return down[:-1] + (up[:-1] + down) * (passes - 1) + [1]
     odd, even = up[0::2], up[1::2]
     return (odd + even if schedule == "odd-even" else even + odd) * passes
+
+
+def random_order(depth: int, passes: int, generator: torch.Generator) -> list[int]:
+    """``K·L`` neuron ids drawn independently and uniformly from ``1..L`` (``K = passes``, ``L = depth``).
+
+    The asynchronous schedule: each visit picks any neuron with probability ``1/L``, so a neuron is
+    visited ``K`` times per step on average (Binomial(K·L, 1/L)) and may be skipped in a given step.
+    """
+    _check_depth(depth)
+    if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
+        raise ValueError(f"passes must be an integer >= 1, got {passes!r}")
+    return (torch.randint(1, depth + 1, (passes * depth,), generator=generator)).tolist()
+
+
+def _check_depth(depth: int) -> None:
+    if depth < 1:
+        raise ValueError(f"a network needs at least one block, got depth {depth}")

@@ -1,17 +1,19 @@
-"""The robustness study of the MLP: every rule over a grid of α and β, with stability and robustness measured.
+"""Studies: grids of training runs in a resumable directory, and the robustness study of the MLP.
 
-One training run per setting (``bp`` once, ``adversarial`` per β, ``dp``/``dpT``/``dp-damped`` per
-(α, β)), then for its best checkpoint the clean and PGD accuracy at two ε and the Lipschitz estimates
-of :mod:`dualprop.analysis.robustness`. A study lives in its own directory (never reused)::
+A study is a grid of settings, one training run each, in its own directory (never reused)::
 
-    study.toml        the study's settings
-    runs/             one run directory per setting (config, metrics, checkpoints, robustness.json)
+    study.toml        the study's kind (``study = "robustness-mlp"`` when absent) and settings
+    runs/             one run directory per setting (config, metrics, checkpoints, measurements)
     results.json      one record per finished setting, rewritten atomically after each
     results.md        the Markdown table and the findings paragraph derived from the numbers
-    study.png         Lipschitz estimate, PGD accuracy and test accuracy against β (with matplotlib)
+    study.png         the study's plot (with matplotlib)
 
 An interrupted study continues with :func:`run_study` on its directory: finished settings are kept,
-a half-trained run resumes from its last checkpoint.
+a half-trained run resumes from its last checkpoint. A kind of study is a config dataclass with a
+``KIND`` name and the methods of :class:`StudyKind`; this module's :class:`StudyConfig` is the robustness
+study: one training run per setting (``bp`` once, ``adversarial`` per β, ``dp``/``dpT``/``dp-damped`` per
+(α, β)), then for its best checkpoint the clean and PGD accuracy at two ε and the Lipschitz estimates
+of :mod:`dualprop.analysis.robustness`; its plot shows them against β.
 """
 from __future__ import annotations
 
@@ -21,16 +23,17 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from dualprop.analysis.robustness import evaluate_run_robustness, write_robustness_json
 from dualprop.data import DataError, find_dataset_dir, get_spec
-from dualprop.training.config import TrainConfig, dumps_toml, read_toml
+from dualprop.training.config import TrainConfig, dumps_toml, from_mapping, read_toml
 from dualprop.training.rundir import (CONFIG_FILE, SUMMARY_FILE, create_run_directory,
                                       write_json_atomic)
 from dualprop.training.trainer import TrainingObserver, resume_run, start_run
 
 STUDY_FILE = "study.toml"
+KIND_KEY = "study"
 RESULTS_FILE = "results.json"
 TABLE_FILE = "results.md"
 PLOT_FILE = "study.png"
@@ -39,9 +42,44 @@ _RULE_NAMES = {"dp": "DP", "dpT": "DP⊤", "dp-damped": "damped DP", "adversaria
                "bp": "backprop"}
 
 
+class StudySetting(Protocol):
+    """One cell of a study's grid."""
+
+    @property
+    def key(self) -> str:
+        """A short unique name of the cell (the key of its record in ``results.json``)."""
+
+
+class StudyKind(Protocol):
+    """What :func:`create_study` and :func:`run_study` need of a study's config dataclass."""
+
+    KIND: ClassVar[str]
+    dataset: str
+
+    def check(self) -> "StudyKind":
+        """A checked copy; ``ValueError`` naming a bad setting."""
+
+    def settings(self) -> list[StudySetting]:
+        """The grid, in the order of the table."""
+
+    def run_setting(self, setting: Any, directory: Path, observer: TrainingObserver | None) -> dict[str, Any]:
+        """Train (or resume) and measure one setting; its record for ``results.json``."""
+
+    def markdown(self, records: Sequence[dict[str, Any]]) -> str:
+        """``results.md``: the table and the findings."""
+
+    def plot(self, records: Sequence[dict[str, Any]], path: Path) -> bool:
+        """Draw ``study.png``; False when matplotlib is missing."""
+
+
+Kind = TypeVar("Kind", bound=StudyKind)
+
+
 @dataclass
 class StudyConfig:
     """Settings of a robustness study (the grid and the training shared by all its runs)."""
+
+    KIND: ClassVar[str] = "robustness-mlp"
 
     dataset: str = "mnist"
     hidden: list[int] = field(default_factory=lambda: [512, 512])
@@ -89,6 +127,23 @@ class StudyConfig:
                            limit_batches=self.limit_batches, baseline=False, name="study",
                            device=self.device, tensorboard=False)
 
+    def settings(self) -> list["Setting"]:
+        """The grid (see :func:`study_settings`)."""
+        return study_settings(self)
+
+    def run_setting(self, setting: "Setting", directory: Path,
+                    observer: TrainingObserver | None = None) -> dict[str, Any]:
+        """Train and measure one setting (see :func:`run_setting`)."""
+        return run_setting(self, setting, directory, observer)
+
+    def markdown(self, records: Sequence[dict[str, Any]]) -> str:
+        """The table and findings (see :func:`study_markdown`)."""
+        return study_markdown(self, records)
+
+    def plot(self, records: Sequence[dict[str, Any]], path: Path) -> bool:
+        """The plot against β (see :func:`plot_study`)."""
+        return plot_study(self, records, path)
+
 
 @dataclass(frozen=True)
 class Setting:
@@ -121,39 +176,53 @@ def study_settings(config: StudyConfig) -> list[Setting]:
     return settings
 
 
-def default_dataset(data_dir: str | None = None) -> tuple[str, str]:
-    """``("mnist", why)`` when the MNIST files are found, else ``("digits", why)``."""
+def default_dataset(data_dir: str | None = None, preferred: str = "mnist") -> tuple[str, str]:
+    """``(preferred, why)`` when that dataset's files are found, else ``("digits", why)``."""
+    label = get_spec(preferred).name
     try:
-        find_dataset_dir(get_spec("mnist"), data_dir)
+        find_dataset_dir(get_spec(preferred), data_dir)
     except (DataError, ValueError, OSError):
-        return "digits", ("MNIST files not found; using scikit-learn's digits with a 64-input MLP "
-                          "(--dataset mnist --data-dir DIR for MNIST)")
-    return "mnist", "MNIST files found"
+        return "digits", (f"{label} files not found; using scikit-learn's digits with a 64-input MLP "
+                          f"(--dataset {label} --data-dir DIR for {label})")
+    return preferred, f"{label} files found"
 
 
 # -- running ---------------------------------------------------------------------------------------------
 
 
-def create_study(config: StudyConfig, parent: str | Path) -> Path:
-    """A new study directory ``parent/robustness-mlp-<dataset>`` (``-2``, … if taken) with ``study.toml``."""
+def create_study(config: StudyKind, parent: str | Path) -> Path:
+    """A new study directory ``parent/<KIND>-<dataset>`` (``-2``, … if taken) with ``study.toml``."""
     config = config.check()
-    directory = create_run_directory(parent, f"robustness-mlp-{config.dataset}")
-    (directory / STUDY_FILE).write_text(dumps_toml(dataclasses.asdict(config)), encoding="utf-8")
+    directory = create_run_directory(parent, f"{config.KIND}-{config.dataset}")
+    values = {KIND_KEY: config.KIND, **dataclasses.asdict(config)}
+    (directory / STUDY_FILE).write_text(dumps_toml(values), encoding="utf-8")
     (directory / "runs").mkdir()
     return directory
 
 
-def load_study(directory: str | Path) -> StudyConfig:
-    """The settings of the study in ``directory``."""
+def _study_values(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / STUDY_FILE
     if not path.is_file():
         raise ValueError(f"{directory} is not a study directory (no {STUDY_FILE})")
-    values = read_toml(path)
-    known = {f.name for f in dataclasses.fields(StudyConfig)}
+    return read_toml(path)
+
+
+def study_kind(directory: str | Path) -> str:
+    """The kind of the study in ``directory`` (``robustness-mlp`` for a study.toml without one)."""
+    return str(_study_values(directory).get(KIND_KEY, StudyConfig.KIND))
+
+
+def load_study(directory: str | Path, kind: type[Kind] = StudyConfig) -> Kind:
+    """The settings of the study in ``directory``, which must be of ``kind``."""
+    values = _study_values(directory)
+    found = values.pop(KIND_KEY, StudyConfig.KIND)
+    if found != kind.KIND:
+        raise ValueError(f"{directory} holds a {found} study, not {kind.KIND}")
+    known = {f.name for f in dataclasses.fields(kind)}
     unknown = [k for k in values if k not in known]
     if unknown:
-        raise ValueError(f"{path}: unknown study setting {unknown[0]!r}")
-    return StudyConfig(**values).check()
+        raise ValueError(f"{Path(directory) / STUDY_FILE}: unknown study setting {unknown[0]!r}")
+    return kind(**values).check()
 
 
 def read_results(directory: str | Path) -> dict[str, dict[str, Any]]:
@@ -168,24 +237,29 @@ def read_results(directory: str | Path) -> dict[str, dict[str, Any]]:
 
 
 def _existing_run(runs: Path, config: TrainConfig) -> Path | None:
-    """The run directory under ``runs`` already started for this rule, α and β (for resuming)."""
+    """The run directory under ``runs`` already started with these Learner settings (for resuming)."""
     for candidate in sorted(runs.glob(f"*/{CONFIG_FILE}")):
-        values = read_toml(candidate)
-        if (values.get("rule"), values.get("alpha"), values.get("beta")) == (config.rule, config.alpha, config.beta) \
+        if from_mapping(read_toml(candidate)).learner_settings() == config.learner_settings() \
                 and (candidate.parent / SUMMARY_FILE).exists():
             return candidate.parent
     return None
 
 
+def train_setting(train_config: TrainConfig, directory: Path,
+                  observer: TrainingObserver | None = None) -> dict[str, Any]:
+    """Train ``train_config`` (first seed) into ``directory/runs``, resuming or reusing a run already
+    started there with the same Learner settings; returns the run's summary."""
+    train_config = train_config.replace(out=str(directory / "runs")).resolved()
+    run_dir = _existing_run(directory / "runs", train_config)
+    if run_dir is None:
+        return start_run(train_config, train_config.seeds[0], observer)
+    return resume_run(run_dir, observer)
+
+
 def run_setting(config: StudyConfig, setting: Setting, directory: Path,
                 observer: TrainingObserver | None = None) -> dict[str, Any]:
     """Train one setting (or resume / reuse its run) and measure it; returns its result record."""
-    train_config = config.train_config(setting).replace(out=str(directory / "runs")).resolved()
-    run_dir = _existing_run(directory / "runs", train_config)
-    if run_dir is None:
-        summary = start_run(train_config, config.seed, observer)
-    else:
-        summary = resume_run(run_dir, observer)
+    summary = train_setting(config.train_config(setting), directory, observer)
     record: dict[str, Any] = {
         "rule": setting.rule, "alpha": setting.alpha, "beta": setting.beta, "run_dir": summary["run_dir"],
         "status": summary["status"], "test_acc": summary.get("test_acc"),
@@ -204,21 +278,22 @@ def run_setting(config: StudyConfig, setting: Setting, directory: Path,
 
 
 def run_study(directory: str | Path, observer: TrainingObserver | None = None,
-              setting_done: Callable[[Setting, dict[str, Any]], None] | None = None) -> dict[str, dict[str, Any]]:
-    """Run every unfinished setting of the study in ``directory``, then write the table and plots."""
+              setting_done: Callable[[Any, dict[str, Any]], None] | None = None,
+              kind: type[StudyKind] = StudyConfig) -> dict[str, dict[str, Any]]:
+    """Run every unfinished setting of the ``kind`` study in ``directory``, then write the table and plot."""
     directory = Path(directory)
-    config = load_study(directory)
+    config = load_study(directory, kind)
     results = read_results(directory)
-    for setting in study_settings(config):
+    for setting in config.settings():
         if setting.key in results:
             continue
-        results[setting.key] = run_setting(config, setting, directory, observer)
+        results[setting.key] = config.run_setting(setting, directory, observer)
         write_json_atomic(results, directory / RESULTS_FILE)
         if setting_done is not None:
             setting_done(setting, results[setting.key])
-    ordered = [results[s.key] for s in study_settings(config) if s.key in results]
-    (directory / TABLE_FILE).write_text(study_markdown(config, ordered), encoding="utf-8")
-    plot_study(config, ordered, directory / PLOT_FILE)
+    ordered = [results[s.key] for s in config.settings() if s.key in results]
+    (directory / TABLE_FILE).write_text(config.markdown(ordered), encoding="utf-8")
+    config.plot(ordered, directory / PLOT_FILE)
     return results
 
 

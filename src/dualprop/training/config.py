@@ -49,6 +49,10 @@ class TrainConfig:
     implementation: str = "auto"
     feedback: str = "symmetric"
     power_iterations: int = 1
+    # hardware realism (see dualprop.hardware)
+    state_noise: float = 0.0
+    state_quantum: float = 0.0
+    noise_seed: int = 0
     # data
     dataset: str = "digits"
     data_dir: str | None = None
@@ -130,7 +134,9 @@ class TrainConfig:
         """The keyword arguments of :class:`dualprop.Learner` that this config sets."""
         return {"rule": self.rule, "alpha": self.alpha, "beta": self.beta, "schedule": self.schedule,
                 "passes": self.passes, "loss": self.loss, "implementation": self.implementation,
-                "feedback": self.feedback, "power_iterations": self.power_iterations}
+                "feedback": self.feedback, "power_iterations": self.power_iterations,
+                "state_noise": self.state_noise, "state_quantum": self.state_quantum,
+                "noise_seed": self.noise_seed}
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as a plain dict (``None`` values omitted, as TOML has no null)."""

@@ -1,0 +1,337 @@
+"""The noise-robustness study: dual propagation on noisy, asynchronous, low-precision dyadic neurons.
+
+Grid (one training run each, in a study directory of :mod:`dualprop.analysis.study`):
+
+* DP⊤ at every α of ``dpt_alphas`` and DP at every α of ``dp_alphas``, over ``betas`` × ``sigmas``
+  (compartment noise ``state_noise = σ``, synchronous ``schedule`` × ``passes``);
+* the fair reference: backprop with the same noise on every neuron's activation and per-sample gradient,
+  at every σ (and every quantum ``q``);
+* asynchronous against synchronous: each rule over ``async_betas`` × ``async_sigmas`` with
+  ``schedule="random"`` and ``async_passes`` (``K·L`` visits to uniformly random neurons);
+* resolution: each rule over ``quantum_betas`` × ``quanta`` (stochastic rounding to multiples of q, σ = 0).
+
+The reading the findings test: with compartments perturbed independently, ``s⁺ − s⁻`` carries the signal
+``β ∇ℓ`` (times the Jacobian) against noise of standard deviation ``√2 σ``, so learning should need
+``β / (√2 σ)`` above some threshold — a small β, the limit in which DP approximates backprop, drowns.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from dualprop.analysis.heatmap import HeatmapPanel, plot_heatmaps
+from dualprop.analysis.study import Setting, train_setting
+from dualprop.training.config import TrainConfig
+from dualprop.training.trainer import TrainingObserver
+
+SYNC, ASYNC = "sync", "async"
+CHANCE_CLASSES = 10
+MATCH_POINTS = 5.0
+"""A noisy setting "matches" its rule's noise-free accuracy when it is at most this many points below."""
+
+
+@dataclass(frozen=True)
+class NoiseSetting:
+    """One cell: a rule variant (``alpha``/``beta`` None for bp), noise σ, quantum q, sync or async order."""
+
+    rule: str
+    alpha: float | None
+    beta: float | None
+    sigma: float
+    quantum: float
+    timing: str = SYNC
+
+    @property
+    def key(self) -> str:
+        """The robustness study's ``rule-aα-bβ`` followed by ``-sσ-qq-sync`` (or ``-async``)."""
+        return f"{Setting(self.rule, self.alpha, self.beta).key}-s{self.sigma:g}-q{self.quantum:g}-{self.timing}"
+
+
+@dataclass
+class NoiseStudyConfig:
+    """Settings of a noise-robustness study (the grid and the training shared by all its runs)."""
+
+    KIND: ClassVar[str] = "noise-robustness"
+
+    dataset: str = "fashion-mnist"
+    data_dir: str = ""
+    hidden: list[int] = field(default_factory=lambda: [128, 128])
+    dpt_alphas: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0])
+    dp_alphas: list[float] = field(default_factory=lambda: [0.5])
+    betas: list[float] = field(default_factory=lambda: [0.001, 0.01, 0.1, 1.0])
+    sigmas: list[float] = field(default_factory=lambda: [0.0, 0.001, 0.01, 0.1])
+    bp_reference: bool = True
+    schedule: str = "forward-backward"
+    passes: int = 2
+    async_passes: int = 3
+    async_betas: list[float] = field(default_factory=lambda: [0.1, 1.0])
+    async_sigmas: list[float] = field(default_factory=lambda: [0.0, 0.01])
+    quanta: list[float] = field(default_factory=lambda: [0.001, 0.01, 0.1])
+    quantum_betas: list[float] = field(default_factory=lambda: [0.1, 1.0])
+    epochs: int = 4
+    batch_size: int = 64
+    lr: float = 0.05
+    warmup_epochs: int = 1
+    limit_batches: int = 156
+    seed: int = 0
+    noise_seed: int = 0
+    device: str = "auto"
+
+    _LISTS: ClassVar[tuple[str, ...]] = ("dpt_alphas", "dp_alphas", "betas", "sigmas", "async_betas",
+                                         "async_sigmas", "quanta", "quantum_betas")
+
+    def check(self) -> "NoiseStudyConfig":
+        """A checked copy: a non-empty β × σ grid and rules, every setting valid for TrainConfig and Learner."""
+        config = dataclasses.replace(self, hidden=list(self.hidden),
+                                     **{name: [float(v) for v in getattr(self, name)] for name in self._LISTS})
+        for name in ("betas", "sigmas"):
+            if not getattr(config, name):
+                raise ValueError(f"study {name} must list at least one value")
+        if not config.dpt_alphas and not config.dp_alphas:
+            raise ValueError("study dpt_alphas and dp_alphas must not both be empty")
+        for setting in config.settings():  # TrainConfig and the Learner check every value
+            config.train_config(setting).resolved()
+        return config
+
+    def variants(self) -> list[tuple[str, float]]:
+        """The dual-propagation rule variants ``(rule, α)``, DP⊤ first."""
+        return [("dpT", a) for a in self.dpt_alphas] + [("dp", a) for a in self.dp_alphas]
+
+    def settings(self) -> list[NoiseSetting]:
+        """Main grid (variant × β × σ), bp reference (σ, then q), asynchronous block, quantum block; a block's
+        synchronous or q = 0 partner outside the main grid is added to it."""
+        grid = [NoiseSetting(rule, a, b, s, 0.0) for rule, a in self.variants()
+                for b in self.betas for s in self.sigmas]
+        reference = ([NoiseSetting("bp", None, None, s, 0.0) for s in self.sigmas]
+                     + [NoiseSetting("bp", None, None, 0.0, q) for q in self.quanta]) if self.bp_reference else []
+        asynchronous = [NoiseSetting(rule, a, b, s, 0.0, timing) for rule, a in self.variants()
+                        for b in self.async_betas for s in self.async_sigmas for timing in (SYNC, ASYNC)]
+        quantised = [NoiseSetting(rule, a, b, 0.0, q) for rule, a in self.variants()
+                     for b in self.quantum_betas for q in (0.0, *self.quanta)]
+        return list(dict.fromkeys(grid + reference + asynchronous + quantised))  # each partner once
+
+    def train_config(self, setting: NoiseSetting) -> TrainConfig:
+        """The training configuration of one setting (written to its run directory)."""
+        schedule, passes = ("random", self.async_passes) if setting.timing == ASYNC else (self.schedule, self.passes)
+        return TrainConfig(rule=setting.rule, alpha=0.5 if setting.alpha is None else setting.alpha,
+                           beta=0.1 if setting.beta is None else setting.beta, schedule=schedule, passes=passes,
+                           state_noise=setting.sigma, state_quantum=setting.quantum, noise_seed=self.noise_seed,
+                           dataset=self.dataset, data_dir=self.data_dir or None, augment=False, model="mlp",
+                           hidden=list(self.hidden), epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+                           warmup_epochs=min(self.warmup_epochs, self.epochs), seeds=[self.seed],
+                           limit_batches=self.limit_batches, baseline=False, name="noise", device=self.device,
+                           tensorboard=False)
+
+    def run_setting(self, setting: NoiseSetting, directory: Path,
+                    observer: TrainingObserver | None = None) -> dict[str, Any]:
+        """Train (or resume) one setting; its record: the setting, status and test accuracy."""
+        summary = train_setting(self.train_config(setting), directory, observer)
+        return {**dataclasses.asdict(setting), "run_dir": summary["run_dir"], "status": summary["status"],
+                "test_acc": summary.get("test_acc"), "diverged_at": summary.get("diverged_at"),
+                "epochs_completed": summary.get("epochs_completed"), "seconds": summary.get("seconds")}
+
+    def markdown(self, records: Sequence[dict[str, Any]]) -> str:
+        """See :func:`noise_markdown`."""
+        return noise_markdown(self, records)
+
+    def plot(self, records: Sequence[dict[str, Any]], path: Path) -> bool:
+        """See :func:`plot_noise_heatmap`."""
+        return plot_noise_heatmap(self, records, path)
+
+
+# -- reading the records -----------------------------------------------------------------------------------
+
+
+def _variant_label(rule: str, alpha: float | None) -> str:
+    if rule == "bp":
+        return "backprop"
+    return ("DP⊤" if rule == "dpT" else "DP") + f" α={alpha:g}"
+
+
+def _find(records: Sequence[dict[str, Any]], rule: str, alpha: float | None, beta: float | None,
+          sigma: float, quantum: float = 0.0, timing: str = SYNC) -> dict[str, Any] | None:
+    for r in records:
+        if (r["rule"], r["alpha"], r["beta"], r["sigma"], r["quantum"], r["timing"]) == \
+                (rule, alpha, beta, sigma, quantum, timing):
+            return r
+    return None
+
+
+def _accuracy(record: dict[str, Any] | None) -> float:
+    """Test accuracy in %, NaN when missing or the run diverged (no usable network)."""
+    if record is None or record["test_acc"] is None or record["status"] == "diverged":
+        return math.nan
+    return float(record["test_acc"])
+
+
+def _cell(record: dict[str, Any] | None) -> str:
+    if record is None:
+        return "…"
+    if record["status"] == "diverged":
+        return "diverged"
+    return "–" if record["test_acc"] is None else f"{record['test_acc']:.1f}"
+
+
+def learns(accuracy: float) -> bool:
+    """Learning: test accuracy at least twice chance (20 % with 10 classes)."""
+    return math.isfinite(accuracy) and accuracy >= 2 * 100.0 / CHANCE_CLASSES
+
+
+# -- the report --------------------------------------------------------------------------------------------
+
+
+def noise_markdown(config: NoiseStudyConfig, records: Sequence[dict[str, Any]]) -> str:
+    """``results.md``: accuracy over β × σ per rule (with the bp line), asynchronous against synchronous,
+    quantisation, and the findings paragraph computed from the same numbers."""
+    sigmas, lines = config.sigmas, []
+    lines += [f"# Noise robustness: MLP {'–'.join(map(str, config.hidden))} on {config.dataset}", "",
+              f"{config.epochs} epochs, batch {config.batch_size}, lr {config.lr:g}"
+              + (f", {config.limit_batches} batches per epoch (≈{config.limit_batches * config.batch_size} "
+                 f"training samples)" if config.limit_batches else "")
+              + f", seed {config.seed}, noise seed {config.noise_seed}. Synchronous: schedule {config.schedule} × "
+              f"{config.passes}; asynchronous: `random` × {config.async_passes} (K·L visits to uniformly random "
+              f"neurons). σ: standard deviation of the Gaussian noise added to s⁺ and s⁻ at every update; "
+              f"q: stochastic rounding of the compartments to multiples of q. Test accuracy in %.", "",
+              "## Accuracy over β and σ (synchronous, q = 0)", "",
+              "| rule | β | " + " | ".join(f"σ={s:g}" for s in sigmas) + " |",
+              "|---|---|" + "---|" * len(sigmas)]
+    for rule, alpha in config.variants():
+        for beta in config.betas:
+            lines.append(f"| {_variant_label(rule, alpha)} | {beta:g} | "
+                         + " | ".join(_cell(_find(records, rule, alpha, beta, s)) for s in sigmas) + " |")
+    if config.bp_reference:
+        lines.append("| backprop (same noise on activations and gradients) | – | "
+                     + " | ".join(_cell(_find(records, "bp", None, None, s)) for s in sigmas) + " |")
+    if config.async_betas and config.async_sigmas:
+        lines += ["", f"## Asynchronous (`random` × {config.async_passes}) against synchronous "
+                      f"({config.schedule} × {config.passes})", "",
+                  "| rule | β | σ | synchronous | asynchronous | difference |", "|---|---|---|---|---|---|"]
+        for rule, alpha in config.variants():
+            for beta in config.async_betas:
+                for sigma in config.async_sigmas:
+                    sync = _find(records, rule, alpha, beta, sigma)
+                    late = _find(records, rule, alpha, beta, sigma, timing=ASYNC)
+                    difference = _accuracy(late) - _accuracy(sync)
+                    lines.append(f"| {_variant_label(rule, alpha)} | {beta:g} | {sigma:g} | {_cell(sync)} | "
+                                 f"{_cell(late)} | {'–' if math.isnan(difference) else f'{difference:+.1f}'} |")
+    if config.quanta:
+        quanta = [0.0] + config.quanta
+        lines += ["", "## Resolution: stochastic rounding to multiples of q (σ = 0, synchronous)", "",
+                  "| rule | β | " + " | ".join(f"q={q:g}" for q in quanta) + " |", "|---|---|" + "---|" * len(quanta)]
+        for rule, alpha in config.variants():
+            for beta in config.quantum_betas:
+                lines.append(f"| {_variant_label(rule, alpha)} | {beta:g} | "
+                             + " | ".join(_cell(_find(records, rule, alpha, beta, 0.0, q)) for q in quanta) + " |")
+        if config.bp_reference:
+            lines.append("| backprop | – | " + " | ".join(_cell(_find(records, "bp", None, None, 0.0, q))
+                                                           for q in quanta) + " |")
+    lines += ["", "## Findings", "", noise_findings(config, records), ""]
+    return "\n".join(lines)
+
+
+def noise_findings(config: NoiseStudyConfig, records: Sequence[dict[str, Any]]) -> str:
+    """What the numbers show: the smallest β that learns at each σ, whether ``β/(√2σ)`` separates learning
+    from failure, the bp reference, asynchronous against synchronous, and the cost of each quantum."""
+    sentences = []
+    variants = config.variants()
+    # Smallest β that learns, and that matches the noise-free accuracy, at each σ.
+    for sigma in config.sigmas:
+        parts = []
+        for rule, alpha in variants:
+            runs = [(b, _accuracy(_find(records, rule, alpha, b, sigma))) for b in sorted(config.betas)]
+            runs = [(b, acc) for b, acc in runs if _find(records, rule, alpha, b, sigma) is not None]
+            if not runs:
+                continue
+            learning = [b for b, acc in runs if learns(acc)]
+            clean = max((_accuracy(_find(records, rule, alpha, b, 0.0)) for b in config.betas), default=math.nan)
+            clean = clean if math.isfinite(clean) else math.nan
+            matching = [b for b, acc in runs if math.isfinite(clean) and acc >= clean - MATCH_POINTS]
+            text = f"{_variant_label(rule, alpha)}: " + (f"β ≥ {learning[0]:g}" if learning else "none")
+            if sigma > 0 and matching:
+                text += f" (within {MATCH_POINTS:g} points of its noise-free best from β = {matching[0]:g})"
+            parts.append(text)
+        if parts:
+            sentences.append(f"At σ = {sigma:g} the smallest β that learns (test accuracy ≥ "
+                             f"{2 * 100 // CHANCE_CLASSES} %) is — " + "; ".join(parts) + ".")
+    # Signal-to-noise: does β/(√2σ) separate learning cells from failing ones?
+    cells = [(r["beta"] / (math.sqrt(2) * r["sigma"]), learns(_accuracy(r))) for r in records
+             if r["rule"] != "bp" and r["timing"] == SYNC and r["quantum"] == 0 and r["sigma"] > 0]
+    if cells:
+        good = [ratio for ratio, ok in cells if ok]
+        bad = [ratio for ratio, ok in cells if not ok]
+        reading = ("s⁺ − s⁻ carries the signal β·∇ℓ against noise of standard deviation √2·σ, so the "
+                   "signal-to-noise ratio is β/(√2σ) times the gradient's size.")
+        if good and bad and min(good) > max(bad):
+            reading += (f" In this grid that ratio alone decides: every noisy cell with β/(√2σ) ≥ {min(good):.3g} "
+                        f"learned and every one with β/(√2σ) ≤ {max(bad):.3g} did not.")
+        elif good and bad:
+            threshold = min(good)
+            exceptions = sum(1 for ratio, ok in cells if (ratio >= threshold) != ok)
+            reading += (f" The ratio does not separate the cells cleanly: the smallest learning ratio is "
+                        f"{threshold:.3g}, the largest failing one {max(bad):.3g}; {exceptions} of {len(cells)} "
+                        f"noisy cells at or above {threshold:.3g} failed.")
+        elif good:
+            reading += f" Every noisy cell learned (smallest ratio {min(good):.3g})."
+        else:
+            reading += f" No noisy cell learned (largest ratio {max(bad):.3g})."
+        sentences.append(reading)
+    # Backprop with the same noise.
+    bp = [(s, _accuracy(_find(records, "bp", None, None, s))) for s in config.sigmas
+          if _find(records, "bp", None, None, s) is not None]
+    if bp:
+        comparison = []
+        for sigma, acc in bp:
+            best = max((_accuracy(_find(records, rule, alpha, b, sigma)) for rule, alpha in variants
+                        for b in config.betas), key=lambda v: -math.inf if math.isnan(v) else v, default=math.nan)
+            comparison.append(f"σ={sigma:g}: {_number(acc)} % (best dual propagation {_number(best)} %)")
+        sentences.append("Backprop with the same noise on its activations and per-sample gradients: "
+                         + "; ".join(comparison) + ".")
+    # Asynchronous against synchronous.
+    pairs = [(rule, alpha, b, s, _accuracy(_find(records, rule, alpha, b, s, timing=ASYNC)),
+              _accuracy(_find(records, rule, alpha, b, s)))
+             for rule, alpha in variants for b in config.async_betas for s in config.async_sigmas]
+    pairs = [p for p in pairs if math.isfinite(p[4]) and math.isfinite(p[5])]
+    if pairs:
+        differences = [late - sync for *_, late, sync in pairs]
+        worst = min(pairs, key=lambda p: p[4] - p[5])
+        sentences.append(f"Asynchronous updates (random × {config.async_passes}) against synchronous "
+                         f"({config.schedule} × {config.passes}): mean difference {sum(differences) / len(differences):+.1f} "
+                         f"points over {len(pairs)} pairs, {sum(d < -MATCH_POINTS for d in differences)} more than "
+                         f"{MATCH_POINTS:g} points worse; the largest loss is {worst[4] - worst[5]:+.1f} "
+                         f"({_variant_label(worst[0], worst[1])}, β={worst[2]:g}, σ={worst[3]:g}).")
+    # Resolution.
+    costs = []
+    for q in config.quanta:
+        drops = [_accuracy(_find(records, rule, alpha, b, 0.0, q)) - _accuracy(_find(records, rule, alpha, b, 0.0))
+                 for rule, alpha in variants for b in config.quantum_betas]
+        drops = [d for d in drops if math.isfinite(d)]
+        if drops:
+            costs.append(f"q={q:g}: mean {sum(drops) / len(drops):+.1f}, worst {min(drops):+.1f}")
+    if costs:
+        sentences.append("Stochastic rounding, accuracy change against q = 0 in points over the rules and β of "
+                         "its block: " + "; ".join(costs) + ".")
+    return " ".join(sentences) if sentences else "No setting finished, so there is nothing to report."
+
+
+def _number(value: float) -> str:
+    return "–" if not math.isfinite(value) else f"{value:.1f}"
+
+
+def plot_noise_heatmap(config: NoiseStudyConfig, records: Sequence[dict[str, Any]], path: str | Path) -> bool:
+    """One heat map of test accuracy over (β, σ) per rule variant, plus backprop's row over σ; a shared
+    colour scale from chance to 100 %. False (nothing written) without matplotlib."""
+    panels = [HeatmapPanel([[_accuracy(_find(records, rule, alpha, b, s)) for s in config.sigmas]
+                            for b in config.betas], [f"{b:g}" for b in config.betas],
+                           [f"{s:g}" for s in config.sigmas], _variant_label(rule, alpha))
+              for rule, alpha in config.variants()]
+    if config.bp_reference:
+        panels.append(HeatmapPanel([[_accuracy(_find(records, "bp", None, None, s)) for s in config.sigmas]],
+                                   ["–"], [f"{s:g}" for s in config.sigmas], "backprop (noisy)"))
+    return plot_heatmaps(panels, path, row_label="β", column_label="σ", colour_label="test accuracy (%)",
+                         vmin=100.0 / CHANCE_CLASSES, vmax=100.0, annotate=True,
+                         title=f"MLP {'–'.join(map(str, config.hidden))} on {config.dataset}: test accuracy "
+                               f"over nudging β and compartment noise σ")
