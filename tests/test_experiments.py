@@ -160,8 +160,8 @@ def test_mnist_cnn_experiment_runs_one_epoch_on_tiny_idx_files(tmp_path, capsys)
 def test_list_and_show(capsys):
     assert main(["experiment", "--list"]) == 0
     listing = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in listing] == sorted(EXPECTED | {"robustness-mlp"})
-    assert listing[-1].split()[1] == "study"
+    assert [line.split()[0] for line in listing] == sorted(EXPECTED) + ["noise-robustness", "robustness-mlp"]
+    assert [line.split()[1] for line in listing[-2:]] == ["study", "study"]
     assert main(["experiment", "icml2024-cifar10", "--show", "--epochs", "2", "--only", "1", "2"]) == 0
     shown = capsys.readouterr().out.splitlines()
     assert len(shown) == 2 and "epochs=2" in shown[0] and " bp " in shown[0]

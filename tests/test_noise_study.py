@@ -75,6 +75,7 @@ def test_findings_follow_the_numbers():
     # Learning cells: ratios 0.1/(√2·0.01) = 7.07, 1/(√2·0.01) = 70.7, 1/(√2·0.1) = 7.07;
     # failing: 0.01/(√2·0.01) = 0.707, 0.01/(√2·0.1) = 0.0707, 0.1/(√2·0.1) = 0.707.
     assert "every noisy cell with β/(√2σ) ≥ 7.07 learned and every one with β/(√2σ) ≤ 0.707 did not" in text
+    assert "β/σ = 1: 10.0–12.0 % over 2 cells; β/σ = 10: 60.0–79.0 % over 2 cells." in text
     assert "σ=0.1: 70.0 % (best dual propagation 60.0 %)" in text
     assert "mean difference -11.0 points over 1 pairs, 1 more than 5 points worse" in text
     assert "q=0.1: mean -2.0, worst -2.0" in text

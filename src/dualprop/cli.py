@@ -371,7 +371,7 @@ def _run_experiment(args: argparse.Namespace) -> int:
         for name in experiment_names():
             experiment = load_experiment(name)
             print(f"{name:{width}s} {len(experiment.configs):2d} configs  {experiment.description}")
-        for name, description in STUDIES.items():
+        for name, description in sorted(STUDIES.items()):
             print(f"{name:{width}s}      study    {description}")
         return EXIT_OK
     if not args.name:

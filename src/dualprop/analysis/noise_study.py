@@ -258,8 +258,8 @@ def noise_findings(config: NoiseStudyConfig, records: Sequence[dict[str, Any]]) 
             sentences.append(f"At σ = {sigma:g} the smallest β that learns (test accuracy ≥ "
                              f"{2 * 100 // CHANCE_CLASSES} %) is — " + "; ".join(parts) + ".")
     # Signal-to-noise: does β/(√2σ) separate learning cells from failing ones?
-    cells = [(r["beta"] / (math.sqrt(2) * r["sigma"]), learns(_accuracy(r))) for r in records
-             if r["rule"] != "bp" and r["timing"] == SYNC and r["quantum"] == 0 and r["sigma"] > 0]
+    noisy = [r for r in records if r["rule"] != "bp" and r["timing"] == SYNC and r["quantum"] == 0 and r["sigma"] > 0]
+    cells = [(r["beta"] / (math.sqrt(2) * r["sigma"]), learns(_accuracy(r))) for r in noisy]
     if cells:
         good = [ratio for ratio, ok in cells if ok]
         bad = [ratio for ratio, ok in cells if not ok]
@@ -279,6 +279,16 @@ def noise_findings(config: NoiseStudyConfig, records: Sequence[dict[str, Any]]) 
         else:
             reading += f" No noisy cell learned (largest ratio {max(bad):.3g})."
         sentences.append(reading)
+        diagonals: dict[float, list[float]] = {}
+        for r in noisy:
+            accuracy = _accuracy(r)
+            diagonals.setdefault(float(f"{r['beta'] / r['sigma']:.3g}"), []).append(
+                accuracy if math.isfinite(accuracy) else 100.0 / CHANCE_CLASSES)
+        spans = [(ratio, values) for ratio, values in sorted(diagonals.items()) if len(values) >= 2]
+        if spans:
+            sentences.append("Along each diagonal of constant β/σ (diverged runs counted at chance), test accuracy "
+                             "spans: " + "; ".join(f"β/σ = {ratio:g}: {min(v):.1f}–{max(v):.1f} % over {len(v)} cells"
+                                                   for ratio, v in spans) + ".")
     # Backprop with the same noise.
     bp = [(s, _accuracy(_find(records, "bp", None, None, s))) for s in config.sigmas
           if _find(records, "bp", None, None, s) is not None]
