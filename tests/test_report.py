@@ -41,7 +41,7 @@ def test_mean_and_std_over_seeds_per_setting(tmp_path):
     rows = {line.split(" | ")[2] + line.split(" | ")[3]: line for line in lines[2:]}
     # mean 91, sample std sqrt(((90-91)^2 + (92-91)^2) / 1) = 1.414
     assert "| 2 | 91.00 ± 1.41 | 100.00 ± 0.00 |" in rows["dpT0"]
-    assert "| 2 | 80.00 | 100.00 | 80.00 | 1/2 |" in rows["dpT1"]
+    assert "| 1 | 80.00 | 100.00 | 80.00 | 1/2 | 0/2 |" in rows["dpT1"]  # the diverged run is not averaged
     assert "| 2 | 96.00 ± 1.41 |" in rows["bp–"]
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -31,6 +33,31 @@ def _refuse_existing(path: str) -> str:
     return path
 
 
+def _check_writable_directory(directory: str | Path, flag: str) -> None:
+    """Fail before any work when no file can be created in ``directory`` (or, while it does not exist
+    yet, in its nearest existing parent, where it will be created): a file in the way, a missing or
+    read-only place. A probe file is created there and removed at once."""
+    existing = Path(directory)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{flag} {directory}: {existing} is not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise UsageError(f"{flag} {directory}: cannot write in {existing} ({error.strerror or error})") from None
+
+
+def _check_new_file(path: str, flag: str) -> None:
+    """An output file must not exist yet and its directory must exist and be writable."""
+    _refuse_existing(path)
+    parent = Path(path).parent
+    if not parent.is_dir():
+        raise UsageError(f"{flag} {path}: the directory {parent} does not exist")
+    _check_writable_directory(parent, flag)
+
+
 def _write_new_file(path: str, text: str) -> None:
     with open(_refuse_existing(path), "x", encoding="utf-8") as file:
         file.write(text)
@@ -49,6 +76,44 @@ class _Parser(argparse.ArgumentParser):
 
 def _error(message: str) -> None:
     print(f"dualprop: error: {message}", file=sys.stderr)
+
+
+def _file_system_error(error: OSError) -> str:
+    """One line for a failed read or write: the reason and the file (full disk, read-only, no such place)."""
+    where = f" ({error.filename})" if error.filename else ""
+    return f"file system error: {error.strerror or error}{where}"
+
+
+class _ClosedPipeTolerantStream:
+    """Wraps ``sys.stdout`` or ``sys.stderr``: once the reader has gone (``dualprop train | head -1``),
+    later output is dropped instead of raising ``BrokenPipeError``, so the run finishes and records its
+    results. The stream's descriptor is pointed at ``os.devnull`` so that no later flush fails either."""
+
+    def __init__(self, stream: Any):
+        self._stream = stream
+
+    def _reader_gone(self) -> None:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, self._stream.fileno())
+        finally:
+            os.close(devnull)
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._reader_gone()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._reader_gone()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 # -- progress -----------------------------------------------------------------------------------------
@@ -155,7 +220,9 @@ _FLAG_HELP = {
     "epochs": "training epochs", "batch_size": "mini-batch size", "optimizer": "sgd or adam",
     "lr": "peak learning rate", "final_lr": "learning rate at the end of the cosine decay",
     "warmup_epochs": "epochs of linear warm-up", "warmup_lr": "learning rate at the start of warm-up",
-    "momentum": "SGD momentum", "weight_decay": "weight decay", "seeds": "random seeds, one run each",
+    "momentum": "SGD momentum in [0, 1) (sgd only)", "weight_decay": "weight decay",
+    "divergence_factor": "stop as diverged when an epoch's mean training loss exceeds this factor times the "
+                         "first step's loss (0: off)", "seeds": "random seeds, one run each",
     "limit_batches": "at most this many batches per epoch and evaluation (0: all)",
     "diagnose_every": "every N steps append per-layer angles to backprop's gradient to diagnostics.csv (0: off)",
     "baseline": "also train the same network and seed with backprop",
@@ -163,6 +230,22 @@ _FLAG_HELP = {
     "device": "auto, cpu, cuda or mps", "threads": "CPU threads (0: 1 for an MLP, else torch's default)",
     "tensorboard": "write TensorBoard logs when tensorboard is installed",
 }
+
+
+# What an unset (None) setting means, for --help.
+_UNSET_MEANS = {"passes": "1, or the number in an alias such as fw3", "data_dir": "$DUALPROP_DATA, else ~/.cache/dualprop",
+                "momentum": "0.9 with sgd"}
+
+
+def _default_text(name: str, default: Any) -> str:
+    """A setting's default as a user types it: ``on``/``off``, space-separated lists, what None means."""
+    if default is None:
+        return _UNSET_MEANS[name]
+    if isinstance(default, bool):
+        return "on" if default else "off"
+    if isinstance(default, list):
+        return " ".join(map(str, default))
+    return str(default) if default != "" else "none"
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -174,7 +257,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
-        help_text = f"{_FLAG_HELP.get(f.name, f.name)} (default: {default})"
+        help_text = f"{_FLAG_HELP.get(f.name, f.name)} (default: {_default_text(f.name, default)})"
         common = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
         if isinstance(default, bool):
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
@@ -182,7 +265,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag, nargs="+", type=int, metavar="N", **common)
         elif f.name in ("passes", "limit_batches") or isinstance(default, int):
             group.add_argument(flag, type=int, metavar="N", **common)
-        elif isinstance(default, float):
+        elif f.name == "momentum" or isinstance(default, float):
             group.add_argument(flag, type=float, metavar="X", **common)
         else:
             group.add_argument(flag, type=str, metavar="VALUE", **common)
@@ -232,6 +315,7 @@ def _run_train(args: argparse.Namespace) -> int:
     else:
         config = load_config(args.config) if args.config else TrainConfig()
         config = config.replace(**overrides).resolved()
+        _check_writable_directory(config.out, "--out")
         device = config.device
     with process_group(device, args.dist_timeout) as context:
         try:
@@ -442,9 +526,9 @@ def _add_report_parser(subparsers: Any) -> None:
 def _run_report(args: argparse.Namespace) -> int:
     from dualprop.analysis.report import collect_runs, markdown_table, plot_accuracy_against_beta, plot_curves
 
-    for path in (args.output, args.plot, args.plot_beta):
+    for path, flag in ((args.output, "--output"), (args.plot, "--plot"), (args.plot_beta, "--plot-beta")):
         if path:
-            _refuse_existing(path)
+            _check_new_file(path, flag)
     runs = collect_runs(args.runs)
     table = markdown_table(runs)
     print(table, end="")
@@ -501,7 +585,7 @@ def _run_bench(args: argparse.Namespace) -> int:
                              warmup=args.warmup, passes=args.passes, alpha=args.alpha, beta=args.beta,
                              seed=args.seed, threads=args.threads, variants=variants)
     if args.output:
-        _refuse_existing(args.output)
+        _check_new_file(args.output, "--output")
     report = run_benchmark(settings)
     if args.output:
         _write_new_file(args.output, json.dumps(report.to_dict(), indent=2))
@@ -545,13 +629,14 @@ def _run_diagnose(args: argparse.Namespace) -> int:
     else:
         config = load_config(args.config) if args.config else TrainConfig()
     config = config.replace(**overrides).resolved()
+    directory = args.output_dir or args.run_dir or str(Path(config.out) / "diagnose")
+    _check_writable_directory(directory, "--output-dir" if args.output_dir else "output directory")
     result = diagnose(config, args.run_dir, args.checkpoint, args.batches, args.per,
                       torch.float64 if args.float64 else torch.float32)
     print(f"{result.learner!r}: mean over {len(result.batches)} batches of {config.batch_size}")
     print(f"{'layer':24s} {'cosine':>10s} {'angle (°)':>10s}")
     for angle in result.mean_per_layer():
         print(f"{angle.layer:24s} {angle.cosine:10.6f} {angle.angle:10.3f}")
-    directory = args.output_dir or args.run_dir or str(Path(config.out) / "diagnose")
     for path in write_diagnosis(result, directory, args.run_dir):
         print(f"wrote {path}")
     return EXIT_OK
@@ -584,8 +669,15 @@ def _add_robustness_parser(subparsers: Any) -> None:
 def _run_robustness(args: argparse.Namespace) -> int:
     from dualprop.analysis.robustness import evaluate_run_robustness, write_robustness_json
 
-    if args.limit is not None and args.limit < 1:
-        raise UsageError(f"--limit must be >= 1, got {args.limit}")
+    for flag, value in (("--limit", args.limit), ("--pgd-steps", args.pgd_steps),
+                        ("--lipschitz-samples", args.lipschitz_samples)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} must be >= 1, got {value}")
+    bad_eps = [eps for eps in args.eps if not 0 <= eps < float("inf")]
+    if bad_eps:
+        raise UsageError(f"--eps must be finite radii >= 0, got {bad_eps[0]}")
+    if Path(args.run_dir).is_dir():
+        _check_writable_directory(args.run_dir, "RUN_DIR")
     report = evaluate_run_robustness(args.run_dir, args.eps, args.norm, args.checkpoint, args.limit,
                                      args.pgd_steps, args.lipschitz_samples, args.seed, args.data_dir)
     path = write_robustness_json(args.run_dir, report)
@@ -638,6 +730,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _ClosedPipeTolerantStream(sys.stdout), _ClosedPipeTolerantStream(sys.stderr)
     try:
         args = parser.parse_args(argv)
         if args.command is None:
@@ -648,9 +742,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, ValueError, DataError, CheckpointError) as error:
         _error(str(error).splitlines()[0] if str(error) else type(error).__name__)
         return EXIT_USAGE
+    except OSError as error:
+        _error(_file_system_error(error))
+        return EXIT_USAGE
     except DistributedJobFailure as error:
         _error(str(error))
         return EXIT_DISTRIBUTED
     except KeyboardInterrupt:
         _error("interrupted")
         return 130
+    finally:
+        sys.stdout, sys.stderr = streams

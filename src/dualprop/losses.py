@@ -5,6 +5,8 @@
 * ``mse``: ``ℓ(z, y) = ½‖z − y‖²`` (y one-hot for class indices), gradient ``z − y``.
 
 The reported loss is the batch mean; the gradient is per sample (not scaled by 1/B).
+Targets are class indices (an integer tensor of B labels) or float vectors shaped like the output;
+:func:`check_target` refuses anything else with a ``ValueError`` that says what to change.
 """
 from __future__ import annotations
 
@@ -20,6 +22,24 @@ def check_loss(name: str) -> str:
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
     return name
+
+
+def check_target(name: str, logits: Tensor, target: Tensor) -> None:
+    """Refuse targets that would be read silently wrong: not a tensor, boolean, on another device than
+    the output, or (for ``cross_entropy``) a float vector of labels instead of integer class indices."""
+    if not isinstance(target, Tensor):
+        raise ValueError(f"targets must be a torch.Tensor, got {type(target).__name__}: convert them with "
+                         "torch.as_tensor(y)")
+    if target.dtype == torch.bool:
+        raise ValueError("targets are boolean: give class indices as integers (y.long()) or target vectors "
+                         "as floats (y.float())")
+    if target.device != logits.device:
+        raise ValueError(f"targets are on {target.device} but the network's output is on {logits.device}: "
+                         f"move them with y.to({str(logits.device)!r})")
+    if name == "cross_entropy" and target.is_floating_point() and target.dim() == 1:
+        raise ValueError(f"cross_entropy takes class indices as an integer tensor, got {target.dtype} labels: "
+                         f"convert them with y.long() (or give float target distributions of shape "
+                         f"{tuple(logits.shape)})")
 
 
 def target_distribution(logits: Tensor, target: Tensor) -> Tensor:
@@ -40,6 +60,7 @@ def target_distribution(logits: Tensor, target: Tensor) -> Tensor:
 def batch_loss(name: str, logits: Tensor, target: Tensor) -> Tensor:
     """The batch-mean loss (a differentiable scalar)."""
     check_loss(name)
+    check_target(name, logits, target)
     y = target_distribution(logits, target)
     if name == "cross_entropy":
         return -(y * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
@@ -49,6 +70,7 @@ def batch_loss(name: str, logits: Tensor, target: Tensor) -> Tensor:
 def output_gradient(name: str, logits: Tensor, target: Tensor) -> Tensor:
     """Per-sample ``∇_z ℓ(z, y)``: ``softmax(z) − y`` (cross-entropy) or ``z − y`` (MSE)."""
     check_loss(name)
+    check_target(name, logits, target)
     y = target_distribution(logits, target)
     if name == "cross_entropy":
         return torch.softmax(logits, dim=1) - y

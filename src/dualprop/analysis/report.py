@@ -3,7 +3,9 @@
 Runs belong to the same setting when their resolved configs agree on everything except the seed and
 the bookkeeping keys (output folder, run name, device, threads, data directory, logging); for backprop
 runs the nudging keys (α, β, schedule, passes, implementation) do not matter either.
-Mean ± std use the sample standard deviation (n − 1) over the runs that reached a test accuracy.
+Mean ± std use the sample standard deviation (n − 1) over the finished runs, one per seed: a diverged
+run or one still running (or killed) is counted in its own column and never averaged in, and a seed
+that appears in several finished runs of a setting is counted once (the first) and flagged in a note.
 A run's time per epoch is the median of its epochs' training seconds (robust to a few slow epochs on a
 shared machine); a setting's is the mean over its runs, and ``× bp`` divides it by that of the backprop
 setting with the same data, network and optimisation.
@@ -94,29 +96,54 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def run_seed(run: RunRecord) -> Any:
+    """The seed of a run (from its summary, else its config)."""
+    return run.summary.get("seed", (run.config.get("seeds") or [None])[0])
+
+
+def finished_per_seed(group: Sequence[RunRecord]) -> tuple[list[RunRecord], dict[Any, list[RunRecord]]]:
+    """The finished runs of a setting, the first one of each seed, and the seeds finished more than once
+    (with all their runs)."""
+    by_seed: dict[Any, list[RunRecord]] = {}
+    for run in group:
+        if run.summary.get("status") == "finished":
+            by_seed.setdefault(run_seed(run), []).append(run)
+    return [runs[0] for runs in by_seed.values()], {s: r for s, r in by_seed.items() if len(r) > 1}
+
+
 def markdown_table(runs: Sequence[RunRecord]) -> str:
-    """One row per setting: the setting, seeds, test top-1 (and top-5), best validation accuracy and
-    how many runs diverged. Keys that differ between settings but are not standard columns are added."""
+    """One row per setting: the setting, the number of finished seeds, their test top-1 (and top-5) and
+    best validation accuracy, and how many runs diverged or did not finish; a note under the table
+    names every seed finished more than once. Keys that differ between settings but are not standard
+    columns are added."""
     groups = group_runs(runs)
     keys = [dict(setting_key(g[0].config)) for g in groups]
     extra = sorted({k for key in keys for k in key if k not in COLUMNS
                     and len({_cell(other[k]) for other in keys if k in other}) > 1})
     headings = [_HEADINGS.get(c, c) for c in (*COLUMNS, *extra)] + [
-        "seeds", "test acc (%)", "test top-5 (%)", "best val acc (%)", "diverged", "s / epoch", "× bp"]
+        "seeds", "test acc (%)", "test top-5 (%)", "best val acc (%)", "diverged", "unfinished", "s / epoch",
+        "× bp"]
     seconds = {setting_key(g[0].config): mean_epoch_seconds(g) for g in groups}
     lines = ["| " + " | ".join(headings) + " |", "|" + "---|" * len(headings)]
-    for group, key in zip(groups, keys):
-        summaries = [run.summary for run in group]
+    notes = []
+    for row, (group, key) in enumerate(zip(groups, keys), start=1):
+        finished, repeated = finished_per_seed(group)
+        summaries = [run.summary for run in finished]
         setting = [_cell(key.get(c)) for c in (*COLUMNS, *extra)]
-        diverged = sum(s.get("status") == "diverged" for s in summaries)
+        diverged = sum(run.summary.get("status") == "diverged" for run in group)
+        unfinished = len(group) - diverged - sum(run.summary.get("status") == "finished" for run in group)
         own = seconds[setting_key(group[0].config)]
         ratio = own / seconds.get(backprop_twin(setting_key(group[0].config)), math.nan)
-        stats = [str(len(group)), mean_std([s.get("test_acc") for s in summaries]),
+        stats = [str(len(finished)), mean_std([s.get("test_acc") for s in summaries]),
                  mean_std([s.get("test_top5") for s in summaries]),
                  mean_std([s.get("best_val_acc") for s in summaries]), f"{diverged}/{len(group)}",
+                 f"{unfinished}/{len(group)}",
                  "–" if math.isnan(own) else f"{own:.1f}", "–" if math.isnan(ratio) else f"{ratio:.2f}"]
         lines.append("| " + " | ".join(setting + stats) + " |")
-    return "\n".join(lines) + "\n"
+        for seed, same in repeated.items():
+            notes.append(f"- row {row}: seed {seed} finished {len(same)} times ({', '.join(str(r.run_dir) for r in same)}); "
+                         "only the first is counted")
+    return "\n".join(lines) + "\n" + ("\n" + "\n".join(notes) + "\n" if notes else "")
 
 
 _RULE_TITLES = {"dpT": "DP⊤", "dp": "DP", "dp-damped": "damped DP", "bp": "backprop",

@@ -14,14 +14,25 @@ from typing import Any
 import numpy as np
 
 from .errors import DataError
-from .imageset import ImageSet, checked_image_set, first
+from .imageset import ImageSet, checked_image_set, concatenate, first
 
 try:
     from numpy._core.multiarray import _reconstruct
 except ImportError:  # numpy < 2
     from numpy.core.multiarray import _reconstruct
 
+
+
+def latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
+    """The bytes object that a protocol-2 pickle rebuilds as ``_codecs.encode(text, "latin1")``; any
+    other encoding or argument is refused (data files need no more)."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise ValueError(f"_codecs.encode is admitted for latin1 text only, got {type(text).__name__}, {encoding!r}")
+    return text.encode("latin1")
+
+
 DATA_ONLY_GLOBALS: dict[tuple[str, str], Any] = {
+    ("_codecs", "encode"): latin1_bytes,
     ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
     ("numpy", "ndarray"): np.ndarray,
@@ -36,7 +47,8 @@ CIFAR100_TEST = f"{CIFAR100_DIR}/test"
 
 
 class DataOnlyUnpickler(pickle.Unpickler):
-    """An unpickler whose only importable globals are numpy's array and dtype reconstructors.
+    """An unpickler whose only importable globals are numpy's array and dtype reconstructors and the
+    latin1 encoding that protocol 2 uses for bytes (:func:`latin1_bytes`).
 
     Containers, bytes, str and numbers are built from opcodes and need no globals, so any other
     global (a class, a function such as os.system) means the file is not plain data.
@@ -79,10 +91,6 @@ def read_cifar_batch(path: Path, label_key: bytes) -> ImageSet:
     return checked_image_set(data.reshape(-1, 3, 32, 32), np.asarray(batch[label_key]), str(path))
 
 
-def _concatenate(parts: list[ImageSet]) -> ImageSet:
-    return ImageSet(np.concatenate([p.images for p in parts]), np.concatenate([p.labels for p in parts]))
-
-
 def read_cifar10(directory: Path, limit: int | None = None) -> dict[str, ImageSet]:
     """CIFAR-10 train (data_batch_1..5) and test (test_batch); stops reading once `limit` is reached."""
     parts: list[ImageSet] = []
@@ -91,7 +99,7 @@ def read_cifar10(directory: Path, limit: int | None = None) -> dict[str, ImageSe
         if limit is not None and sum(len(p.labels) for p in parts) >= limit:
             break
     return {
-        "train": first(_concatenate(parts), limit),
+        "train": first(concatenate(parts), limit),
         "test": first(read_cifar_batch(directory / CIFAR10_TEST, b"labels"), limit),
     }
 

@@ -27,6 +27,6 @@ def read_digits(directory: Path | None = None, limit: int | None = None) -> dict
     n_test = round(DIGITS_TEST_FRACTION * len(labels))
     test, train = order[:n_test], order[n_test:]
     return {
-        "train": first(ImageSet(images[train], labels[train]), limit),
-        "test": first(ImageSet(images[test], labels[test]), limit),
+        "train": first(ImageSet(images[train], labels[train], "scikit-learn's digits"), limit),
+        "test": first(ImageSet(images[test], labels[test], "scikit-learn's digits"), limit),
     }

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError
-from .imageset import ImageSet, checked_image_set, first
+from .imageset import ImageSet, checked_image_set, concatenate, first
 
 IMAGENET32_TRAIN = tuple(f"train_data_batch_{index}.npz" for index in range(1, 11))
 IMAGENET32_VAL = "val_data.npz"
@@ -42,5 +42,4 @@ def read_imagenet32(directory: Path, limit: int | None = None) -> dict[str, Imag
         parts.append(read_imagenet32_batch(directory / name))
         if limit is not None and sum(len(p.labels) for p in parts) >= limit:
             break
-    train = ImageSet(np.concatenate([p.images for p in parts]), np.concatenate([p.labels for p in parts]))
-    return {"train": first(train, limit), "test": first(read_imagenet32_batch(directory / IMAGENET32_VAL), limit)}
+    return {"train": first(concatenate(parts), limit), "test": first(read_imagenet32_batch(directory / IMAGENET32_VAL), limit)}

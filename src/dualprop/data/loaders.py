@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from .imageset import ImageSet
+from .imageset import ImageSet, check_fits
 from .paths import find_dataset_dir
 from .registry import get_spec
 from .transforms import Augmentation, channel_stats, normalize, pad_images
@@ -154,6 +154,8 @@ def load_dataset(
         raise ValueError(f"limit must be a positive number of samples, got {limit}")
     directory = find_dataset_dir(spec, root)
     raw = spec.reader(directory, limit)
+    for split in ("train", "test"):
+        check_fits(raw[split], split, spec.input_shape, spec.num_classes)
 
     def images_of(part: ImageSet) -> torch.Tensor:
         images = torch.from_numpy(np.ascontiguousarray(part.images))

@@ -11,7 +11,7 @@ import numpy as np
 import scipy.io
 
 from .errors import DataError
-from .imageset import ImageSet, checked_image_set, first
+from .imageset import ImageSet, checked_image_set, first, uint8_pixels
 
 SVHN_FILES = {"train": "train_32x32.mat", "test": "test_32x32.mat"}
 
@@ -30,10 +30,12 @@ def read_svhn_mat(path: Path) -> ImageSet:
     images, labels = content["X"], np.asarray(content["y"]).reshape(-1)
     if images.ndim != 4 or images.shape[:3] != (32, 32, 3):
         raise DataError(f"{path}: expected X of shape 32 x 32 x 3 x N, found {images.shape}")
-    if labels.size and (labels.min() < 0 or labels.max() > 10):
-        raise DataError(f"{path}: expected labels in 1..10 (10 for digit 0), found {labels.min()}..{labels.max()}")
-    images = np.ascontiguousarray(images.transpose(3, 2, 0, 1)).astype(np.uint8, copy=False)
-    return checked_image_set(images, labels.astype(np.int64) % 10, str(path))
+    images = np.ascontiguousarray(uint8_pixels(images, f"{path}: X").transpose(3, 2, 0, 1))
+    checked = checked_image_set(images, labels, str(path))
+    if checked.labels.size and (checked.labels.min() < 1 or checked.labels.max() > 10):
+        raise DataError(f"{path}: expected labels in 1..10 (10 for digit 0), "
+                        f"found {checked.labels.min()}..{checked.labels.max()}")
+    return checked._replace(labels=checked.labels % 10)
 
 
 def read_svhn(directory: Path, limit: int | None = None) -> dict[str, ImageSet]:

@@ -31,6 +31,10 @@ OPTIMIZERS = ("sgd", "adam")
 # Settings that do not change what a run computes (where it is written, on which device, with how many
 # threads, …); runs that differ only in these and the seed are the same setting.
 BOOKKEEPING_KEYS = ("seeds", "out", "name", "device", "threads", "data_dir", "tensorboard", "baseline")
+SGD_MOMENTUM = 0.9
+# Settings that may differ between a checkpoint and config.toml when a run is resumed: the length of
+# the run, its diagnostics and the bookkeeping (all but the seed).
+RESUMABLE_SETTINGS = ("epochs", "diagnose_every", *(key for key in BOOKKEEPING_KEYS if key != "seeds"))
 DEVICES = ("auto", "cpu", "cuda", "mps")
 MODELS = ("mlp", *CONV_MODELS)
 
@@ -71,8 +75,9 @@ class TrainConfig:
     final_lr: float = 1e-4
     warmup_epochs: int = 1
     warmup_lr: float = 0.005
-    momentum: float = 0.9
+    momentum: float | None = None  # SGD momentum; None: 0.9 for sgd (Adam has none)
     weight_decay: float = 1e-4
+    divergence_factor: float = 10.0
     # runs
     seeds: list[int] = field(default_factory=lambda: [0])
     limit_batches: int = 0
@@ -88,8 +93,9 @@ class TrainConfig:
 
     def resolved(self) -> "TrainConfig":
         """A checked copy with canonical schedule and explicit passes; ``ValueError`` names the setting."""
-        config = dataclasses.replace(self, hidden=list(self.hidden), seeds=list(self.seeds))
+        config = dataclasses.replace(self)
         _check_types(config)
+        config.hidden, config.seeds = list(config.hidden), list(config.seeds)
         config.schedule, config.passes = parse_schedule(config.schedule, config.passes)
         if config.activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {config.activation!r}; choose one of {', '.join(ACTIVATIONS)}")
@@ -110,10 +116,20 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(config, name)}")
         if config.warmup_epochs > config.epochs:
             raise ValueError(f"warmup_epochs ({config.warmup_epochs}) must not exceed epochs ({config.epochs})")
-        for name in ("lr", "final_lr", "warmup_lr", "momentum", "weight_decay"):
+        if config.optimizer == "sgd" and config.momentum is None:
+            config.momentum = SGD_MOMENTUM
+        if config.optimizer != "sgd" and config.momentum is not None:
+            raise ValueError(f"momentum is a setting of optimizer 'sgd'; {config.optimizer!r} has none: "
+                             "remove momentum or choose optimizer 'sgd'")
+        for name in ("lr", "final_lr", "warmup_lr", "weight_decay"):
             value = getattr(config, name)
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+        if config.momentum is not None and not 0 <= config.momentum < 1:
+            raise ValueError(f"momentum must lie in [0, 1), got {config.momentum}")
+        if not (config.divergence_factor == 0 or 1 < config.divergence_factor < math.inf):
+            raise ValueError(f"divergence_factor must be a finite number > 1 (or 0: no check), "
+                             f"got {config.divergence_factor}")
         if config.lr <= 0:
             raise ValueError(f"lr must be > 0, got {config.lr}")
         if not 0 <= config.validation_percent < 100:
@@ -124,6 +140,8 @@ class TrainConfig:
             raise ValueError(f"unknown device {config.device!r}; choose one of {', '.join(DEVICES)}")
         if not config.seeds or len(set(config.seeds)) != len(config.seeds):
             raise ValueError(f"seeds must list one or more distinct integers, got {config.seeds}")
+        if any(not 0 <= seed < 2**63 for seed in config.seeds):
+            raise ValueError(f"seeds must be integers in [0, 2^63), got {config.seeds}")
         if not config.out:
             raise ValueError("out must name a directory for the runs")
         return config
@@ -161,6 +179,8 @@ def _expected_kind(name: str) -> type:
         return int
     if name == "data_dir":
         return str
+    if name == "momentum":
+        return float
     return type(default)
 
 
@@ -168,7 +188,7 @@ def _check_types(config: TrainConfig) -> None:
     """Coerce ints to floats where a float is expected; reject values of the wrong kind."""
     for f in fields(config):
         value = getattr(config, f.name)
-        if value is None and f.name in ("passes", "data_dir"):
+        if value is None and f.name in ("passes", "data_dir", "momentum"):
             continue
         kind = _expected_kind(f.name)
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
@@ -202,7 +222,7 @@ def read_toml(path: str | Path) -> dict[str, Any]:
             return tomllib.load(file)
     except OSError as error:
         raise ValueError(f"cannot read config file {path}: {error.strerror or error}") from None
-    except tomllib.TOMLDecodeError as error:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"config file {path} is not valid TOML: {error}") from None
 
 

@@ -25,6 +25,7 @@ METRICS_FILE = "metrics.csv"
 SUMMARY_FILE = "summary.json"
 BEST_CHECKPOINT = "checkpoint-best.pt"
 LAST_CHECKPOINT = "checkpoint-last.pt"
+NAME_MAX = 255  # bytes in one file name on common file systems (ext4, XFS, APFS, NTFS)
 
 DIAGNOSTICS_FILE = "diagnostics.csv"
 DIAGNOSTICS_COLUMNS = ("epoch", "step", "layer", "cosine", "angle")
@@ -35,18 +36,29 @@ METRIC_COLUMNS = ("epoch", "step", "train_loss", "train_acc", "val_loss", "val_a
 def create_run_directory(parent: str | Path, name: str) -> Path:
     """Create and return ``parent/name``, or ``parent/name-2``, ``-3``, … if taken: never reuse one.
 
-    ``os.mkdir`` fails when the directory exists, so two processes cannot claim the same name.
+    ``os.mkdir`` fails when the directory exists, so two processes cannot claim the same name. A name
+    longer than file systems allow, a file in the place of ``parent`` or a place where nothing can be
+    created is a ``ValueError`` saying so, raised before anything is created.
     """
     parent = Path(parent)
-    parent.mkdir(parents=True, exist_ok=True)
     safe = re.sub(r"[^A-Za-z0-9._+-]+", "_", name).strip("._") or "run"
-    for index in range(1, 100_000):
-        candidate = parent / (safe if index == 1 else f"{safe}-{index}")
-        try:
-            candidate.mkdir()
-        except FileExistsError:
-            continue
-        return candidate
+    longest = len(f"{safe}-99999".encode())
+    if longest > NAME_MAX:
+        raise ValueError(f"the run directory name {safe[:32]}… is {len(safe.encode())} bytes long; file systems "
+                         f"allow {NAME_MAX}: choose a shorter name")
+    if parent.exists() and not parent.is_dir():
+        raise ValueError(f"out {parent} is a file, not a directory: choose another place for the runs")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        for index in range(1, 100_000):
+            candidate = parent / (safe if index == 1 else f"{safe}-{index}")
+            try:
+                candidate.mkdir()
+            except FileExistsError:
+                continue
+            return candidate
+    except OSError as error:
+        raise ValueError(f"cannot create a run directory in {parent}: {error.strerror or error}") from None
     raise ValueError(f"no free run directory name for {safe!r} under {parent}")
 
 
@@ -66,7 +78,7 @@ def read_summary(run_dir: str | Path) -> dict[str, Any]:
         return json.loads(path.read_text(encoding="utf-8"))
     except OSError:
         raise ValueError(f"{path} does not exist; is {run_dir} a dualprop run directory?") from None
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{path} is not valid JSON: {error}") from None
 
 
@@ -75,10 +87,13 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, float]]:
     path = Path(run_dir) / METRICS_FILE
     if not path.exists():
         return []
-    with open(path, newline="", encoding="utf-8") as file:
-        rows = list(csv.DictReader(file))
-    return [{key: (float(value) if value not in ("", None) else float("nan")) for key, value in row.items()}
-            for row in rows if row.get("epoch") not in ("", None)]
+    try:
+        with open(path, newline="", encoding="utf-8") as file:
+            rows = list(csv.DictReader(file))
+        return [{key: (float(value) if value not in ("", None) else float("nan")) for key, value in row.items()}
+                for row in rows if row.get("epoch") not in ("", None)]
+    except (ValueError, TypeError, csv.Error) as error:  # UnicodeDecodeError is a ValueError
+        raise ValueError(f"{path} is not a dualprop metrics file: {error}") from None
 
 
 class _EpochLog:
@@ -112,19 +127,21 @@ class _EpochLog:
         """Complete rows of epochs ``1..epoch`` in file order (a torn last line is skipped)."""
         if not self.path.exists():
             return []
+        try:
+            with open(self.path, newline="", encoding="utf-8") as file:
+                rows = list(csv.reader(file))[1:]
+        except (UnicodeDecodeError, csv.Error) as error:
+            raise ValueError(f"{self.path} is not a dualprop run log: {error}") from None
         kept = []
-        with open(self.path, newline="", encoding="utf-8") as file:
-            reader = csv.reader(file)
-            next(reader, None)
-            for cells in reader:
-                if len(cells) != len(self.columns):
-                    continue
-                try:
-                    row_epoch = int(float(cells[0]))
-                except ValueError:
-                    continue
-                if 1 <= row_epoch <= epoch:
-                    kept.append(cells)
+        for cells in rows:
+            if len(cells) != len(self.columns):
+                continue
+            try:
+                row_epoch = int(float(cells[0]))
+            except ValueError:
+                continue
+            if 1 <= row_epoch <= epoch:
+                kept.append(cells)
         return kept
 
 

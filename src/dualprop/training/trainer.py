@@ -8,8 +8,14 @@ needed to resume to ``checkpoint-last.pt``. At the end the best checkpoint is ev
 With ``diagnose_every = N`` the per-layer angles between every N-th step's update and backprop's
 gradient on that batch are appended to ``diagnostics.csv``.
 
-A non-finite loss, non-finite dyadic states or non-finite weights stop the run: ``summary.json`` gets
-status ``diverged`` with the epoch and step, and the checkpoints of the last good epoch stay.
+A non-finite loss, non-finite dyadic states or non-finite weights stop the run, and so does a finite
+blow-up: an epoch whose mean training loss exceeds ``divergence_factor`` times the feed-forward loss of
+the run's first step (the untrained network's). ``summary.json`` then gets status ``diverged`` with the
+epoch, step and reason, and the checkpoints of the last good epoch stay.
+
+A run directory is used by one process at a time (:mod:`dualprop.training.runlock`). Resuming checks the
+settings of ``config.toml`` against those saved in the checkpoint: only :data:`RESUMABLE_SETTINGS` may
+differ (``epochs`` to lengthen or shorten a run, and bookkeeping such as the device).
 Progress is reported through a :class:`TrainingObserver`; nothing here prints.
 
 Inside an initialised process group (:mod:`dualprop.training.distributed`) the run is data-parallel:
@@ -21,7 +27,7 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,12 +42,14 @@ from dualprop.learner import Learner
 from dualprop.losses import batch_loss
 from dualprop.models import CONV_MODELS, mlp
 from dualprop.training import distributed
-from dualprop.training.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
-from dualprop.training.config import TrainConfig, load_config, save_config
+from dualprop.training.checkpoint import (CheckpointError, atomic_save, load_checkpoint, rng_state,
+                                          set_rng_state)
+from dualprop.training.config import RESUMABLE_SETTINGS, TrainConfig, from_mapping, load_config, save_config
 from dualprop.training.lr_schedule import learning_rate
 from dualprop.training.rundir import (BEST_CHECKPOINT, CONFIG_FILE, LAST_CHECKPOINT, SUMMARY_FILE,
                                       DiagnosticsLog, MetricsLog, create_run_directory, read_summary,
                                       write_json_atomic)
+from dualprop.training.runlock import run_directory_lock
 
 
 class TrainingObserver:
@@ -205,6 +213,7 @@ class Run:
         self.global_step = 0
         self.best_val_acc = -math.inf
         self.best_epoch = 0
+        self.reference_loss: float | None = None
         self.elapsed = 0.0
         self.started = _now()
 
@@ -221,16 +230,25 @@ class Run:
         return {"learner": self.learner.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "epoch": self.epoch, "global_step": self.global_step, "best_val_acc": self.best_val_acc,
                 "best_epoch": self.best_epoch, "elapsed": self.elapsed, "rng": rng_state(),
-                "started": self.started}
+                "started": self.started, "reference_loss": self.reference_loss, "config": self.config.to_dict()}
 
     def restore(self) -> None:
         """Continue from ``checkpoint-last.pt``; ``metrics.csv`` is cut back to its epoch."""
-        state = load_checkpoint(self.run_dir / LAST_CHECKPOINT, map_location=self.device)
-        self.learner.load_state_dict(state["learner"])
+        path = self.run_dir / LAST_CHECKPOINT
+        state = load_checkpoint(path, map_location=self.device)
+        if "config" in state:
+            check_resumable(from_mapping(state["config"], source=f"checkpoint {path}"), self.config,
+                            int(state["epoch"]))
+        try:
+            self.learner.load_state_dict(state["learner"])
+        except RuntimeError as error:
+            raise CheckpointError(f"checkpoint {path} does not fit the network of {CONFIG_FILE}: "
+                                  f"{(str(error).splitlines() or ['mismatch'])[0]}") from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.global_step = int(state["epoch"]), int(state["global_step"])
         self.best_val_acc, self.best_epoch = float(state["best_val_acc"]), int(state["best_epoch"])
         self.elapsed, self.started = float(state["elapsed"]), str(state["started"])
+        self.reference_loss = state.get("reference_loss")
         set_rng_state(state["rng"])
         if not self.is_main:
             return
@@ -265,7 +283,7 @@ class Run:
         self.model.train()
         self.train_loader.set_epoch(epoch - 1)
         self.observer.epoch_started(epoch, self.steps_per_epoch)
-        total_loss, correct, count = 0.0, 0, 0
+        total_loss, correct, count, first_loss = 0.0, 0, 0, 0.0
         for index, (x, y) in enumerate(self.train_loader):
             if index >= self.steps_per_epoch:
                 break
@@ -286,6 +304,8 @@ class Run:
             self.optimizer.step()
             if not parameters_finite(self.model):
                 raise Divergence(epoch, step, index + 1, "non-finite weights")
+            if self.reference_loss is None and index == 0:
+                first_loss = result.loss
             self.global_step = step
             total_loss += result.loss * len(y)
             correct += int((result.logits.argmax(dim=1) == y).sum())
@@ -295,8 +315,19 @@ class Run:
                 self.writer.add_scalar("train/step_loss", result.loss, step)
                 self.writer.add_scalar("train/lr", lr, step)
         if self.context is not None:
-            total_loss, correct, count = distributed.sum_across_ranks([total_loss, correct, count])
+            total_loss, correct, count, first_loss = distributed.sum_across_ranks(
+                [total_loss, correct, count, first_loss / self.context.world_size])
+        if self.reference_loss is None:
+            self.reference_loss = first_loss
         return total_loss / count, 100.0 * correct / count
+
+    def _check_loss_growth(self, epoch: int, train_loss: float) -> None:
+        """Raise :class:`Divergence` when the epoch's mean training loss exceeds ``divergence_factor``
+        times the loss of the run's first step (a check that is off for a factor of 0)."""
+        factor, reference = self.config.divergence_factor, self.reference_loss
+        if factor and reference and train_loss > factor * reference:
+            raise Divergence(epoch, self.global_step, self.steps_per_epoch,
+                             f"training loss {train_loss:.4g} above {factor:g} × the first step's {reference:.4g}")
 
     def _set_learning_rate(self) -> float:
         c = self.config
@@ -329,6 +360,7 @@ class Run:
     def _finish_epoch(self, epoch: int) -> None:
         start = time.perf_counter()
         train_loss, train_acc = self._train_epoch(epoch)
+        self._check_loss_growth(epoch, train_loss)
         lr = self.optimizer.param_groups[0]["lr"]  # the rate of the epoch's last step
         validation = (evaluate(self.model, self.validation_loader, self.config.loss, self.config.limit_batches)
                       if self.validation_loader is not None else None)
@@ -382,10 +414,12 @@ def start_run(config: TrainConfig, seed: int, observer: TrainingObserver | None 
         if run.is_main:
             run_dir = create_run_directory(config.out, run_name(config, seed))
             save_config(config, run_dir / CONFIG_FILE)
-        run.attach(distributed.broadcast_from_main(run_dir))
-        if run.is_main:
-            run.metrics.start()
-        return run.train()
+        run_dir = distributed.broadcast_from_main(run_dir)
+        with _exclusive_use(run_dir):
+            run.attach(run_dir)
+            if run.is_main:
+                run.metrics.start()
+            return run.train()
 
 
 def resume_run(run_dir: str | Path, observer: TrainingObserver | None = None) -> dict[str, Any]:
@@ -393,18 +427,41 @@ def resume_run(run_dir: str | Path, observer: TrainingObserver | None = None) ->
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
         raise ValueError(f"{run_dir} is not a run directory (no {CONFIG_FILE})")
-    summary = read_summary(run_dir) if (run_dir / SUMMARY_FILE).exists() else {}
-    if summary.get("status") in ("finished", "diverged"):
-        return summary
-    config = load_config(run_dir / CONFIG_FILE).resolved()
-    with cpu_threads(config):
-        run = Run(config, observer or TrainingObserver())
-        run.attach(run_dir)
-        if (run_dir / LAST_CHECKPOINT).exists():
-            run.restore()
-        elif run.is_main:
-            run.metrics.start()
-        return run.train()
+    with _exclusive_use(run_dir):
+        summary = read_summary(run_dir) if (run_dir / SUMMARY_FILE).exists() else {}
+        config = load_config(run_dir / CONFIG_FILE).resolved()
+        lengthened = summary.get("status") == "finished" and config.epochs > summary.get("epochs_completed", 0)
+        if summary.get("status") in ("finished", "diverged") and not lengthened:
+            return summary
+        with cpu_threads(config):
+            run = Run(config, observer or TrainingObserver())
+            run.attach(run_dir)
+            if (run_dir / LAST_CHECKPOINT).exists():
+                run.restore()
+            elif run.is_main:
+                run.metrics.start()
+            return run.train()
+
+
+def _exclusive_use(run_dir: Path) -> AbstractContextManager[None]:
+    """The run directory's lock, taken by the process that writes its files (rank 0 of a job)."""
+    context = distributed.current_context()
+    return run_directory_lock(run_dir) if context is None or context.is_main else nullcontext()
+
+
+def check_resumable(saved: TrainConfig, current: TrainConfig, finished_epochs: int) -> None:
+    """Refuse to continue a checkpoint made with ``saved`` settings under ``current`` ones unless they
+    differ only in :data:`RESUMABLE_SETTINGS` (``ValueError`` naming the keys and both values)."""
+    old, new = saved.to_dict(), current.to_dict()
+    changed = [key for key in sorted(old.keys() | new.keys())
+               if key not in RESUMABLE_SETTINGS and old.get(key) != new.get(key)]
+    if changed:
+        details = ", ".join(f"{key} {old.get(key)!r} -> {new.get(key)!r}" for key in changed)
+        raise ValueError(f"{CONFIG_FILE} differs from the checkpoint's settings in {details}; restore them "
+                         f"(on resume only {', '.join(RESUMABLE_SETTINGS)} may change)")
+    if current.epochs < finished_epochs:
+        raise ValueError(f"epochs = {current.epochs} is fewer than the {finished_epochs} epochs this run has "
+                         "finished; give at least that many")
 
 
 def train(config: TrainConfig, observer: TrainingObserver | None = None) -> list[dict[str, Any]]:
