@@ -242,5 +242,6 @@ def test_digits_split_is_fixed_and_disjoint() -> None:
     reference = load_digits()
     rows = {row.tobytes() + bytes([label]) for row, label in
             zip(reference.images.astype(np.uint8), reference.target.astype(np.uint8))}
-    seen = [img[0].tobytes() + bytes([lab]) for part in first.values() for img, lab in zip(part.images, part.labels)]
+    seen = [img[0].tobytes() + bytes([lab])
+            for part in first.values() for img, lab in zip(part.images, part.labels)]
     assert set(seen) == rows and len(seen) == 1797

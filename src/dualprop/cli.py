@@ -233,8 +233,8 @@ _FLAG_HELP = {
 
 
 # What an unset (None) setting means, for --help.
-_UNSET_MEANS = {"passes": "1, or the number in an alias such as fw3", "data_dir": "$DUALPROP_DATA, else ~/.cache/dualprop",
-                "momentum": "0.9 with sgd"}
+_UNSET_MEANS = {"passes": "1, or the number in an alias such as fw3",
+                "data_dir": "$DUALPROP_DATA, else ~/.cache/dualprop", "momentum": "0.9 with sgd"}
 
 
 def _default_text(name: str, default: Any) -> str:

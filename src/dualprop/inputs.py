@@ -21,8 +21,9 @@ def check_batch(model: nn.Module, x: Tensor, y: Tensor | None = None) -> None:
     """Raise ``ValueError`` naming the fix when the batch ``(x, y)`` cannot be fed to ``model``.
 
     ``x`` must be a non-empty floating-point tensor (samples along dimension 0) on the device of the
-    model's parameters and, outside ``torch.autocast``, of their dtype; ``y``, when given, a tensor with one target per sample on the same
-    device (the loss checks its kind, see :func:`dualprop.losses.check_target`).
+    model's parameters and, outside ``torch.autocast``, of their dtype; ``y``, when given, a tensor with
+    one target per sample on the same device (the loss checks its kind, see
+    :func:`dualprop.losses.check_target`).
     """
     if not isinstance(x, Tensor):
         raise ValueError(f"inputs must be a torch.Tensor, got {type(x).__name__}: convert them with "

@@ -141,8 +141,8 @@ def markdown_table(runs: Sequence[RunRecord]) -> str:
                  "–" if math.isnan(own) else f"{own:.1f}", "–" if math.isnan(ratio) else f"{ratio:.2f}"]
         lines.append("| " + " | ".join(setting + stats) + " |")
         for seed, same in repeated.items():
-            notes.append(f"- row {row}: seed {seed} finished {len(same)} times ({', '.join(str(r.run_dir) for r in same)}); "
-                         "only the first is counted")
+            places = ", ".join(str(run.run_dir) for run in same)
+            notes.append(f"- row {row}: seed {seed} finished {len(same)} times ({places}); only the first is counted")
     return "\n".join(lines) + "\n" + ("\n" + "\n".join(notes) + "\n" if notes else "")
 
 

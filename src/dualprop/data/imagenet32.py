@@ -42,4 +42,5 @@ def read_imagenet32(directory: Path, limit: int | None = None) -> dict[str, Imag
         parts.append(read_imagenet32_batch(directory / name))
         if limit is not None and sum(len(p.labels) for p in parts) >= limit:
             break
-    return {"train": first(concatenate(parts), limit), "test": first(read_imagenet32_batch(directory / IMAGENET32_VAL), limit)}
+    test = read_imagenet32_batch(directory / IMAGENET32_VAL)
+    return {"train": first(concatenate(parts), limit), "test": first(test, limit)}

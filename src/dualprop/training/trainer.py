@@ -326,8 +326,8 @@ class Run:
         times the loss of the run's first step (a check that is off for a factor of 0)."""
         factor, reference = self.config.divergence_factor, self.reference_loss
         if factor and reference and train_loss > factor * reference:
-            raise Divergence(epoch, self.global_step, self.steps_per_epoch,
-                             f"training loss {train_loss:.4g} above {factor:g} × the first step's {reference:.4g}")
+            reason = f"training loss {train_loss:.4g} above {factor:g} × the first step's {reference:.4g}"
+            raise Divergence(epoch, self.global_step, self.steps_per_epoch, reason)
 
     def _set_learning_rate(self) -> float:
         c = self.config
