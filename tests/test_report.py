@@ -80,7 +80,7 @@ def test_time_per_epoch_against_backprop(tmp_path):
     fake_run(tmp_path, "d1", 1, 88.0, seconds=(24.0, 23.0, 100.0), alpha=1.0)  # 24 -> mean 24.5
     fake_run(tmp_path, "o0", 0, 80.0, seconds=(5.0,), alpha=1.0, optimizer="adam")  # no backprop twin
     lines = markdown_table(collect_runs([tmp_path])).strip().splitlines()
-    assert lines[0].endswith("| diverged | s / epoch | × bp |")
+    assert lines[0].endswith("| diverged | unfinished | s / epoch | × bp |")
     rows = {line.split(" | ")[2] + ("adam" if "| adam |" in line else "sgd"): line for line in lines[2:]}
     assert rows["bpsgd"].endswith("| 10.0 | 1.00 |")
     assert rows["dpTsgd"].endswith("| 24.5 | 2.45 |")
