@@ -325,7 +325,8 @@ def test_unreadable_config_and_metrics_files_are_named(tmp_path, finished_run, c
     ([], "seeds = 3\n", "seeds must be a list of integers, got 3"),
     (["--momentum", "5"], "", "momentum must lie in [0, 1), got 5.0"),
     (["--optimizer", "adam", "--momentum", "0.5"], "", "momentum is a setting of optimizer 'sgd'"),
-    (["--optimizer", "adam"], "momentum = 0.9\n", "momentum is a setting of optimizer 'sgd'"),
+    (["--optimizer", "adam"], "momentum = 0.5\n", "momentum is a setting of optimizer 'sgd'"),
+    (["--optimizer", "adam", "--momentum", "0.9"], "", "--momentum is a setting of optimizer 'sgd'"),
 ])
 def test_bad_settings_are_one_line_before_anything_is_written(tmp_path, capsys, args, toml, message):
     config = tmp_path / "settings.toml"
@@ -341,6 +342,8 @@ def test_adam_trains_without_momentum_and_sgd_gets_its_default(tmp_path):
     assert adam[0]["status"] == "finished"
     assert "momentum" not in (Path(adam[0]["run_dir"]) / "config.toml").read_text()
     assert TrainConfig().resolved().momentum == 0.9
+    # Earlier versions wrote momentum = 0.9 into every config.toml, Adam runs too: those still load.
+    assert TrainConfig(optimizer="adam", momentum=0.9).resolved().momentum is None
 
 
 @pytest.mark.parametrize("flag", ["--pgd-steps", "--lipschitz-samples"])
@@ -371,6 +374,16 @@ def test_report_averages_finished_seeds_only_and_flags_a_repeated_seed(tmp_path,
     # mean and sample std of 90 and 94: 92 ± sqrt(((90-92)^2 + (94-92)^2) / 1) = 92 ± 2.83
     assert "| 2 | 92.00 ± 2.83 | – | 92.00 ± 2.83 | 1/5 | 1/5 |" in row
     assert "seed 1 finished 2 times" in notes and str(tmp_path / "c") in notes
+
+
+def test_report_keeps_runs_of_earlier_versions_with_their_setting(tmp_path, capsys):
+    fake_run(tmp_path, "old", 0, "finished", 90.0)  # a config.toml without the newer settings
+    fake_run(tmp_path, "new", 1, "finished", 94.0)
+    with open(tmp_path / "new" / "config.toml", "a") as file:
+        file.write("divergence_factor = 10.0\n")
+    assert main(["report", str(tmp_path)]) == 0
+    (row,) = capsys.readouterr().out.strip().splitlines()[2:]
+    assert "| 2 | 92.00 ± 2.83 |" in row
 
 
 # -- 7. library ------------------------------------------------------------------------------------
@@ -444,3 +457,18 @@ def test_a_training_run_shows_users_no_warnings(tmp_path):
                             env={**os.environ, "PYTHONPATH": str(SOURCE)})
     assert result.returncode == 0, result.stderr
     assert "Warning" not in result.stderr and "jit" not in result.stderr
+
+
+def test_experiment_resume_finds_runs_written_by_earlier_versions(tmp_path):
+    from dualprop.training.config import save_config
+    from dualprop.training.experiments import existing_run
+
+    config = TrainConfig(optimizer="adam", seeds=[3], baseline=False, out=str(tmp_path)).resolved()
+    (tmp_path / "old").mkdir()
+    save_config(config, tmp_path / "old" / "config.toml")
+    text = (tmp_path / "old" / "config.toml").read_text()
+    # As written before: momentum = 0.9 for Adam runs too, and no divergence_factor.
+    text = text.replace("divergence_factor = 10.0\n", "") + "momentum = 0.9\n"
+    (tmp_path / "old" / "config.toml").write_text(text)
+    assert existing_run(tmp_path, config) == tmp_path / "old"
+    assert existing_run(tmp_path, config.replace(lr=0.5)) is None

@@ -315,6 +315,8 @@ def _run_train(args: argparse.Namespace) -> int:
     else:
         config = load_config(args.config) if args.config else TrainConfig()
         config = config.replace(**overrides).resolved()
+        if "momentum" in overrides and config.optimizer != "sgd":
+            raise UsageError(f"--momentum is a setting of optimizer 'sgd'; {config.optimizer!r} has none")
         _check_writable_directory(config.out, "--out")
         device = config.device
     with process_group(device, args.dist_timeout) as context:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from dualprop.training.config import BOOKKEEPING_KEYS, read_toml
+from dualprop.training.config import BOOKKEEPING_KEYS, TrainConfig, read_toml
 from dualprop.training.rundir import CONFIG_FILE, find_run_directories, read_metrics, read_summary
 
 NUDGING_KEYS = ("alpha", "beta", "schedule", "passes", "implementation")
@@ -45,8 +45,13 @@ def collect_runs(paths: Sequence[str | Path]) -> list[RunRecord]:
 
 
 def setting_key(config: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
-    """The config without seed and bookkeeping keys (and without nudging keys for ``bp``), hashable."""
+    """The config without seed and bookkeeping keys (and without nudging keys for ``bp``, momentum for
+    optimizers other than SGD), hashable. A setting that a config written by an earlier version lacks
+    counts with its default, so old and new runs of one setting stay together."""
+    config = {**TrainConfig().to_dict(), **config}
     ignored = set(BOOKKEEPING_KEYS) | (set(NUDGING_KEYS) if config.get("rule") == "bp" else set())
+    if config.get("optimizer") != "sgd":
+        ignored.add("momentum")
     return tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
                         for k, v in config.items() if k not in ignored))
 

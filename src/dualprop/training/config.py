@@ -118,6 +118,8 @@ class TrainConfig:
             raise ValueError(f"warmup_epochs ({config.warmup_epochs}) must not exceed epochs ({config.epochs})")
         if config.optimizer == "sgd" and config.momentum is None:
             config.momentum = SGD_MOMENTUM
+        if config.optimizer != "sgd" and config.momentum == SGD_MOMENTUM:
+            config.momentum = None  # what earlier versions wrote into every config.toml; Adam never used it
         if config.optimizer != "sgd" and config.momentum is not None:
             raise ValueError(f"momentum is a setting of optimizer 'sgd'; {config.optimizer!r} has none: "
                              "remove momentum or choose optimizer 'sgd'")

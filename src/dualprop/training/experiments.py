@@ -19,7 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from dualprop.training.config import BOOKKEEPING_KEYS, TrainConfig, from_mapping, read_toml
+from dualprop.training.config import BOOKKEEPING_KEYS, TrainConfig, from_mapping, load_config, read_toml
 from dualprop.training.rundir import CONFIG_FILE
 from dualprop.training.trainer import TrainingObserver, resume_run, start_run
 
@@ -95,8 +95,8 @@ def existing_run(parent: str | Path, config: TrainConfig) -> Path | None:
     bookkeeping keys (output folder, device, threads, …), or None."""
     wanted = _setting(config.resolved().to_dict())
     for path in sorted(Path(parent).glob(f"*/{CONFIG_FILE}")):
-        try:
-            saved = read_toml(path)
+        try:  # resolved, so that a config written by an earlier version gets the settings it lacks
+            saved = load_config(path).resolved().to_dict()
         except ValueError:
             continue
         if _setting(saved) == wanted:

@@ -248,7 +248,8 @@ class Run:
         self.epoch, self.global_step = int(state["epoch"]), int(state["global_step"])
         self.best_val_acc, self.best_epoch = float(state["best_val_acc"]), int(state["best_epoch"])
         self.elapsed, self.started = float(state["elapsed"]), str(state["started"])
-        self.reference_loss = state.get("reference_loss")
+        # Checkpoints written before the loss-growth criterion have no reference: the check stays off.
+        self.reference_loss = state.get("reference_loss", math.inf)
         set_rng_state(state["rng"])
         if not self.is_main:
             return
