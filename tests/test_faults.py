@@ -472,3 +472,13 @@ def test_experiment_resume_finds_runs_written_by_earlier_versions(tmp_path):
     (tmp_path / "old" / "config.toml").write_text(text)
     assert existing_run(tmp_path, config) == tmp_path / "old"
     assert existing_run(tmp_path, config.replace(lr=0.5)) is None
+
+
+def test_a_study_directory_in_use_is_refused_naming_the_holder(tmp_path, capsys):
+    from dualprop.analysis.study import StudyConfig, create_study
+
+    directory = create_study(StudyConfig(dataset="digits", rules=["bp"], epochs=1), tmp_path)
+    with run_directory_lock(directory):
+        assert main(["experiment", "robustness-mlp", "--resume", str(directory), "--no-progress"]) == 2
+    assert f"{directory} is in use by process {os.getpid()}" in one_error_line(capsys.readouterr().err)
+    assert not list((directory / "runs").iterdir())  # nothing was trained

@@ -26,10 +26,12 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar
 
 from dualprop.analysis.robustness import evaluate_run_robustness, write_robustness_json
+from dualprop.atomic import atomic_write
 from dualprop.data import DataError, find_dataset_dir, get_spec
 from dualprop.training.config import TrainConfig, dumps_toml, from_mapping, read_toml
 from dualprop.training.rundir import (CONFIG_FILE, SUMMARY_FILE, create_run_directory,
                                       write_json_atomic)
+from dualprop.training.runlock import run_directory_lock
 from dualprop.training.trainer import TrainingObserver, resume_run, start_run
 
 STUDY_FILE = "study.toml"
@@ -280,20 +282,25 @@ def run_setting(config: StudyConfig, setting: Setting, directory: Path,
 def run_study(directory: str | Path, observer: TrainingObserver | None = None,
               setting_done: Callable[[Any, dict[str, Any]], None] | None = None,
               kind: type[StudyKind] = StudyConfig) -> dict[str, dict[str, Any]]:
-    """Run every unfinished setting of the ``kind`` study in ``directory``, then write the table and plot."""
+    """Run every unfinished setting of the ``kind`` study in ``directory``, then write the table and plot.
+
+    The study directory is locked meanwhile (:func:`run_directory_lock`): a second process on it stops
+    with a ``ValueError`` naming the first."""
     directory = Path(directory)
-    config = load_study(directory, kind)
-    results = read_results(directory)
-    for setting in config.settings():
-        if setting.key in results:
-            continue
-        results[setting.key] = config.run_setting(setting, directory, observer)
-        write_json_atomic(results, directory / RESULTS_FILE)
-        if setting_done is not None:
-            setting_done(setting, results[setting.key])
-    ordered = [results[s.key] for s in config.settings() if s.key in results]
-    (directory / TABLE_FILE).write_text(config.markdown(ordered), encoding="utf-8")
-    config.plot(ordered, directory / PLOT_FILE)
+    with run_directory_lock(directory):
+        config = load_study(directory, kind)
+        results = read_results(directory)
+        for setting in config.settings():
+            if setting.key in results:
+                continue
+            results[setting.key] = config.run_setting(setting, directory, observer)
+            write_json_atomic(results, directory / RESULTS_FILE)
+            if setting_done is not None:
+                setting_done(setting, results[setting.key])
+        ordered = [results[s.key] for s in config.settings() if s.key in results]
+        markdown = config.markdown(ordered)
+        atomic_write(directory / TABLE_FILE, lambda file: file.write(markdown), text=True)
+        config.plot(ordered, directory / PLOT_FILE)
     return results
 
 

@@ -1,4 +1,4 @@
-"""An exclusive lock on a run directory, so that two processes never train into the same one.
+"""An exclusive lock on a run (or study) directory, so that two processes never write into the same one.
 
 The lock is an advisory ``flock`` on ``RUN_DIR/.lock``, a file that also holds the holder's process
 id and host for the message shown to the second process. The operating system drops the lock when its
@@ -36,8 +36,8 @@ def run_directory_lock(run_dir: str | Path) -> Iterator[None]:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(descriptor, 200, 0).decode("utf-8", "replace").strip() or "another process"
-            raise RunDirectoryBusy(f"run directory {run_dir} is in use by {holder}; wait for it to finish "
-                                   "or stop it first") from None
+            raise RunDirectoryBusy(f"{run_dir} is in use by {holder}; wait for it to finish or stop it "
+                                   "first") from None
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, f"process {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         remove_stale_temporaries(run_dir)
