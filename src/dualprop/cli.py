@@ -240,7 +240,7 @@ _UNSET_MEANS = {"passes": "1, or the number in an alias such as fw3",
 def _default_text(name: str, default: Any) -> str:
     """A setting's default as a user types it: ``on``/``off``, space-separated lists, what None means."""
     if default is None:
-        return _UNSET_MEANS[name]
+        return _UNSET_MEANS.get(name, "unset")
     if isinstance(default, bool):
         return "on" if default else "off"
     if isinstance(default, list):

@@ -230,15 +230,16 @@ class Run:
         return {"learner": self.learner.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "epoch": self.epoch, "global_step": self.global_step, "best_val_acc": self.best_val_acc,
                 "best_epoch": self.best_epoch, "elapsed": self.elapsed, "rng": rng_state(),
-                "started": self.started, "reference_loss": self.reference_loss, "config": self.config.to_dict()}
+                "started": self.started, "reference_loss": self.reference_loss,
+                "config": self.config.to_dict()}
 
     def restore(self) -> None:
         """Continue from ``checkpoint-last.pt``; ``metrics.csv`` is cut back to its epoch."""
         path = self.run_dir / LAST_CHECKPOINT
         state = load_checkpoint(path, map_location=self.device)
         if "config" in state:
-            check_resumable(from_mapping(state["config"], source=f"checkpoint {path}"), self.config,
-                            int(state["epoch"]))
+            saved = from_mapping(state["config"], source=f"checkpoint {path}").resolved()
+            check_resumable(saved, self.config, int(state["epoch"]))
         try:
             self.learner.load_state_dict(state["learner"])
         except RuntimeError as error:
