@@ -125,19 +125,29 @@ def test_linear_update_is_hebbian_outer_product(rule):
         torch.testing.assert_close(linear.bias.grad, -delta.sum(0) / (0.4 * 6))
 
 
-def test_infer_visits_layers_in_schedule_order(monkeypatch):
+def test_infer_visits_layers_in_schedule_order_skipping_only_visits_that_change_nothing(monkeypatch):
     model = models.mlp([3, 4, 4, 4, 2])
     learner = Learner(model, rule="dpT", schedule="fwbw2")
+    x, y = torch.randn(2, 3), torch.tensor([0, 1])
     visits = []
-    original = Learner._update_layer
+    original = Learner._update_neuron
 
-    def recorded(self, states, cache, k, *rest):
+    def recorded(self, states, versions, k, *rest):
         visits.append(k)
-        return original(self, states, cache, k, *rest)
+        return original(self, states, versions, k, *rest)
 
-    monkeypatch.setattr(Learner, "_update_layer", recorded)
-    learner.infer(torch.randn(2, 3), torch.tensor([0, 1]))
-    assert visits == [4, 3, 2, 1, 2, 3, 4, 3, 2, 1, 1]
+    monkeypatch.setattr(Learner, "_update_neuron", recorded)
+    skipping = learner.infer(x, y)
+    # the last visit of layer 1 follows its previous visit with nothing it reads changed in between
+    assert learner.order == [4, 3, 2, 1, 2, 3, 4, 3, 2, 1, 1]
+    assert visits == [4, 3, 2, 1, 2, 3, 4, 3, 2, 1]
+    monkeypatch.setattr(dualprop.learner._Versions, "visit_needed", lambda self, k: True)
+    visits.clear()
+    every_visit = learner.infer(x, y)
+    assert visits == learner.order
+    for k in range(1, 5):
+        assert torch.equal(skipping.plus[k], every_visit.plus[k])
+        assert torch.equal(skipping.minus[k], every_visit.minus[k])
 
 
 def test_drives_are_recomputed_only_after_the_layer_below_changed():
@@ -147,9 +157,10 @@ def test_drives_are_recomputed_only_after_the_layer_below_changed():
     for k, block in enumerate(learner.network.blocks, start=1):
         block.register_forward_hook(lambda *_, k=k: forwards.append(k))
     learner.infer(torch.randn(2, 3), torch.tensor([0, 1]))
-    # feed-forward 1..4; then the visits 4 3 2 1 | 2 3 4 3 2 1 | 1: a drive is computed again when the
-    # layer below was updated since the last time — never for layer 1, whose input x is fixed
-    assert forwards == [1, 2, 3, 4] + [2, 3, 4]
+    # the feed-forward pass (one run of the whole graph) gives every drive; then the visits
+    # 4 3 2 1 | 2 3 4 3 2 1 | 1: a drive is computed again when the layer below was updated since the
+    # last time — never for layer 1, whose input x is fixed
+    assert forwards == [2, 3, 4]
 
 
 # -- β → 0 recovers backprop ------------------------------------------------------------------------------

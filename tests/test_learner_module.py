@@ -106,11 +106,11 @@ def test_feedback_weights_and_spectral_estimates_are_registered_state():
     learner = Learner(model, rule="dp-damped", alpha=0.5, schedule="fw2")
     learner.step(x, y)
     keys = set(learner.state_dict())
-    assert {"spectral_vector_1", "spectral_vector_2"} <= keys
+    assert {"spectral_vector_1_2", "spectral_vector_2_3"} <= keys  # neuron k, its child c
     assert {f"model.{name}" for name, _ in model.named_parameters()} <= keys
     restored = Learner(copy.deepcopy(model), rule="dp-damped", alpha=0.5, schedule="fw2")
     restored.load_state_dict(learner.state_dict())
-    torch.testing.assert_close(restored.spectral_vector_1, learner.spectral_vector_1)
+    torch.testing.assert_close(restored.spectral_vector_1_2, learner.spectral_vector_1_2)
 
     kp = Learner(models.mlp([5, 7, 6, 3]), rule="dpT", feedback="kolen-pollack")
     names = [name for name, _ in kp.named_parameters()]

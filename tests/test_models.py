@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from dualprop import models
-from dualprop.network import split_network
+from dualprop.graph import capture_graph
 
 
 def _count(model, kind):
@@ -17,7 +17,7 @@ def test_conv_models_have_the_papers_layout(name, convs, pools, linears):
     model = models.CONV_MODELS[name](num_classes=7, in_channels=1)
     assert (_count(model, nn.Conv2d), _count(model, nn.MaxPool2d), _count(model, nn.Linear)) == \
         (convs, pools, linears)
-    net = split_network(model)
+    net = capture_graph(model)
     assert net.depth == convs + linears
     with torch.no_grad():
         assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 7)
@@ -25,7 +25,7 @@ def test_conv_models_have_the_papers_layout(name, convs, pools, linears):
 
 def test_vgg16_widths_and_pool_positions():
     model = models.vgg16(num_classes=100)
-    net = split_network(model)
+    net = capture_graph(model)
     widths = [b.parts[0].out_channels for b in net.blocks[:13]]
     assert widths == [64, 64, 128, 128, 256, 256, 256] + [512] * 6
     pooled = [k for k, b in enumerate(net.blocks[:13], start=1) if isinstance(b.parts[-1], nn.MaxPool2d)]

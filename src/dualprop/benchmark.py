@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from dualprop import models
 from dualprop.learner import Learner
-from dualprop.network import split_network
+from dualprop.graph import capture_graph
 from dualprop.schedules import layer_order, parse_schedule
 
 MODELS: dict[str, tuple[Callable[[], nn.Sequential], tuple[int, ...]]] = {
@@ -47,6 +47,7 @@ MODELS: dict[str, tuple[Callable[[], nn.Sequential], tuple[int, ...]]] = {
     "mnist-mlp": (lambda: models.mlp([784, 1024, 1024, 10]), (784,)),
     "vgg-like": (lambda: models.vgg_like(10, 3, 32), (3, 32, 32)),
     "vgg16": (lambda: models.vgg16(10, 3, 32), (3, 32, 32)),
+    "resnet20": (lambda: models.resnet20(10, 3, 32), (3, 32, 32)),
 }
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 AUTOCAST_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -97,7 +98,7 @@ def predicted_ratio(variant: Variant, depth: int) -> float:
     return 1.0 + 2.0 * updates / (3.0 * depth)
 
 
-def build_model(name: str) -> tuple[nn.Sequential, tuple[int, ...]]:
+def build_model(name: str) -> tuple[nn.Module, tuple[int, ...]]:
     """A zoo model by name, or ``mlp:64-32-10`` for an MLP of those sizes; returns it and its input shape."""
     if name.startswith("mlp:"):
         try:
@@ -332,9 +333,9 @@ def _run(settings: BenchSettings) -> BenchReport:
     torch.manual_seed(settings.seed)
     initial, input_shape = build_model(settings.model)
     initial = initial.to(device=device, dtype=DTYPES[settings.dtype])
-    depth = split_network(initial).depth
+    depth = capture_graph(initial).depth
     generator = torch.Generator().manual_seed(settings.seed)
-    classes = [m for m in initial if isinstance(m, nn.Linear)][-1].out_features
+    classes = [m for m in initial.modules() if isinstance(m, nn.Linear)][-1].out_features
     x = torch.randn((settings.batch_size, *input_shape), generator=generator).to(device, DTYPES[settings.dtype])
     y = torch.randint(0, classes, (settings.batch_size,), generator=generator).to(device)
     results = {v.name: VariantResult(v.name, v.rule, v.schedule, v.passes, v.implementation,

@@ -215,7 +215,7 @@ _FLAG_HELP = {
     "dataset": "dataset name (digits, mnist, cifar10, …)",
     "data_dir": "data root directory", "validation_percent": "percent of training data held out",
     "augment": "random crop/flip where the dataset allows it", "pad_to": "zero-pad images to this size",
-    "model": "mlp or a conv model (vgg16, vgg_like, cnn, mini_cnn)",
+    "model": "mlp, a conv model (vgg16, vgg_like, cnn, mini_cnn) or a residual network (resnet20, resnet8)",
     "hidden": "hidden widths of the MLP", "activation": "activation function",
     "epochs": "training epochs", "batch_size": "mini-batch size", "optimizer": "sgd or adam",
     "lr": "peak learning rate", "final_lr": "learning rate at the end of the cosine decay",
@@ -554,7 +554,7 @@ def _add_bench_parser(subparsers: Any) -> None:
                     "generic state loop, interleaved round-robin; report median step time, peak memory and "
                     "their ratios to bp of the same run, next to the predicted ratio 1 + 2U/(3L).")
     parser.add_argument("--model", default="mnist-mlp",
-                        help="digits-mlp, mnist-mlp, vgg-like, vgg16, or mlp:<sizes> such as mlp:64-32-10 "
+                        help="digits-mlp, mnist-mlp, vgg-like, vgg16, resnet20, or mlp:<sizes> such as mlp:64-32-10 "
                              "(default: mnist-mlp)")
     parser.add_argument("--batch-size", type=int, default=256, metavar="N", help="(default: 256)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default: cpu)")
@@ -693,7 +693,7 @@ def _run_robustness(args: argparse.Namespace) -> int:
     for row in report["attacks"]:
         print(f"{row['eps']:8g} {row['fgsm_acc']:13.2f} {row['pgd_acc']:12.2f}")
     norms = ", ".join(f"{n:.3f}" for n in report["spectral_norms"])
-    print(f"spectral norms per layer: {norms}")
+    print(f"spectral norms per block input: {norms}")
     print(f"Lipschitz: empirical max {report['lipschitz_max']:.3f} (mean {report['lipschitz_mean']:.3f}) "
           f"<= product bound {report['product_bound']:.3f}  (data range)")
     print(f"wrote {path}")

@@ -22,23 +22,21 @@ mean states ``s̄_{k−1} = α s⁺ + (1−α) s⁻`` after inference, which are
 ``α ∈ {0, 1}``; there the two agree. Elsewhere this is the fast approximation of the ICML 2023 paper,
 close to the generic sweep at ``α = ½`` and small ``β``.
 
-**Design.** The sweep runs the caller's own model: :class:`FusedSweep` temporarily puts a
-:class:`FusedActivation` in place of every activation module of the (unwrapped) ``nn.Sequential``, calls
-``model(x)``, and restores the original modules, even on error. The forward therefore goes through the
-caller's module itself — a ``DistributedDataParallel`` wrapper sees a normal forward and averages the
-gradients as usual, and a model compiled in place with ``model.compile()`` keeps its compiled forward.
-The replacement modules are built once and reused, so compiled code sees the same objects every step.
+**Design.** The sweep runs the model's captured graph (:mod:`dualprop.graph`) with every activation site —
+module, function or tensor method — replaced by a :class:`FusedActivation`, as the forward of the caller's
+own module: its ``forward`` is swapped for the fused graph during the call, so forward hooks see a normal
+forward and a ``DistributedDataParallel`` wrapper averages the gradients as usual. The replacement modules
+are built once and reused. The same holds on any graph: a residual network trains at backprop's cost.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
+from dualprop.graph import NeuronGraph, find_ddp, run_as_forward, unwrap
 from dualprop.losses import batch_loss
-from dualprop.network import LayeredNetwork, unwrap
 from dualprop.rules import nudge_weights
 
 FUSED_RULES = ("dp", "dpT")
@@ -63,8 +61,6 @@ class DyadicActivationFunction(torch.autograd.Function):
                 weights: tuple[float, float]) -> Tensor:
         ctx.save_for_backward(drive)
         ctx.activation, ctx.beta, ctx.weights = activation, beta, weights
-        if getattr(activation, "inplace", False):
-            return activation(drive.clone())
         return activation(drive)
 
     @staticmethod
@@ -81,7 +77,7 @@ class DyadicActivationFunction(torch.autograd.Function):
 class FusedActivation(nn.Module):
     """An activation module whose backward is the dyadic finite difference of :class:`DyadicActivationFunction`."""
 
-    def __init__(self, activation: nn.Module, beta: float, weights: tuple[float, float]):
+    def __init__(self, activation: Callable[[Tensor], Tensor], beta: float, weights: tuple[float, float]):
         super().__init__()
         self.activation = activation
         self.beta = beta
@@ -91,56 +87,25 @@ class FusedActivation(nn.Module):
         return DyadicActivationFunction.apply(drive, self.activation, self.beta, self.weights)
 
 
-def activation_sites(model: nn.Module, network: LayeredNetwork) -> list[tuple[nn.Module, str]]:
-    """``(parent, child name)`` of each activation of ``network`` inside the (nested) ``nn.Sequential``.
-
-    Sites follow the order of ``network.activations``, the order in which :func:`split_network` met them.
-    """
-    sites: list[tuple[nn.Module, str]] = []
-
-    def visit(parent: nn.Module) -> None:
-        for name, child in parent.named_children():
-            if isinstance(child, nn.Sequential):
-                visit(child)
-            elif len(sites) < len(network.activations) and child is network.activations[len(sites)]:
-                sites.append((parent, name))
-
-    visit(unwrap(model))
-    if len(sites) != len(network.activations):
-        raise ValueError(f"found {len(sites)} of the network's {len(network.activations)} activations in "
-                         f"the model; the model was changed after the Learner split it")
-    return sites
-
-
 class FusedSweep:
-    """One fused sweep per call: forward through the caller's model with fused activations, then backward."""
+    """One fused sweep per call: the model's graph with fused activations as its forward, then the loss."""
 
-    def __init__(self, model: nn.Module, network: LayeredNetwork, rule: str, loss: str):
+    def __init__(self, graph: NeuronGraph, rule: str, loss: str):
         finite_difference_weights(rule, 0.5)  # validates the rule
-        self.model = model
+        self.graph = graph
         self.rule = rule
         self.loss = loss
-        self._sites = activation_sites(model, network)
-        self._fused = [FusedActivation(activation, 1.0, (0.5, 0.5)) for activation in network.activations]
+        self._fused = [FusedActivation(activation, 1.0, (0.5, 0.5)) for activation in graph.activations]
+        self._forward = graph.with_activations(self._fused)
 
-    @contextmanager
-    def installed(self, alpha: float, beta: float) -> Iterator[None]:
-        """Within the block, the model's activations are the fused ones for ``(α, β)``; restored after."""
-        weights = finite_difference_weights(self.rule, alpha)
-        originals = []
-        try:
-            for (parent, name), fused in zip(self._sites, self._fused):
-                fused.beta, fused.weights = beta, weights
-                originals.append(parent._modules[name])
-                parent._modules[name] = fused
-            yield
-        finally:
-            for (parent, name), original in zip(self._sites, originals):
-                parent._modules[name] = original
-
-    def objective(self, x: Tensor, y: Tensor, alpha: float, beta: float) -> tuple[Tensor, Tensor]:
+    def objective(self, model: nn.Module, x: Tensor, y: Tensor, alpha: float,
+                  beta: float) -> tuple[Tensor, Tensor]:
         """The batch-mean loss through the fused activations (its ``backward()`` accumulates the fused
-        update) and the detached logits."""
-        with self.installed(alpha, beta):
-            logits = self.model(x)
+        update), computed as the forward of ``model`` (or of its DDP wrapper), and the detached logits."""
+        weights = finite_difference_weights(self.rule, alpha)
+        for fused in self._fused:
+            fused.beta, fused.weights = beta, weights
+        self.graph.new_step()
+        runner = find_ddp(model) or unwrap(model)
+        logits = run_as_forward(runner, self._forward, x)
         return batch_loss(self.loss, logits, y), logits.detach()

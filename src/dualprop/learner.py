@@ -1,14 +1,15 @@
 """``Learner``: inference of the dyadic states (the state loop) and the local Hebbian weight update.
 
-For a layered network (see :mod:`dualprop.network`) every unit ``k ≥ 1`` holds two compartments
-``s⁺_k, s⁻_k``, both starting at the feed-forward value. Visiting layer ``k`` sets
+The model is a graph of neurons (see :mod:`dualprop.graph`): every neuron ``k ≥ 1`` holds two
+compartments ``s⁺_k, s⁻_k``, both starting at the feed-forward value. Visiting neuron ``k`` sets
 
-* drive ``a_k = B_k(s̄_{k−1})`` with ``s̄ = α s⁺ + (1−α) s⁻`` (``s̄_0 = x``),
-* feedback ``Δ_k = J_{B_{k+1}}(s⁺_k)ᵀ (s⁺_{k+1} − s⁻_{k+1})``,
+* drive ``a_k = B_k(s̄_{P(k)})`` with ``s̄ = α s⁺ + (1−α) s⁻`` (``s̄_0 = x``),
+* feedback ``Δ_k = Σ_{c: k ∈ P(c)} J_{B_c, k}(s⁺_{P(c)})ᵀ (s⁺_c − s⁻_c)``, summed over the children ``c``,
 * compartments by the rule (:mod:`dualprop.rules`).
 
-The update is ``∂J/∂θ`` of ``J(θ) = −1/(β·B) Σ_k ⟨s⁺_k − s⁻_k, B_k(s̄_{k−1})⟩`` with the states held fixed,
-accumulated into ``.grad`` by one ``backward()`` exactly as a loss would be.
+For a layered network (``P(k) = (k−1,)``) this is ``Δ_k = J_{B_{k+1}}(s⁺_k)ᵀ (s⁺_{k+1} − s⁻_{k+1})``. The update
+is ``∂J/∂θ`` of ``J(θ) = −1/(β·B) Σ_k ⟨s⁺_k − s⁻_k, B_k(s̄_{P(k)})⟩`` with the states held fixed, returned
+by :meth:`Learner.objective` for the caller's ``backward()`` (or accumulated by :meth:`Learner.step`).
 """
 from __future__ import annotations
 
@@ -18,12 +19,12 @@ from typing import Callable
 
 import torch
 from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
 
 from dualprop.fused import FUSED_RULES, FusedSweep
+from dualprop.graph import NeuronGraph, capture_graph, find_ddp, run_as_forward, unwrap
 from dualprop.hardware import CompartmentPerturbation, noisy_backprop
-from dualprop.losses import batch_loss, check_loss, output_gradient
-from dualprop.network import LayeredNetwork, split_network, unwrap
+from dualprop.losses import batch_loss, check_loss, output_gradient, target_distribution
+from dualprop.network import BlockInput, frozen_statistics
 from dualprop.rules import (DYADIC_RULES, RULES, damped_hidden_compartments,
                             damping_from_spectral_norm, hidden_compartments, mean_state, nudge_weights,
                             output_compartments, output_nudge_is_fixed)
@@ -36,13 +37,13 @@ FEEDBACK_MODES = ("symmetric", "kolen-pollack")
 
 @dataclass
 class DyadicStates:
-    """Compartments after inference: ``plus[k]``, ``minus[k]`` for ``k = 0..L`` (index 0 is the input)."""
+    """Compartments after inference: ``plus[k]``, ``minus[k]`` for neurons ``k = 0..N`` (0 is the input)."""
 
     plus: list[Tensor]
     minus: list[Tensor]
     alpha: float
     logits: Tensor
-    """The feed-forward output ``s_L`` before any nudging."""
+    """The feed-forward output ``s_N`` before any nudging."""
 
     def mean(self, k: int) -> Tensor:
         """``s̄_k = α s⁺_k + (1−α) s⁻_k``; ``s̄_0`` is the input."""
@@ -74,26 +75,37 @@ class StepResult:
     objective: Tensor | None = None
 
 
-class _DriveCache:
-    """Drives ``a_k = B_k(s̄_{k−1})`` of one inference, recomputed only after layer ``k−1`` has changed.
+class _Versions:
+    """Version stamps of the neurons' states within one inference: a drive or a visit whose inputs carry
+    the same stamps as when it was last computed would compute the same values, so it is reused."""
 
-    The feed-forward pass supplies every drive; layer 1's never changes (``s̄_0 = x``), and a drive stays
-    valid until the layer below is updated — so a ``backward`` sweep needs no block forward at all.
-    """
-
-    def __init__(self, feed_forward_drives: list[Tensor | None]):
-        self.values = feed_forward_drives
-        self.updates = [0] * len(feed_forward_drives)   # updates made to each layer
-        self.seen = [0] * len(feed_forward_drives)      # updates of layer k−1 that values[k] reflects
+    def __init__(self, graph: NeuronGraph, drives: list[Tensor | None], dependencies: list[tuple[int, ...]]):
+        self.graph = graph
+        self.counts = [0] * (graph.depth + 1)
+        self.drives = drives
+        initial = [(0,) * len(parents) for parents in graph.parents]
+        self._drive_seen = [None, *initial]
+        self._dependencies = dependencies
+        # The feed-forward state of a hidden neuron is what a visit computes while every δ is zero.
+        self._visit_seen: list[tuple[int, ...] | None] = \
+            [None] + [(0,) * len(d) for d in dependencies[1:-1]] + [None]
 
     def drive(self, k: int, compute: Callable[[], Tensor]) -> Tensor:
-        if self.seen[k] != self.updates[k - 1]:
-            self.values[k] = compute()
-            self.seen[k] = self.updates[k - 1]
-        return self.values[k]
+        """``a_k``, recomputed only if a parent of ``k`` has changed since it was last computed."""
+        stamp = tuple(self.counts[p] for p in self.graph.parents[k - 1])
+        if stamp != self._drive_seen[k]:
+            self.drives[k] = compute()
+            self._drive_seen[k] = stamp
+        return self.drives[k]
 
-    def layer_updated(self, k: int) -> None:
-        self.updates[k] += 1
+    def visit_needed(self, k: int) -> bool:
+        """Whether visiting ``k`` could change it: some neuron its update reads has changed since."""
+        return tuple(self.counts[d] for d in self._dependencies[k]) != self._visit_seen[k]
+
+    def visited(self, k: int) -> None:
+        """Record a visit of ``k`` (the stamps it read) and that ``k`` has changed."""
+        self._visit_seen[k] = tuple(self.counts[d] for d in self._dependencies[k])
+        self.counts[k] += 1
 
 
 def _check_unit_interval(name: str, value: float) -> float:
@@ -116,12 +128,14 @@ def _check_power_iterations(value: int) -> int:
 
 
 class Learner(nn.Module):
-    """Train a model with dual propagation or a reference rule; an ``nn.Module`` beside the optimizer.
+    """Train any capturable model with dual propagation or a reference rule; an ``nn.Module`` beside the
+    optimizer.
 
-    Rules: ``dp``, ``dpT`` (DP⊤), ``dp-damped`` (DP with damping ``L_k = max(0, (γ_k² − 1)/2)`` from a
-    warm-started power iteration of ``power_iterations`` steps per call on the next block), ``bp``
-    (backprop of the batch-mean loss) and ``adversarial`` (backprop at ``x + β ∇ₓℓ``, ℓ per sample).
-    ``feedback="kolen-pollack"`` carries ``Δ`` through separate feedback weights that receive the same
+    Rules: ``dp``, ``dpT`` (DP⊤), ``dp-damped`` (DP with damping ``L_k = max(0, (γ_k² − 1)/2)``, ``γ_k`` the
+    spectral norm of the map from neuron ``k`` to its children's drives, from a warm-started power
+    iteration of ``power_iterations`` steps per call), ``bp`` (backprop of the batch-mean loss) and
+    ``adversarial`` (backprop at ``x + β ∇ₓℓ``, ℓ per sample). ``feedback="kolen-pollack"`` carries ``Δ``
+    through separate feedback weights, one per weighted module that feeds back, which receive the same
     local update as the forward weights; give ``learner.parameters()`` (model and feedback weights) to
     the optimizer, with weight decay, so the two sets come to agree.
 
@@ -136,7 +150,7 @@ class Learner(nn.Module):
     each time the state loop updates neuron k, ``state_quantum=q`` rounds them stochastically to multiples
     of q, both drawn from a generator seeded by ``noise_seed``; with ``bp`` the same perturbation hits every
     neuron's activation forward and its per-sample gradient backward. ``schedule="random"`` draws a new
-    asynchronous order of ``K·L`` visits every step from its own generator seeded by ``noise_seed``.
+    asynchronous order of ``K·N`` visits every step from its own generator seeded by ``noise_seed``.
     """
 
     def __init__(self, model: nn.Module, rule: str = "dpT", alpha: float = 0.5, beta: float = 0.1,
@@ -156,7 +170,7 @@ class Learner(nn.Module):
         self.loss = check_loss(loss)
         self.model = unwrap(model)
         self.__dict__["wrapper"] = model  # what runs; kept out of the module tree (no duplicate state)
-        self.network: LayeredNetwork = split_network(self.model)
+        self.network: NeuronGraph = capture_graph(self.model)
         # hardware realism: compartment noise and resolution, asynchronous order
         self.perturbation = CompartmentPerturbation(state_noise, state_quantum, noise_seed)
         if self.perturbation.active and rule == "adversarial":
@@ -165,24 +179,32 @@ class Learner(nn.Module):
         self._order_generator = (torch.Generator().manual_seed(noise_seed) if self.schedule == "random"
                                  else None)
         self.order = None if self.schedule == "random" else \
-            layer_order(self.schedule, self.network.depth, self.passes)
+            layer_order(self.schedule, self.network.depth, self.passes, self.network.levels)
+        self._sites = [_Site(activation) for activation in self.network.activations]
+        # kept out of the module tree: it holds the model's own modules
+        self.__dict__["_noisy_forward"] = \
+            self.network.with_activations(self._sites) if self.perturbation.active else None
         if feedback not in FEEDBACK_MODES:
             raise ValueError(f"unknown feedback {feedback!r}; choose one of {', '.join(FEEDBACK_MODES)}")
         if feedback != "symmetric" and rule not in DYADIC_RULES:
             raise ValueError(f"feedback={feedback!r} needs a dual-propagation rule, not {rule!r}")
         self.feedback = feedback
         self.feedback_weights = nn.ParameterList()
-        self._feedback_index: list[list[int]] = []
+        self._feedback_index: dict[nn.Module, int] = {}
         if feedback == "kolen-pollack":
             self._make_feedback_weights()
         self.power_iterations = _check_power_iterations(power_iterations)
         self.implementation = self._resolve_implementation(implementation)
-        self._spectral_estimators: dict[int, SpectralNormEstimator] = {}
+        self._spectral_estimators: dict[tuple[int, int], SpectralNormEstimator] = {}
+        self._dependencies = self._visit_dependencies()
 
     def _resolve_implementation(self, implementation: str) -> str:
-        """``fused`` where asked (DP/DP⊤, one ``backward`` sweep) or, for ``auto``, where it is exact:
-        DP⊤ with ``α ∈ {0, 1}``, one ``backward`` sweep. Prepares the fused sweep when chosen."""
+        """``fused`` where asked (DP/DP⊤, one backward sweep) or, for ``auto``, where it equals the generic
+        sweep: DP⊤ with ``α ∈ {0, 1}`` and one backward sweep (``backward``, or ``forward-backward`` with
+        one pass, the same visit order), symmetric feedback — and at ``α = 0``, where ``s⁺`` leaves the
+        feed-forward value, only if every block with several parents has a constant Jacobian."""
         self._fused_sweep: FusedSweep | None = None
+        one_sweep = self.passes == 1 and self.schedule in ("backward", "forward-backward")
         if implementation == "fused":
             if self.rule not in FUSED_RULES:
                 raise ValueError(f"implementation='fused' supports rules {', '.join(FUSED_RULES)}, "
@@ -190,7 +212,7 @@ class Learner(nn.Module):
             if self.feedback != "symmetric":
                 raise ValueError(f"implementation='fused' feeds back through the forward weights; "
                                  f"feedback={self.feedback!r} needs implementation='generic'")
-            if self.schedule != "backward" or self.passes != 1:
+            if not one_sweep:
                 raise ValueError(f"implementation='fused' is a single backward sweep: it needs "
                                  f"schedule='backward' with passes=1, got schedule={self.schedule!r} "
                                  f"with passes={self.passes}")
@@ -198,31 +220,36 @@ class Learner(nn.Module):
                 raise ValueError("implementation='fused' has no state loop to perturb: state_noise and "
                                  "state_quantum need implementation='generic' (or 'auto')")
         elif implementation == "auto":
-            exact = (self.rule == "dpT" and self.alpha in (0.0, 1.0) and self.schedule == "backward"
-                     and self.passes == 1 and self.feedback == "symmetric" and not self.perturbation.active)
+            graph = self.network
+            points_fixed = self.alpha == 1.0 or all(
+                affine for affine, parents in zip(graph.affine, graph.parents) if len(parents) > 1)
+            exact = (self.rule == "dpT" and self.alpha in (0.0, 1.0) and one_sweep and points_fixed
+                     and self.feedback == "symmetric" and not self.perturbation.active)
             implementation = "fused" if exact else "generic"
         if implementation == "fused":
-            self._fused_sweep = FusedSweep(self.wrapper, self.network, self.rule, self.loss)
+            self._fused_sweep = FusedSweep(self.network, self.rule, self.loss)
         return implementation
 
     def _make_feedback_weights(self) -> None:
-        """Independently initialised feedback weights for blocks 2..L (block 1 feeds back nothing), drawn
-        like PyTorch's own Linear and Conv weights (Kaiming-uniform with ``a = √5``)."""
-        self._feedback_index = [[]]
-        for block in self.network.blocks[1:]:
-            indices = []
+        """Independently initialised feedback weights, one per weighted module of every block that feeds
+        back to a neuron (a block reading only the input feeds back nothing), drawn like PyTorch's own
+        Linear and Conv weights (Kaiming-uniform with ``a = √5``)."""
+        for block, parents in zip(self.network.blocks, self.network.parents):
+            if parents == (0,):
+                continue
             for part in block.weighted_parts():
-                indices.append(len(self.feedback_weights))
-                self.feedback_weights.append(nn.Parameter(
-                    nn.init.kaiming_uniform_(torch.empty_like(part.weight), a=math.sqrt(5))))
-            self._feedback_index.append(indices)
+                if part not in self._feedback_index:
+                    self._feedback_index[part] = len(self.feedback_weights)
+                    self.feedback_weights.append(nn.Parameter(
+                        nn.init.kaiming_uniform_(torch.empty_like(part.weight), a=math.sqrt(5))))
 
-    def _block_feedback(self, k: int) -> list[Tensor] | None:
-        """The feedback weights that replace block ``k+1``'s weights in its transposed map (or None)."""
+    def _block_feedback(self, block: nn.Module) -> list[Tensor] | None:
+        """The feedback weights that replace ``block``'s weights in its transposed map (or None)."""
         if self.feedback == "symmetric":
             return None
-        weights = [self.feedback_weights[i] for i in self._feedback_index[k]]
-        for weight, part in zip(weights, self.network.blocks[k].weighted_parts()):
+        parts = block.weighted_parts()
+        weights = [self.feedback_weights[self._feedback_index[part]] for part in parts]
+        for weight, part in zip(weights, parts):
             if weight.dtype != part.weight.dtype or weight.device != part.weight.device:
                 raise ValueError(f"the feedback weights are {weight.dtype} on {weight.device} but the model "
                                  f"is {part.weight.dtype} on {part.weight.device}; move the Learner with "
@@ -240,60 +267,94 @@ class Learner(nn.Module):
     def extra_repr(self) -> str:
         return (f"rule={self.rule!r}, alpha={self.alpha}, beta={self.beta}, schedule={self.schedule!r}, "
                 f"passes={self.passes}, loss={self.loss!r}, implementation={self.implementation!r}, "
-                f"feedback={self.feedback!r}, depth={self.network.depth}")
+                f"feedback={self.feedback!r}, neurons={self.network.depth}")
 
     # -- inference ---------------------------------------------------------------------------------
 
     def feed_forward(self, x: Tensor) -> list[Tensor]:
-        """``[s_0, …, s_L]`` with ``s_k = f_k(B_k(s_{k−1}))`` and ``s_L = B_L(s_{L−1})``, without grad."""
-        return self._feed_forward(x)[0]
-
-    def _feed_forward(self, x: Tensor) -> tuple[list[Tensor], list[Tensor | None]]:
-        """The feed-forward states and drives ``[None, a_1, …, a_L]`` (``a_k = B_k(s_{k−1})``)."""
-        states: list[Tensor] = [x]
-        drives: list[Tensor | None] = [None]
+        """``[s_0, …, s_N]`` with ``s_k = f_k(B_k(s_{P(k)}))`` and ``s_N = B_N(s_{P(N)})``, without grad."""
+        self.network.new_step()
         with torch.no_grad():
-            for k, block in enumerate(self.network.blocks):
-                drives.append(block(states[-1]))
-                states.append(self.network.activations[k](drives[-1])
-                              if k < len(self.network.activations) else drives[-1])
-        return states, drives
+            return self.network.feed_forward(x)[0]
 
     def infer(self, x: Tensor, y: Tensor) -> DyadicStates:
-        """Run the inference schedule from the feed-forward states and return the dyadic states."""
+        """Run the inference schedule from the feed-forward states and return the dyadic states.
+
+        The feed-forward pass is the step's one ordinary forward (normalisation statistics updated once,
+        dropout masks drawn once); the visits then see every block as that fixed function."""
         if self.rule == "bp":
             raise ValueError("rule 'bp' has no dyadic states to infer")
-        plus, drives = self._feed_forward(x)
+        self.network.new_step()
+        with torch.no_grad():
+            plus, drives = self.network.feed_forward(x)
         logits = plus[-1]
         states = DyadicStates(plus, list(plus), self.alpha, logits)
         weights = nudge_weights(self.rule, self.alpha)
-        dampings = self.dampings(plus) if self.rule == "dp-damped" else None
-        cache = _DriveCache(drives)
-        with torch.no_grad():
-            fixed_nudge = (self.beta * output_gradient(self.loss, logits, y)
+        versions = _Versions(self.network, drives, self._dependencies)
+        with torch.no_grad(), frozen_statistics(self.network.norms):
+            target = target_distribution(logits, y)
+            dampings = self.dampings(plus) if self.rule == "dp-damped" else None
+            fixed_nudge = (self.beta * output_gradient(self.loss, logits, target)
                            if output_nudge_is_fixed(self.rule) else None)
             order = self.order if self._order_generator is None else \
                 random_order(self.network.depth, self.passes, self._order_generator)
+            deterministic = dampings is None and not self.perturbation.active
             for k in order:
-                self._update_layer(states, cache, k, y, weights, fixed_nudge, dampings)
+                if not deterministic or versions.visit_needed(k):
+                    self._update_neuron(states, versions, k, target, weights, fixed_nudge, dampings)
         return states
 
-    def dampings(self, states: list[Tensor]) -> list[float]:
-        """``L_k = max(0, (γ_k² − 1)/2)`` for hidden layers k = 1..L−1, γ_k the spectral norm of ``B_{k+1}``
-        (power iteration, warm-started from the previous call's vector, a buffer ``spectral_vector_k``)."""
-        result = []
-        for k in range(1, self.network.depth):
-            estimator = self._spectral_estimators.get(k)
-            if estimator is None:
-                estimator = SpectralNormEstimator(self.network.blocks[k], states[k].shape[1:],
-                                                  self.power_iterations)
-                self._spectral_estimators[k] = estimator
-            name = f"spectral_vector_{k}"
-            saved = getattr(self, name, None)
-            estimator.vector = saved if saved is not None and saved.numel() else None
-            result.append(damping_from_spectral_norm(estimator()))
-            self.register_buffer(name, estimator.vector if estimator.vector is not None else torch.empty(0))
+    def _visit_dependencies(self) -> list[tuple[int, ...]]:
+        """For each neuron ``k``, the neurons whose states its update reads: its parents (drive), its
+        children and their other parents (feedback), and ``k`` itself where a child's Jacobian depends on
+        the point ``s⁺_k``. Unused index 0 holds ``()``."""
+        graph = self.network
+        result: list[tuple[int, ...]] = [()]
+        for k in range(1, graph.depth + 1):
+            reads = set(graph.parents[k - 1])
+            for c in graph.children[k]:
+                reads.add(c)
+                reads.update(graph.parents[c - 1])
+                if not graph.affine[c - 1]:
+                    reads.add(k)
+            if not any(not graph.affine[c - 1] for c in graph.children[k]):
+                reads.discard(k)
+            result.append(tuple(sorted(reads)))
         return result
+
+    def dampings(self, states: list[Tensor]) -> list[float]:
+        """``L_k = max(0, (γ_k² − 1)/2)`` for hidden neurons k = 1..N−1, ``γ_k`` the spectral norm of the map
+        from ``s_k`` to its children's drives: ``γ_{c,k}`` of the one child ``c`` (for a chain, ``B_{k+1}``), or
+        the bound ``(Σ_c γ_{c,k}²)^{1/2}`` over several. Each ``γ_{c,k}`` comes from a power iteration warm-started
+        from the previous call's vector, kept as the buffer ``spectral_vector_{k}_{c}``."""
+        graph = self.network
+        if any(m.training for m in graph.norms):
+            raise ValueError("rule 'dp-damped' needs the spectral norm of every block per sample, which "
+                             "batch normalisation in training mode does not have; use model.eval() or "
+                             "another rule")
+        result = []
+        for k in range(1, graph.depth):
+            norms = [self._spectral_norm(k, c, states) for c in graph.children[k]]
+            gamma = norms[0] if len(norms) == 1 else math.sqrt(sum(g * g for g in norms))
+            result.append(damping_from_spectral_norm(gamma))
+        return result
+
+    def _spectral_norm(self, k: int, c: int, states: list[Tensor]) -> float:
+        """``γ_{c,k}``: the spectral norm of block ``c`` as a function of its input from neuron ``k``."""
+        estimator = self._spectral_estimators.get((k, c))
+        if estimator is None:
+            parents = self.network.parents[c - 1]
+            block = self.network.blocks[c - 1]
+            target = block if len(parents) == 1 else BlockInput(block, parents.index(k),
+                                                                [states[p].shape[1:] for p in parents])
+            estimator = SpectralNormEstimator(target, states[k].shape[1:], self.power_iterations)
+            self._spectral_estimators[(k, c)] = estimator
+        name = f"spectral_vector_{k}_{c}"
+        saved = getattr(self, name, None)
+        estimator.vector = saved if saved is not None and saved.numel() else None
+        gamma = estimator()
+        self.register_buffer(name, estimator.vector if estimator.vector is not None else torch.empty(0))
+        return gamma
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
         """Accept the spectral-norm vectors of a saved Learner even before this one has made its own."""
@@ -303,62 +364,86 @@ class Learner(nn.Module):
                 self.register_buffer(name, torch.empty_like(value))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def _update_layer(self, states: DyadicStates, cache: "_DriveCache", k: int, y: Tensor,
-                      weights: tuple[float, float], fixed_nudge: Tensor | None,
-                      dampings: list[float] | None) -> None:
-        """Set ``s⁺_k, s⁻_k`` from the current neighbours: at most one block forward (the drive, only if
-        layer k−1 changed since it was last computed) and, for a hidden layer, one VJP."""
-        net = self.network
-        drive = cache.drive(k, lambda: net.blocks[k - 1](states.mean(k - 1)))
-        if k == net.depth:
+    def _update_neuron(self, states: DyadicStates, versions: _Versions, k: int, target: Tensor,
+                       weights: tuple[float, float], fixed_nudge: Tensor | None,
+                       dampings: list[float] | None) -> None:
+        """Set ``s⁺_k, s⁻_k`` from the current neighbours: at most one block forward (the drive, only if a
+        parent changed since it was last computed) and, for a hidden neuron, one VJP per child."""
+        graph = self.network
+        drive = versions.drive(k, lambda: graph.blocks[k - 1](*[states.mean(p) for p in graph.parents[k - 1]]))
+        if k == graph.depth:
             nudge = fixed_nudge if fixed_nudge is not None else \
-                self.beta * output_gradient(self.loss, drive, y)
+                self.beta * output_gradient(self.loss, drive, target)
             states.plus[k], states.minus[k] = output_compartments(drive, nudge, weights)
         else:
-            feedback = net.blocks[k].vjp(states.plus[k], states.difference(k + 1), self._block_feedback(k))
-            activation = net.activations[k - 1]
+            feedback = self._feedback(states, k)
+            activation = graph.activations[k - 1]
             if dampings is None:
                 states.plus[k], states.minus[k] = hidden_compartments(activation, drive, feedback, weights)
             else:
                 states.plus[k], states.minus[k] = damped_hidden_compartments(
                     activation, drive, feedback, weights, states.plus[k], states.minus[k], dampings[k - 1])
         states.plus[k], states.minus[k] = self.perturbation(states.plus[k]), self.perturbation(states.minus[k])
-        cache.layer_updated(k)
+        versions.visited(k)
+
+    def _feedback(self, states: DyadicStates, k: int) -> Tensor:
+        """``Δ_k = Σ_c J_{B_c, k}(s⁺_{P(c)})ᵀ δ_c`` over the children ``c`` of ``k``."""
+        graph = self.network
+        total = None
+        for c in graph.children[k]:
+            parents = graph.parents[c - 1]
+            block = graph.blocks[c - 1]
+            term = block.input_vjp([states.plus[p] for p in parents], states.difference(c),
+                                   parents.index(k), self._block_feedback(block))
+            total = term if total is None else total + term
+        return total if total is not None else torch.zeros_like(states.plus[k])
 
     # -- learning ----------------------------------------------------------------------------------
 
     def surrogate_objective(self, states: DyadicStates) -> Tensor:
-        """``J(θ) = −1/(β·B) Σ_k ⟨s⁺_k − s⁻_k, B_k(s̄_{k−1})⟩`` with the states detached.
+        """``J(θ) = −1/(β·B) Σ_k ⟨s⁺_k − s⁻_k, B_k(s̄_{P(k)})⟩`` with the states detached.
 
-        With Kolen–Pollack feedback each forward weight ``W`` enters ``J`` as ``W + (V − sg(V))`` for its
-        feedback weight ``V`` (``sg``: stop-gradient): the value is unchanged and ``∂J/∂V = ∂J/∂W``, so
-        one ``backward()`` gives both sets the same local update.
+        With Kolen–Pollack feedback each forward weight ``W`` that has a feedback weight ``V`` enters ``J`` as
+        ``W + (V − sg(V))`` (``sg``: stop-gradient): the value is unchanged and ``∂J/∂V = ∂J/∂W``, so one
+        ``backward()`` gives both sets the same local update.
         """
+        graph = self.network
         batch = states.plus[0].shape[0]
         total = None
-        for k, block in enumerate(self.network.blocks, start=1):
-            drive = _with_tied_feedback(block, self._feedback_of_block(k - 1),
-                                        states.mean(k - 1).detach())
-            term = (states.difference(k).detach() * drive).sum()
-            total = term if total is None else total + term
+        with frozen_statistics(graph.norms):
+            for k, (block, parents) in enumerate(zip(graph.blocks, graph.parents), start=1):
+                drive = self._tied_drive(block, [states.mean(p).detach() for p in parents])
+                term = (states.difference(k).detach() * drive).sum()
+                total = term if total is None else total + term
         return total * (-1.0 / (self.beta * batch))
 
-    def _feedback_of_block(self, index: int) -> list[Tensor] | None:
-        """Feedback weights paired with the weighted parts of ``blocks[index]`` (None if it has none)."""
-        if self.feedback == "symmetric" or index == 0:
-            return None
-        return self._block_feedback(index)
+    def _tied_drive(self, block: nn.Module, inputs: list[Tensor]) -> Tensor:
+        """``block(*inputs)``, with each weight that has a feedback weight tied to it (see above)."""
+        tied = {}
+        if self.feedback != "symmetric":
+            names = {module: name for name, module in block.named_modules()}
+            for part in block.weighted_parts():
+                if part in self._feedback_index:
+                    weight = self.feedback_weights[self._feedback_index[part]]
+                    tied[f"{names[part]}.weight"] = part.weight + (weight - weight.detach())
+        if not tied:
+            return block(*inputs)
+        return torch.func.functional_call(block, tied, tuple(inputs))
 
     def objective(self, x: Tensor, y: Tensor) -> StepResult:
         """Run inference and return the step's result with ``.objective``, the scalar whose
         ``backward()`` accumulates the rule's update into ``.grad`` exactly as :meth:`step` does."""
         if self.rule == "bp":
-            with noisy_backprop(self.perturbation, self.network.activations, x.shape[0]) as neuron:
-                logits = neuron(self.wrapper(x))
+            if self._noisy_forward is None:
+                logits = self.wrapper(x)
+            else:
+                self.network.new_step()
+                with noisy_backprop(self.perturbation, self._sites, x.shape[0]) as neuron:
+                    logits = neuron(run_as_forward(find_ddp(self.wrapper) or self.model, self._noisy_forward, x))
             loss = batch_loss(self.loss, logits, y)
             return StepResult(float(loss.detach()), logits.detach(), objective=loss)
         if self._fused_sweep is not None:
-            loss_tensor, logits = self._fused_sweep.objective(x, y, self.alpha, self.beta)
+            loss_tensor, logits = self._fused_sweep.objective(self.wrapper, x, y, self.alpha, self.beta)
             return StepResult(float(loss_tensor.detach()), logits, bool(torch.isfinite(logits).all()),
                               objective=loss_tensor)
         if self.rule == "adversarial":
@@ -368,7 +453,9 @@ class Learner(nn.Module):
                 loss = float(batch_loss(self.loss, clean_logits, y))
             return StepResult(loss, clean_logits, objective=objective)
         states = self.infer(x, y)
-        objective = self._through_model(lambda: self.surrogate_objective(states))
+        ddp = find_ddp(self.wrapper)
+        objective = self.surrogate_objective(states) if ddp is None else \
+            run_as_forward(ddp, lambda: self.surrogate_objective(states))
         with torch.no_grad():
             loss = float(batch_loss(self.loss, states.logits, y))
         return StepResult(loss, states.logits, states.all_finite(), objective=objective)
@@ -379,23 +466,6 @@ class Learner(nn.Module):
         result = self.objective(x, y)
         result.objective.backward()
         return result
-
-    def _through_model(self, compute: Callable[[], Tensor]) -> Tensor:
-        """Evaluate ``compute()`` as the forward of the model's ``DistributedDataParallel`` wrapper, if any.
-
-        The wrapper then prepares its bucketed all-reduce for the following ``backward()`` exactly as for
-        a loss: its module's ``forward`` is swapped for ``compute`` during the call. Otherwise (a plain or
-        compiled model) ``compute()`` runs directly on the shared parameters.
-        """
-        ddp = _find_ddp(self.wrapper)
-        if ddp is None:
-            return compute()
-        inner = ddp.module
-        inner.forward = compute
-        try:
-            return ddp()
-        finally:
-            del inner.forward
 
     def adversarial_input(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """``(x + β ∇ₓℓ, clean logits)`` with ``∇ₓℓ`` the per-sample loss gradient (not scaled by 1/B).
@@ -408,23 +478,12 @@ class Learner(nn.Module):
         return (x + self.beta * x.shape[0] * grad).detach(), logits.detach()
 
 
-def _find_ddp(model: nn.Module) -> DistributedDataParallel | None:
-    """The ``DistributedDataParallel`` wrapper in a chain of wrappers (DDP, ``torch.compile``), if any."""
-    while True:
-        if isinstance(model, DistributedDataParallel):
-            return model
-        inner = getattr(model, "_orig_mod", None)
-        if inner is None:
-            return None
-        model = inner
+class _Site(nn.Module):
+    """An activation site as a module of its own (so that hooks of noisy backprop can find it)."""
 
+    def __init__(self, activation: Callable[[Tensor], Tensor]):
+        super().__init__()
+        self.activation = activation
 
-def _with_tied_feedback(block: nn.Module, feedback: list[Tensor] | None, s: Tensor) -> Tensor:
-    """``block(s)`` with each weighted part's weight ``W`` replaced by ``W + (V − sg(V))`` (value ``W``,
-    gradient shared with its feedback weight ``V``); the plain ``block(s)`` without feedback weights."""
-    if not feedback:
-        return block(s)
-    tied = {f"parts.{i}.weight": part.weight + (weight - weight.detach())
-            for (i, part), weight in zip(
-                ((i, p) for i, p in enumerate(block.parts) if p in block.weighted_parts()), feedback)}
-    return torch.func.functional_call(block, tied, (s,))
+    def forward(self, drive: Tensor) -> Tensor:
+        return self.activation(drive)

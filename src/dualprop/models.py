@@ -1,12 +1,15 @@
-"""The model zoo: plain ``nn.Sequential`` builders for the networks of the dual-propagation papers.
+"""The model zoo: the networks of the dual-propagation papers and residual networks.
 
-Conv nets take ``size × size`` inputs (32 by default) and use conv → max-pool → activation blocks, so
-every block is piecewise linear and every activation elementwise.
+The MLP and the conv nets are plain ``nn.Sequential`` chains: conv nets take ``size × size`` inputs (32 by
+default) and use conv → max-pool → activation blocks, so every block is piecewise linear and every
+activation elementwise. The residual networks (``resnet20``, CIFAR-style, and the small ``resnet8``) are
+ordinary modules with skip additions and batch normalisation, captured as graphs of neurons.
 """
 from __future__ import annotations
 
 from typing import Callable, Sequence
 
+import torch
 from torch import nn
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -84,6 +87,66 @@ def mini_cnn(num_classes: int = 10, in_channels: int = 3, size: int = 32, activa
     return conv_net([64, 64], [1, 2], [], num_classes, in_channels, size, activation)
 
 
-CONV_MODELS: dict[str, Callable[..., nn.Sequential]] = {
-    "vgg16": vgg16, "vgg_like": vgg_like, "cnn": cnn, "mini_cnn": mini_cnn,
+class ResidualBlock(nn.Module):
+    """``f(BN(conv(f(BN(conv(x))))) + shortcut(x))`` with 3×3 convolutions; the shortcut is the identity, or a
+    strided 1×1 convolution with BN where the shape changes."""
+
+    def __init__(self, in_channels: int, channels: int, stride: int, activation: str):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, channels, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.act1 = make_activation(activation)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.act2 = make_activation(activation)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_channels != channels:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, channels, 1, stride=stride, bias=False),
+                                          nn.BatchNorm2d(channels))
+
+    def forward(self, x):
+        out = self.act1(self.bn1(self.conv1(x)))
+        return self.act2(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """A CIFAR-style residual network: 3×3 conv stem with BN, three stages of residual blocks (widths
+    ``width``, ``2·width``, ``4·width``; stride 2 at the start of stages 2 and 3), global average pooling and a
+    linear classifier."""
+
+    def __init__(self, blocks_per_stage: int, num_classes: int = 10, in_channels: int = 3, width: int = 16,
+                 activation: str = "relu"):
+        super().__init__()
+        if blocks_per_stage < 1 or num_classes < 1 or in_channels < 1 or width < 1:
+            raise ValueError("blocks_per_stage, num_classes, in_channels and width must be positive")
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
+                                  nn.BatchNorm2d(width), make_activation(activation))
+        stages, previous = [], width
+        for stage, channels in enumerate((width, 2 * width, 4 * width)):
+            for index in range(blocks_per_stage):
+                stride = 2 if stage > 0 and index == 0 else 1
+                stages.append(ResidualBlock(previous, channels, stride, activation))
+                previous = channels
+        self.stages = nn.Sequential(*stages)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(previous, num_classes)
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.pool(self.stages(self.stem(x))), 1))
+
+
+def resnet20(num_classes: int = 10, in_channels: int = 3, size: int = 32, activation: str = "relu") -> ResNet:
+    """ResNet-20 of He et al. for CIFAR: 3 stages × 3 residual blocks, widths 16/32/64 (any input size)."""
+    return ResNet(3, num_classes, in_channels, 16, activation)
+
+
+def resnet8(num_classes: int = 10, in_channels: int = 1, size: int = 28, activation: str = "relu") -> ResNet:
+    """A small residual network (3 stages × 1 block, widths 16/32/64) for 28×28 inputs such as
+    Fashion-MNIST; any input size works."""
+    return ResNet(1, num_classes, in_channels, 16, activation)
+
+
+CONV_MODELS: dict[str, Callable[..., nn.Module]] = {
+    "vgg16": vgg16, "vgg_like": vgg_like, "cnn": cnn, "mini_cnn": mini_cnn, "resnet20": resnet20,
+    "resnet8": resnet8,
 }

@@ -1,59 +1,117 @@
-"""Split an ``nn.Sequential`` into a layered network of blocks and elementwise activations.
+"""Blocks of a network of dyadic neurons: their forward maps and vector–Jacobian products.
 
-A layered network is ``s_0 = x``, ``s_k = f_k(B_k(s_{k-1}))`` for ``k < L`` and ``s_L = B_L(s_{L-1})``.
-Each block ``B_k`` is a run of affine or piecewise-linear modules (Linear, Conv, pooling, Flatten) between
-two activations; every activation ``f_k`` acts elementwise. A block offers its forward map and its
-vector–Jacobian product ``J_{B}(s)ᵀ v``, the top-down feedback of a dyadic neuron.
+The block ``B_k`` of neuron ``k`` is everything the model computes between the neurons ``P(k)`` it reads
+and neuron ``k``'s activation site (DESIGN §1b). A block offers
+
+* its forward map ``a_k = B_k(s_{P(k)})`` (one input per parent neuron),
+* the vector–Jacobian product ``J_{B_k, p}(s⁺_{P(k)})ᵀ v`` with respect to each input ``p`` — the
+  top-down feedback the block sends to its parents,
+* its weighted parts (Linear and Conv), whose weights Kolen–Pollack feedback may replace in the
+  transposed map.
+
+Two kinds: :class:`Block`, a chain of modules with one input (every block of an ``nn.Sequential``), whose
+Linear, Conv and reshaping parts have a constant Jacobian so their VJP needs no forward pass; and
+:class:`GraphBlock`, any captured sub-graph (skip additions, concatenation, normalisation, dropout),
+differentiated by autograd at the point.
+
+Within one step a block is one fixed function: normalisation layers with batch statistics normalise
+with their current input's statistics without touching their running statistics
+(:func:`frozen_statistics`; the feed-forward pass updates them once), and every dropout site reuses the
+mask the feed-forward pass drew (:class:`StepDropout`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from contextlib import contextmanager
+from typing import Iterator, Sequence
 
 import torch
-from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
+from torch import Tensor, fx, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
-_ACTIVATION_TYPES: set[type[nn.Module]] = {
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.Hardsigmoid, nn.Hardtanh, nn.GELU,
-    nn.SiLU, nn.ELU, nn.CELU, nn.SELU, nn.Softplus, nn.Mish, nn.Hardswish, nn.Softsign, nn.Identity,
-}
-_BLOCK_TYPES: set[type[nn.Module]] = {
-    nn.Linear, nn.Conv1d, nn.Conv2d, nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
-    nn.Flatten, nn.Unflatten,
-}
+WEIGHTED_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d)
 # Modules whose Jacobian does not depend on the point, so their VJP needs no forward pass.
 _POINT_FREE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Flatten, nn.Unflatten)
-_WEIGHTED_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 
-def register_activation(module_type: type[nn.Module]) -> type[nn.Module]:
-    """Declare a module type elementwise, so ``Learner`` splits a network at it. Usable as a decorator."""
-    _ACTIVATION_TYPES.add(module_type)
-    return module_type
+class StepDropout(nn.Module):
+    """Dropout whose mask is drawn once per step and reused by every evaluation until :meth:`reset`.
+
+    ``x ↦ x ⊙ m / (1 − p)`` with ``m ~ Bernoulli(1 − p)`` while active: while ``source.training`` for a
+    dropout module, or as the captured ``training`` flag of a functional call; otherwise the identity.
+    """
+
+    def __init__(self, p: float, source: nn.Module | None = None, training: bool = True):
+        super().__init__()
+        self.p = float(p)
+        self.__dict__["source"] = source  # the user's module, read for its mode only
+        self.active_flag = training
+        self.mask: Tensor | None = None
+
+    def active(self) -> bool:
+        return self.source.training if self.source is not None else self.active_flag
+
+    def reset(self) -> None:
+        """Forget the mask: the next evaluation draws a new one."""
+        self.mask = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.active() or self.p == 0.0:
+            return x
+        if self.mask is None or self.mask.shape != x.shape or self.mask.dtype != x.dtype:
+            keep = 1.0 - self.p
+            self.mask = torch.empty_like(x).bernoulli_(keep).div_(keep) if keep > 0 else torch.zeros_like(x)
+        return x * self.mask
 
 
-def register_block_module(module_type: type[nn.Module]) -> type[nn.Module]:
-    """Declare a module type an affine or piecewise-linear block part (its VJP comes from autograd)."""
-    _BLOCK_TYPES.add(module_type)
-    return module_type
+@contextmanager
+def frozen_statistics(norms: Sequence[nn.Module]) -> Iterator[None]:
+    """Within the block, batch normalisation in training mode normalises with its input's own batch
+    statistics and leaves its running statistics (and batch counter) untouched."""
+    frozen = [m for m in norms if isinstance(m, _BatchNorm) and m.training and m.track_running_stats]
+    for module in frozen:
+        module.track_running_stats = False
+    try:
+        yield
+    finally:
+        for module in frozen:
+            module.track_running_stats = True
 
 
-def _is_activation(module: nn.Module) -> bool:
-    return type(module) in _ACTIVATION_TYPES
+@contextmanager
+def feedback_transpose(parts: Sequence[nn.Module], feedback: Sequence[Tensor] | None) -> Iterator[None]:
+    """Within the block, each weighted part keeps its forward value but differentiates with respect to its
+    input through its feedback weight ``V`` instead of ``W``: ``y = y_V + sg(y_W − y_V)``."""
+    if feedback is None:
+        yield
+        return
+    handles = []
+    for part, weight in zip(parts, feedback, strict=True):
+        def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor, weight: Tensor = weight) -> Tensor:
+            through_feedback = _with_weight(module, inputs[0], weight)
+            return through_feedback + (output - through_feedback).detach()
+        handles.append(part.register_forward_hook(hook))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
-def _is_block_part(module: nn.Module) -> bool:
-    return type(module) in _BLOCK_TYPES
+def _with_weight(part: nn.Module, s: Tensor, weight: Tensor) -> Tensor:
+    """The weighted part's map with ``weight`` in place of its own (bias and settings kept)."""
+    if isinstance(part, nn.Linear):
+        return nn.functional.linear(s, weight, part.bias)
+    return part._conv_forward(s, weight, part.bias)  # Conv1d / Conv2d
 
 
 class Block(nn.Module):
-    """One block ``B_k``: a sequence of affine / piecewise-linear modules applied in order."""
+    """A block made of a chain of modules with one input, applied in order."""
 
     def __init__(self, modules: list[nn.Module]):
         super().__init__()
         self.parts = nn.ModuleList(modules)
         self._point_free = all(isinstance(m, _POINT_FREE_TYPES) for m in modules)
+        self._needs_shapes = any(not isinstance(m, nn.Linear) for m in modules)  # Conv, reshapes
         self._input_shapes: list[torch.Size] = []
 
     def forward(self, s: Tensor) -> Tensor:
@@ -65,9 +123,23 @@ class Block(nn.Module):
         self._input_shapes = shapes
         return s
 
+    def _record_shapes(self, s: Tensor) -> None:
+        """Each part's input shape for an input shaped like ``s`` (once per new shape; no hooks run)."""
+        shapes = []
+        with torch.no_grad():
+            for part in self.parts:
+                shapes.append(s.shape)
+                s = part.forward(s)
+        self._input_shapes = shapes
+
     def weighted_parts(self) -> list[nn.Module]:
         """The parts holding a weight matrix or kernel (Linear and Conv), in order."""
-        return [part for part in self.parts if isinstance(part, _WEIGHTED_TYPES)]
+        return [part for part in self.parts if isinstance(part, WEIGHTED_TYPES)]
+
+    def input_vjp(self, points: Sequence[Tensor], v: Tensor, position: int = 0,
+                  feedback: list[Tensor] | None = None) -> Tensor:
+        """The VJP with respect to the (only) input: :meth:`vjp` at ``points[0]``."""
+        return self.vjp(points[0], v, feedback)
 
     def vjp(self, s: Tensor, v: Tensor, feedback: list[Tensor] | None = None) -> Tensor:
         """``J_{B}(s)ᵀ v`` — the vector–Jacobian product of the block at the point ``s``.
@@ -78,37 +150,72 @@ class Block(nn.Module):
         ``feedback`` (one tensor per weighted part) replaces each weight in the transposed map only, as
         separate feedback weights do; the routing of max pooling still follows the forward weights.
         """
-        weights = iter(feedback) if feedback is not None else None
-        if self._point_free and len(self._input_shapes) == len(self.parts) \
-                and self._input_shapes[0] == s.shape:
-            transposed = [(part, shape, _feedback_for(part, weights))
-                          for part, shape in zip(self.parts, self._input_shapes)]
+        if self._point_free:
+            if self._needs_shapes and (len(self._input_shapes) != len(self.parts)
+                                       or self._input_shapes[0] != s.shape):
+                self._record_shapes(s)
+            shapes = self._input_shapes if self._needs_shapes else [s.shape] * len(self.parts)
+            weights = iter(feedback) if feedback is not None else None
+            transposed = [(part, shape, next(weights) if weights is not None and isinstance(part, WEIGHTED_TYPES)
+                           else None) for part, shape in zip(self.parts, shapes)]
             for part, shape, weight in reversed(transposed):
                 v = _point_free_vjp(part, shape, v, weight)
             return v
-        with torch.enable_grad():
-            point = s.detach().requires_grad_(True)
-            out = point
-            for part in self.parts:
-                weight = _feedback_for(part, weights)
-                value = part(out)
-                if weight is not None:  # forward value of W, gradient through the feedback weight
-                    through_feedback = torch.func.functional_call(part, {"weight": weight}, (out,))
-                    value = through_feedback + (value - through_feedback).detach()
-                out = value
-            (grad,) = torch.autograd.grad(out, point, v)
-        return grad
+        return autograd_vjp(self, [s], v, 0, self.weighted_parts(), feedback)
 
 
-def _feedback_for(part: nn.Module, weights) -> Tensor | None:
-    return next(weights) if weights is not None and isinstance(part, _WEIGHTED_TYPES) else None
+class GraphBlock(nn.Module):
+    """A block captured as a sub-graph of the model: ``module(*inputs)`` with one input per parent."""
+
+    def __init__(self, module: fx.GraphModule, weighted: list[nn.Module]):
+        super().__init__()
+        self.module = module
+        self._weighted = weighted
+
+    def forward(self, *inputs: Tensor) -> Tensor:
+        return self.module(*inputs)
+
+    def weighted_parts(self) -> list[nn.Module]:
+        """The Linear and Conv modules the block calls, each once, in the order of first use."""
+        return list(self._weighted)
+
+    def input_vjp(self, points: Sequence[Tensor], v: Tensor, position: int = 0,
+                  feedback: list[Tensor] | None = None) -> Tensor:
+        """``J_{B, p}(points)ᵀ v`` for input ``p = position`` by autograd at the point."""
+        return autograd_vjp(self, points, v, position, self._weighted, feedback)
+
+
+class BlockInput(nn.Module):
+    """A block of several inputs as a function of the one at ``position``, the others held at zero: for a
+    block affine in its inputs the Jacobian with respect to one input does not depend on the others."""
+
+    def __init__(self, block: nn.Module, position: int, shapes: Sequence[torch.Size]):
+        super().__init__()
+        self.block, self.position, self.shapes = block, position, list(shapes)
+
+    def forward(self, s: Tensor) -> Tensor:
+        inputs = [s if i == self.position else s.new_zeros((s.shape[0], *shape))
+                  for i, shape in enumerate(self.shapes)]
+        return self.block(*inputs)
+
+
+def autograd_vjp(block: nn.Module, points: Sequence[Tensor], v: Tensor, position: int,
+                 weighted: Sequence[nn.Module], feedback: list[Tensor] | None) -> Tensor:
+    """``J_{B, p}(points)ᵀ v`` by differentiating ``block(*points)`` with respect to input ``position``
+    (through the feedback weights in place of the forward weights, if given)."""
+    with torch.enable_grad(), feedback_transpose(weighted, feedback):
+        inputs = [p.detach() for p in points]
+        inputs[position].requires_grad_(True)
+        out = block(*inputs)
+        (grad,) = torch.autograd.grad(out, inputs[position], v)
+    return grad
 
 
 def _point_free_vjp(part: nn.Module, input_shape: torch.Size, v: Tensor,
                     weight: Tensor | None = None) -> Tensor:
     """VJP of a module whose Jacobian is constant: its transposed linear map applied to ``v``
     (with ``weight`` in place of the module's own weight, if given)."""
-    if weight is None and isinstance(part, _WEIGHTED_TYPES):
+    if weight is None and isinstance(part, WEIGHTED_TYPES):
         weight = part.weight
     if isinstance(part, nn.Linear):
         return v @ weight
@@ -122,86 +229,5 @@ def _point_free_vjp(part: nn.Module, input_shape: torch.Size, v: Tensor,
         return v.reshape(input_shape)
     with torch.enable_grad():  # e.g. a convolution with circular padding
         point = torch.zeros(input_shape, dtype=v.dtype, device=v.device, requires_grad=True)
-        out = torch.func.functional_call(part, {"weight": weight}, (point,))
-        (grad,) = torch.autograd.grad(out, point, v)
+        (grad,) = torch.autograd.grad(_with_weight(part, point, weight), point, v)
     return grad
-
-
-@dataclass
-class LayeredNetwork:
-    """Blocks ``B_1..B_L`` and activations ``f_1..f_{L-1}`` (``activations[k-1]`` follows ``blocks[k-1]``)."""
-
-    blocks: list[Block]
-    activations: list[nn.Module]
-
-    @property
-    def depth(self) -> int:
-        """``L``, the number of blocks."""
-        return len(self.blocks)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module inside ``DistributedDataParallel`` and ``torch.compile`` wrappers (in any nesting),
-    or the model itself. Other wrappers that hide the module (``nn.DataParallel``, FSDP) are refused."""
-    while True:
-        if isinstance(model, DistributedDataParallel):
-            model = model.module
-        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
-            model = model._orig_mod
-        elif isinstance(model, nn.DataParallel) or type(model).__name__ == "FullyShardedDataParallel":
-            raise ValueError(f"a model wrapped in {type(model).__name__} cannot be trained by a Learner; "
-                             f"pass the module itself, or wrap it in DistributedDataParallel")
-        else:
-            return model
-
-
-def _flatten_sequential(model: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
-    items = []
-    for name, child in model.named_children():
-        path = f"{prefix}{name}"
-        if isinstance(child, nn.Sequential):
-            items.extend(_flatten_sequential(child, path + "."))
-        else:
-            items.append((path, child))
-    return items
-
-
-def split_network(model: nn.Module) -> LayeredNetwork:
-    """Split a (possibly nested, possibly DDP-wrapped) ``nn.Sequential`` at its activations.
-
-    Raises ``ValueError`` naming the offending module when the model is not a layered network:
-    an unsupported module, two activations in a row, an activation first or after the last block.
-    """
-    model = unwrap(model)
-    if not isinstance(model, nn.Sequential):
-        raise ValueError(f"the model must be an nn.Sequential of blocks and activations, "
-                         f"got {type(model).__name__}")
-    blocks: list[Block] = []
-    activations: list[nn.Module] = []
-    current: list[nn.Module] = []
-    last_activation = ""
-    for path, module in _flatten_sequential(model):
-        kind = type(module).__name__
-        if _is_activation(module):
-            if not current:
-                where = "at the start" if not blocks else f"right after activation {last_activation}"
-                raise ValueError(f"module {path} ({kind}) is an activation with no block before it "
-                                 f"({where}); every activation must follow a Linear/Conv block")
-            blocks.append(Block(current))
-            activations.append(module)
-            current = []
-            last_activation = f"{path} ({kind})"
-        elif _is_block_part(module):
-            current.append(module)
-        else:
-            raise ValueError(
-                f"module {path} ({kind}) is neither a supported block part (Linear, Conv, pooling, "
-                f"Flatten) nor an elementwise activation; if it acts elementwise, declare it with "
-                f"dualprop.register_activation({kind})")
-    if not current:
-        if not blocks:
-            raise ValueError("the model has no modules")
-        raise ValueError(f"the model ends with activation {last_activation}; the last block must output "
-                         f"logits, so remove the final activation")
-    blocks.append(Block(current))
-    return LayeredNetwork(blocks, activations)

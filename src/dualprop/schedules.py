@@ -8,6 +8,9 @@ With ``L`` blocks and ``K`` passes:
 * ``odd-even`` (``oddevenK``) / ``even-odd`` (``evenoddK``): odd layers then even layers (or the reverse), × K
 * ``random`` (``randomK``): asynchronous updates, ``K·L`` visits to neurons drawn independently and
   uniformly from ``1..L`` — a new order every step (:func:`random_order`), so no fixed order exists
+
+On a graph of neurons (``1..N`` in topological order) the same orders run over neurons, and ``odd-even``
+groups them by depth level (the longest path from the input); for a chain the level of ``k`` is ``k``.
 """
 from __future__ import annotations
 
@@ -47,8 +50,9 @@ def parse_schedule(name: str, passes: int | None = None) -> tuple[str, int]:
     return canonical, alias_passes
 
 
-def layer_order(schedule: str, depth: int, passes: int = 1) -> list[int]:
-    """The 1-based layer ids visited by ``schedule`` on a network of ``depth`` blocks.
+def layer_order(schedule: str, depth: int, passes: int = 1, levels: list[int] | None = None) -> list[int]:
+    """The 1-based layer (neuron) ids visited by ``schedule`` on a network of ``depth`` blocks; ``levels``
+    (index 0 the input) gives each neuron's depth level for ``odd-even``/``even-odd`` (default: ``k``).
 
     ``random`` has no fixed order (see :func:`random_order`); asking for one is a ``ValueError``.
     """
@@ -64,7 +68,9 @@ def layer_order(schedule: str, depth: int, passes: int = 1) -> list[int]:
         return down * passes
     if schedule == "forward-backward":
         return down[:-1] + (up[:-1] + down) * (passes - 1) + [1]
-    odd, even = up[0::2], up[1::2]
+    level = levels if levels is not None else list(range(depth + 1))
+    odd = [k for k in up if level[k] % 2 == 1]
+    even = [k for k in up if level[k] % 2 == 0]
     return (odd + even if schedule == "odd-even" else even + odd) * passes
 
 

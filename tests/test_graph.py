@@ -1,0 +1,338 @@
+"""Graph capture of any nn.Module and dual propagation on it, against autograd of the same model."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import dualprop
+from dualprop import Learner, capture_graph, models
+
+
+class ResidualMLP(nn.Module):
+    """``h = relu(l1 x); h = h + relu(l2 h); logits = l3 h`` — a small benchmark's reference MLP."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear1, self.linear2, self.linear3 = nn.Linear(5, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.linear1(x).relu()
+        h = h + self.linear2(h).relu()
+        return self.linear3(h)
+
+
+class NormalisedConcatMLP(nn.Module):
+    """Residual MLP with BatchNorm, LayerNorm, a concatenation, a constant scale, dropout and functional,
+    in-place and method activations."""
+
+    def __init__(self, dropout: float = 0.0):
+        super().__init__()
+        self.inp = nn.Linear(5, 8)
+        self.bn = nn.BatchNorm1d(8)
+        self.mid = nn.Linear(8, 8)
+        self.norm = nn.LayerNorm(8)
+        self.side = nn.Linear(8, 4)
+        self.drop = nn.Dropout(dropout)
+        self.out = nn.Linear(12, 3)
+        self.act = nn.Tanh()
+
+    def forward(self, x):
+        h = F.relu(self.bn(self.inp(x)), inplace=True)
+        g = torch.sigmoid(self.norm(self.mid(h))) + h
+        k = self.act(self.side(g) * 0.5)
+        return self.out(self.drop(torch.cat([g, k], dim=1)))
+
+
+def _fx_graph_parents(model):
+    graph = capture_graph(model)
+    return graph.depth, graph.parents
+
+
+def test_a_sequential_becomes_a_chain():
+    graph = capture_graph(models.mlp([4, 6, 5, 3]))
+    assert graph.is_chain and graph.depth == 3 and graph.levels == [0, 1, 2, 3]
+
+
+def test_residual_mlp_is_captured_with_a_block_of_two_parents_and_trains():
+    model = ResidualMLP()
+    graph = capture_graph(model)
+    assert graph.depth == 3 and graph.parents == [(0,), (1,), (1, 2)] and not graph.is_chain
+    assert graph.levels == [0, 1, 2, 3]
+    x = torch.randn(6, 5)
+    torch.testing.assert_close(graph.feed_forward(x)[0][-1], model(x))
+    for rule in ("bp", "dpT", "dp"):
+        learner = Learner(copy.deepcopy(model), rule=rule, schedule="fw2")
+        assert learner.step(x, torch.randint(0, 3, (6,))).states_finite
+
+
+def test_functional_in_place_and_method_activations_are_neurons():
+    model = NormalisedConcatMLP().eval()
+    graph = capture_graph(model)
+    assert graph.depth == 4
+    assert graph.parents == [(0,), (1,), (2,), (1, 2, 3)] or graph.parents == [(0,), (1,), (1, 2), (1, 2, 3)]
+    x = torch.randn(7, 5)
+    states, drives = graph.feed_forward(x)
+    torch.testing.assert_close(states[-1], model(x))
+    torch.testing.assert_close(states[1], F.relu(drives[1]))  # the in-place site did not clobber its drive
+    assert not torch.equal(drives[1], states[1])
+
+
+def _autograd_grads(model, x, y):
+    model.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    return [p.grad.detach().clone() for p in model.parameters()]
+
+
+def _rule_grads(model, x, y, **settings):
+    model.zero_grad()
+    Learner(model, **settings).step(x, y)
+    return [p.grad.detach().clone() for p in model.parameters()]
+
+
+def _assert_parameterwise_aligned(model, grads, reference):
+    """Cosine > 0.9999 for every parameter; where autograd's gradient is exactly zero (a bias before
+    BatchNorm in training mode), the update must vanish too."""
+    scale = max(float(r.norm()) for r in reference)
+    for name, (g, r) in zip([n for n, _ in model.named_parameters()], zip(grads, reference)):
+        if float(r.norm()) < 1e-9 * scale:
+            assert float(g.norm()) < 1e-6 * scale, name
+            continue
+        cosine = float(F.cosine_similarity(g.flatten(), r.flatten(), dim=0))
+        assert cosine > 0.9999, (name, cosine)
+
+
+class ResidualCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(2, 4, 3, padding=1)
+        self.bn0 = nn.BatchNorm2d(4)
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(4)
+        self.head = nn.Linear(4 * 3 * 3, 3)
+
+    def forward(self, x):
+        h = F.relu(self.bn0(self.stem(x)))
+        h = torch.tanh(self.bn1(self.conv(h)) + h)
+        h = F.avg_pool2d(F.max_pool2d(h, 2), 2)
+        return self.head(h.flatten(1))
+
+
+@pytest.mark.parametrize("make, shape", [(NormalisedConcatMLP, (10, 5)), (ResidualCNN, (6, 2, 12, 12))],
+                         ids=["residual-mlp-bn-concat", "residual-cnn-bn2d"])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
+def test_dpT_at_small_beta_is_autograd_of_the_same_model_in_the_same_mode(make, shape, mode, alpha):
+    torch.manual_seed(3)
+    model = make().double()
+    model.train(mode == "train")
+    x = torch.randn(shape, dtype=torch.float64)
+    y = torch.randint(0, 3, (shape[0],))
+    reference = _autograd_grads(copy.deepcopy(model), x, y)
+    grads = _rule_grads(model, x, y, rule="dpT", alpha=alpha, beta=1e-5, schedule="fwbw3",
+                        implementation="generic")
+    _assert_parameterwise_aligned(model, grads, reference)
+
+
+def test_batch_norm_running_statistics_change_once_per_step_as_in_one_forward():
+    torch.manual_seed(4)
+    model = ResidualCNN().double()
+    x, y = torch.randn(6, 2, 12, 12, dtype=torch.float64), torch.randint(0, 3, (6,))
+    reference = copy.deepcopy(model)
+    reference(x)
+    Learner(model, rule="dp", alpha=0.5, schedule="fw3").step(x, y)
+    for ours, theirs in ((model.bn0, reference.bn0), (model.bn1, reference.bn1)):
+        torch.testing.assert_close(ours.running_mean, theirs.running_mean)
+        torch.testing.assert_close(ours.running_var, theirs.running_var)
+        assert int(ours.num_batches_tracked) == int(theirs.num_batches_tracked) == 1
+
+
+def test_dropout_mask_is_drawn_once_per_step_and_the_update_is_autograd_with_that_mask():
+    torch.manual_seed(5)
+    model = NormalisedConcatMLP(dropout=0.5).double().train()
+    x, y = torch.randn(10, 5, dtype=torch.float64), torch.randint(0, 3, (10,))
+    learner = Learner(model, rule="dpT", alpha=0.5, beta=1e-5, schedule="fwbw3", implementation="generic")
+    (dropout,) = learner.network.dropouts
+    draws = []
+    original = dropout.forward
+
+    def counted(s):
+        before = dropout.mask
+        out = original(s)
+        draws.append(dropout.mask is not before)
+        return out
+
+    dropout.forward = counted
+    model.zero_grad()
+    learner.step(x, y)
+    grads = [p.grad.clone() for p in model.parameters()]
+    assert draws[0] and not any(draws[1:]) and len(draws) > 2  # one mask, reused by every evaluation
+    mask = dropout.mask
+    assert 0 < int((mask == 0).sum()) < mask.numel()
+    reference_model = copy.deepcopy(model)
+    reference_model.drop.register_forward_hook(lambda module, inputs, output: inputs[0] * mask)
+    reference_model.bn.running_mean.copy_(model.bn.running_mean)  # not read in training mode
+    _assert_parameterwise_aligned(model, grads, _autograd_grads(reference_model, x, y))
+    model.eval()
+    assert torch.equal(learner(x), model(x))  # in eval mode the dropout site is the identity
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_fused_sweep_equals_generic_backward_sweep_on_a_residual_graph(alpha):
+    torch.manual_seed(6)
+    model = ResidualMLP().double()
+    x, y = torch.randn(6, 5, dtype=torch.float64), torch.randint(0, 3, (6,))
+    settings = dict(rule="dpT", alpha=alpha, beta=0.3, schedule="backward")
+    fused = Learner(copy.deepcopy(model), **settings)
+    assert fused.implementation == "fused"
+    generic = _rule_grads(copy.deepcopy(model), x, y, implementation="generic", **settings)
+    fused.step(x, y)
+    for g, p in zip(generic, fused.model.parameters()):
+        torch.testing.assert_close(p.grad, g, rtol=1e-10, atol=1e-12)
+
+
+def test_auto_picks_fused_for_one_forward_backward_pass_and_a_resnet():
+    assert Learner(ResidualMLP(), rule="dpT", alpha=1.0, schedule="fwbw1").implementation == "fused"
+    assert Learner(models.resnet8(), rule="dpT", alpha=1.0, schedule="backward").implementation == "fused"
+    assert Learner(ResidualMLP(), rule="dpT", alpha=1.0, schedule="fwbw2").implementation == "generic"
+    # at α = 0 the feedback point s⁺ moves, so a block with several parents must have a constant Jacobian
+    assert Learner(ResidualMLP(), rule="dpT", alpha=0.0, schedule="backward").implementation == "fused"
+    assert Learner(models.resnet8(), rule="dpT", alpha=0.0, schedule="backward").implementation == "generic"
+
+
+def test_resnet_trains_with_fused_dpT_and_every_parameter_gets_an_update():
+    torch.manual_seed(7)
+    model = models.resnet8(num_classes=3, in_channels=1)
+    x, y = torch.randn(4, 1, 12, 12), torch.randint(0, 3, (4,))
+    learner = Learner(model, rule="dpT", alpha=1.0, beta=0.1, schedule="backward")
+    result = learner.step(x, y)
+    assert result.states_finite and all(p.grad is not None for p in model.parameters())
+    reference = _autograd_grads(copy.deepcopy(model), x, y)
+    grads = [p.grad for p in model.parameters()]
+    total = float(F.cosine_similarity(torch.cat([g.flatten() for g in grads]),
+                                      torch.cat([r.flatten() for r in reference]), dim=0))
+    assert total > 0.9
+
+
+def test_kolen_pollack_on_a_graph_with_matching_feedback_equals_symmetric_feedback():
+    torch.manual_seed(8)
+    model = ResidualMLP().double()
+    x, y = torch.randn(6, 5, dtype=torch.float64), torch.randint(0, 3, (6,))
+    symmetric = _rule_grads(copy.deepcopy(model), x, y, rule="dp", alpha=0.5, schedule="fw2")
+    kp = Learner(model, rule="dp", alpha=0.5, schedule="fw2", feedback="kolen-pollack")
+    # linear1 feeds back nothing (it reads only the input): feedback weights for linear2 and linear3
+    assert [w.shape for w in kp.feedback_parameters()] == [model.linear2.weight.shape, model.linear3.weight.shape]
+    with torch.no_grad():
+        kp.feedback_parameters()[0].copy_(model.linear2.weight)
+        kp.feedback_parameters()[1].copy_(model.linear3.weight)
+    model.zero_grad()
+    kp.step(x, y)
+    for p, g in zip(model.parameters(), symmetric):
+        torch.testing.assert_close(p.grad, g)
+    torch.testing.assert_close(kp.feedback_parameters()[1].grad, model.linear3.weight.grad)
+
+
+def test_damped_dp_on_a_graph_in_eval_mode_and_refused_with_batch_statistics():
+    torch.manual_seed(9)
+    model = ResidualCNN().double().eval()
+    x, y = torch.randn(4, 2, 12, 12, dtype=torch.float64), torch.randint(0, 3, (4,))
+    learner = Learner(model, rule="dp-damped", alpha=0.5, schedule="fw2")
+    assert learner.step(x, y).states_finite
+    assert any(name.startswith("spectral_vector_") for name in learner.state_dict())
+    model.train()
+    with pytest.raises(ValueError, match="batch normalisation"):
+        learner.step(x, y)
+
+
+def test_odd_even_schedule_runs_over_depth_levels():
+    learner = Learner(ResidualMLP(), rule="dp", schedule="odd-even")
+    assert learner.network.levels == [0, 1, 2, 3]
+    assert learner.order == [1, 3, 2]
+
+
+class ControlFlow(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(3, 3)
+
+    def forward(self, x):
+        if x.sum() > 0:
+            return self.linear(x)
+        return self.linear(-x)
+
+
+class Softmaxed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 3), nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.b(torch.softmax(self.a(x), dim=1))
+
+
+class TwoOutputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.a(x), x
+
+
+class Attention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.q, self.k = nn.Linear(3, 3), nn.Linear(3, 3)
+
+    def forward(self, x):
+        return self.q(x) * self.k(x)
+
+
+@pytest.mark.parametrize("model, fragments", [
+    (ControlFlow(), ["control flow", "test_graph.py", "if x.sum() > 0"]),
+    (Softmaxed(), ["softmax", "not elementwise", "test_graph.py", "torch.softmax(self.a(x), dim=1)"]),
+    (TwoOutputs(), ["several outputs"]),
+    (Attention(), ["multiplies or divides two signals", "self.q(x) * self.k(x)"]),
+])
+def test_constructs_that_cannot_be_expressed_are_refused_naming_the_operation_and_line(model, fragments):
+    with pytest.raises(ValueError) as error:
+        Learner(model)
+    for fragment in fragments:
+        assert fragment in str(error.value)
+
+
+def test_a_registered_activation_extends_the_set_in_a_graph():
+    class Cube(nn.Module):
+        def forward(self, x):
+            return x * x * x
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.cube, self.b = nn.Linear(3, 4), Cube(), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.b(self.cube(self.a(x)) + self.a(x))
+
+    with pytest.raises(ValueError, match=r"register_activation\(Cube\)"):
+        capture_graph(Net())
+    dualprop.register_activation(Cube)
+    assert capture_graph(Net()).parents == [(0,), (0, 1)]
+
+
+def test_a_residual_network_trains_and_is_diagnosed_and_attacked_from_the_command_line(tmp_path, capsys):
+    from dualprop.cli import main
+    from dualprop.training import TrainConfig, train
+
+    config = TrainConfig(model="resnet8", rule="dpT", alpha=0.5, beta=0.1, epochs=1, limit_batches=4,
+                         baseline=False, out=str(tmp_path), tensorboard=False, threads=1)
+    (summary,) = train(config)
+    assert summary["status"] == "finished" and summary["test_acc"] > 0
+    run_dir = summary["run_dir"]
+    assert main(["robustness", run_dir, "--eps", "0.1", "--pgd-steps", "2", "--lipschitz-samples", "4",
+                 "--limit", "16"]) == 0
+    report = capsys.readouterr().out
+    assert "spectral norms per block input" in report and "product bound" in report
+    assert main(["diagnose", run_dir, "--batches", "1", "--output-dir", str(tmp_path / "angles")]) == 0
+    assert "block" in capsys.readouterr().out
