@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -67,3 +69,39 @@ def test_block_vjp_equals_autograd_at_the_point(modules, shape):
     out = block(torch.randn(shape, dtype=torch.float64))  # records shapes at another point
     v = torch.randn(out.shape, dtype=torch.float64)
     torch.testing.assert_close(block.vjp(s, v), _autograd_vjp(block, s, v))
+
+
+@pytest.mark.parametrize("modules, shape", [
+    ([nn.Linear(6, 4)], (3, 6)),
+    ([nn.Flatten(), nn.Linear(18, 4)], (3, 2, 3, 3)),
+    ([nn.Conv2d(2, 3, 3, padding=1, stride=2)], (3, 2, 5, 5)),
+    ([nn.Conv1d(2, 3, 3, padding=1, bias=False)], (3, 2, 7)),
+])
+@pytest.mark.parametrize("with_feedback", [False, True])
+def test_hebbian_term_writes_the_autograd_update_without_running_the_block(modules, shape, with_feedback):
+    from dualprop.network import hebbian_term
+    torch.manual_seed(1)
+    block = dualprop.network.Block([copy.deepcopy(m).double() for m in modules])
+    s = torch.randn(shape, dtype=torch.float64)
+    drive = block(s).detach()
+    delta = torch.randn(drive.shape, dtype=torch.float64)
+    part = block.weighted_parts()[0]
+    feedback = torch.randn_like(part.weight, requires_grad=True) if with_feedback else None
+    expected = torch.autograd.grad((delta * block(s)).sum() * 0.7, [p for p in block.parameters()])
+    calls = []
+    part.register_forward_hook(lambda *args: calls.append(1))
+    term = hebbian_term(block, [s], delta, drive, feedback)
+    (term * 0.7).backward()
+    assert calls == []  # the drive was reused
+    torch.testing.assert_close(term, (delta * drive).sum())
+    for p, g in zip(block.parameters(), expected):
+        torch.testing.assert_close(p.grad, g)
+    if with_feedback:
+        torch.testing.assert_close(feedback.grad, part.weight.grad)
+
+
+def test_hebbian_term_declines_blocks_it_cannot_write_in_closed_form():
+    from dualprop.network import hebbian_term
+    block = dualprop.network.Block([nn.Conv2d(1, 2, 3, padding=1), nn.MaxPool2d(2)])
+    s = torch.randn(2, 1, 4, 4)
+    assert hebbian_term(block, [s], torch.randn(2, 2, 2, 2), None) is None

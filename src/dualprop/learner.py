@@ -14,7 +14,7 @@ by :meth:`Learner.objective` for the caller's ``backward()`` (or accumulated by 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -24,7 +24,7 @@ from dualprop.fused import FUSED_RULES, FusedSweep
 from dualprop.graph import NeuronGraph, capture_graph, find_ddp, run_as_forward, unwrap
 from dualprop.hardware import CompartmentPerturbation, noisy_backprop
 from dualprop.losses import batch_loss, check_loss, output_gradient, target_distribution
-from dualprop.network import BlockInput, frozen_statistics
+from dualprop.network import BlockInput, frozen_statistics, hebbian_term
 from dualprop.rules import (DYADIC_RULES, RULES, damped_hidden_compartments,
                             damping_from_spectral_norm, hidden_compartments, mean_state, nudge_weights,
                             output_compartments, output_nudge_is_fixed)
@@ -44,6 +44,8 @@ class DyadicStates:
     alpha: float
     logits: Tensor
     """The feed-forward output ``s_N`` before any nudging."""
+    drives: list[Tensor | None] = field(default_factory=list)
+    """``a_k = B_k(s̄_{P(k)})`` at these states where inference left it current, else None (index 0 unused)."""
 
     def mean(self, k: int) -> Tensor:
         """``s̄_k = α s⁺_k + (1−α) s⁻_k``; ``s̄_0`` is the input."""
@@ -97,6 +99,11 @@ class _Versions:
             self.drives[k] = compute()
             self._drive_seen[k] = stamp
         return self.drives[k]
+
+    def current_drives(self) -> list[Tensor | None]:
+        """The drives that still match their parents' states (None where a parent changed since)."""
+        return [None] + [self.drives[k] if tuple(self.counts[p] for p in parents) == self._drive_seen[k] else None
+                         for k, parents in enumerate(self.graph.parents, start=1)]
 
     def visit_needed(self, k: int) -> bool:
         """Whether visiting ``k`` could change it: some neuron its update reads has changed since."""
@@ -302,6 +309,7 @@ class Learner(nn.Module):
             for k in order:
                 if not deterministic or versions.visit_needed(k):
                     self._update_neuron(states, versions, k, target, weights, fixed_nudge, dampings)
+        states.drives = versions.current_drives()
         return states
 
     def _visit_dependencies(self) -> list[tuple[int, ...]]:
@@ -403,6 +411,9 @@ class Learner(nn.Module):
     def surrogate_objective(self, states: DyadicStates) -> Tensor:
         """``J(θ) = −1/(β·B) Σ_k ⟨s⁺_k − s⁻_k, B_k(s̄_{P(k)})⟩`` with the states detached.
 
+        A block that is one Linear or Conv part reuses its drive from inference and writes its update in
+        closed form (:class:`dualprop.network.HebbianTerm`); any other block runs its forward under autograd.
+
         With Kolen–Pollack feedback each forward weight ``W`` that has a feedback weight ``V`` enters ``J`` as
         ``W + (V − sg(V))`` (``sg``: stop-gradient): the value is unchanged and ``∂J/∂V = ∂J/∂W``, so one
         ``backward()`` gives both sets the same local update.
@@ -412,10 +423,21 @@ class Learner(nn.Module):
         total = None
         with frozen_statistics(graph.norms):
             for k, (block, parents) in enumerate(zip(graph.blocks, graph.parents), start=1):
-                drive = self._tied_drive(block, [states.mean(p).detach() for p in parents])
-                term = (states.difference(k).detach() * drive).sum()
+                inputs = [states.mean(p).detach() for p in parents]
+                delta = states.difference(k).detach()
+                term = hebbian_term(block, inputs, delta, states.drives[k] if states.drives else None,
+                                    self._tied_feedback(block))
+                if term is None:
+                    term = (delta * self._tied_drive(block, inputs)).sum()
                 total = term if total is None else total + term
         return total * (-1.0 / (self.beta * batch))
+
+    def _tied_feedback(self, block: nn.Module) -> Tensor | None:
+        """The feedback weight of a block's one weighted part, if it has one."""
+        parts = block.weighted_parts()
+        if self.feedback == "symmetric" or len(parts) != 1 or parts[0] not in self._feedback_index:
+            return None
+        return self.feedback_weights[self._feedback_index[parts[0]]]
 
     def _tied_drive(self, block: nn.Module, inputs: list[Tensor]) -> Tensor:
         """``block(*inputs)``, with each weight that has a feedback weight tied to it (see above)."""

@@ -199,6 +199,60 @@ class BlockInput(nn.Module):
         return self.block(*inputs)
 
 
+class HebbianTerm(torch.autograd.Function):
+    """``⟨δ, a⟩`` of one block whose drive is ``a = W s̄ + b`` (Linear, or Conv with zero padding), from the
+    drive computed during inference; its backward writes the local Hebbian update without recomputing
+    the block: ``∂/∂W = δᵀ s̄`` (Linear; ``conv_weight(s̄, δ)`` for a convolution), ``∂/∂b = Σ δ`` — each
+    times the incoming gradient, and the same again for a tied Kolen–Pollack feedback weight."""
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, bias: Tensor | None, feedback: Tensor | None,  # type: ignore[override]
+                part: nn.Module, s: Tensor, delta: Tensor, drive: Tensor) -> Tensor:
+        ctx.save_for_backward(s, delta)
+        ctx.part, ctx.has_bias, ctx.has_feedback = part, bias is not None, feedback is not None
+        return torch.vdot(delta.flatten(), drive.flatten())
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):  # type: ignore[override]
+        s, delta = ctx.saved_tensors
+        part = ctx.part
+        scaled = delta * grad_output
+        if isinstance(part, nn.Linear):
+            grad_weight = scaled.reshape(-1, scaled.shape[-1]).t() @ s.reshape(-1, s.shape[-1])
+            reduce_dims = tuple(range(scaled.dim() - 1))
+        else:
+            weight_gradient = torch.nn.grad.conv2d_weight if isinstance(part, nn.Conv2d) \
+                else torch.nn.grad.conv1d_weight
+            grad_weight = weight_gradient(s, part.weight.shape, scaled, part.stride, part.padding,
+                                          part.dilation, part.groups)
+            reduce_dims = (0, *range(2, scaled.dim()))
+        grad_bias = scaled.sum(reduce_dims) if ctx.has_bias else None
+        return grad_weight, grad_bias, grad_weight if ctx.has_feedback else None, None, None, None, None
+
+
+def hebbian_term(block: nn.Module, inputs: Sequence[Tensor], delta: Tensor, drive: Tensor | None,
+                 feedback: Tensor | None = None) -> Tensor | None:
+    """``⟨δ, B(s̄)⟩`` by :class:`HebbianTerm` where ``block`` is a single Linear or zero-padded Conv part
+    (after reshapes), using ``drive = B(s̄)`` if it is current (else computing it without grad); None for
+    any other block, whose term then needs autograd through its forward."""
+    if not isinstance(block, Block) or len(inputs) != 1:
+        return None
+    weighted = block.weighted_parts()
+    if len(weighted) != 1 or block.parts[-1] is not weighted[0] or \
+            not all(isinstance(p, (nn.Flatten, nn.Unflatten)) for p in block.parts[:-1]):
+        return None
+    part = weighted[0]
+    if not isinstance(part, nn.Linear) and part.padding_mode != "zeros":
+        return None
+    s = inputs[0]
+    for reshape in block.parts[:-1]:
+        s = reshape(s)
+    if drive is None:
+        with torch.no_grad():
+            drive = part(s)
+    return HebbianTerm.apply(part.weight, part.bias, feedback, part, s, delta, drive)
+
+
 def autograd_vjp(block: nn.Module, points: Sequence[Tensor], v: Tensor, position: int,
                  weighted: Sequence[nn.Module], feedback: list[Tensor] | None) -> Tensor:
     """``J_{B, p}(points)ᵀ v`` by differentiating ``block(*points)`` with respect to input ``position``
