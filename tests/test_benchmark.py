@@ -26,10 +26,13 @@ def test_parse_variant():
             parse_variant(bad)
 
 
-def test_predicted_ratio_counts_layer_updates():
-    # L = 3 blocks. forward × 3: U = 9. forward-backward × 3: [3,2] + ([1,2] + [3,2,1]) × 2 + [1], U = 13.
-    assert predicted_ratio(parse_variant("dpT-fw3"), 3) == pytest.approx(1 + 2 * 9 / 9)
-    assert predicted_ratio(parse_variant("dpT-fwbw3"), 3) == pytest.approx(1 + 2 * 13 / 9)
+def test_predicted_ratio_counts_the_products_of_the_visits_that_can_change_a_layer():
+    # L = 3 blocks, worked by hand. forward × 3: pass 1 changes only layer 3; pass 2 layers 2 and 3 (one
+    # recomputed drive: 3); pass 3 all (drives of 2 and 3 recomputed): R = 3, V = 3, S = 0 → (6 + 6)/9.
+    assert predicted_ratio(parse_variant("dpT-fw3"), 3) == pytest.approx(12 / 9)
+    # forward-backward × 3: [3,2,1 | 2,3,2,1 | 1,2,3,2,1 | 1], the two repeated visits of layer 1 skipped:
+    # R = 4, V = 8, and the drives of layers 2 and 3 left out of date for J: S = 2 → (6 + 14)/9.
+    assert predicted_ratio(parse_variant("dpT-fwbw3"), 3) == pytest.approx(20 / 9)
     assert predicted_ratio(parse_variant("dpT-fused"), 3) == 1.0
     assert predicted_ratio(parse_variant("bp"), 3) == 1.0
 

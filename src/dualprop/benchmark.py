@@ -91,11 +91,35 @@ def parse_variant(name: str) -> Variant:
 
 
 def predicted_ratio(variant: Variant, depth: int) -> float:
-    """``1 + 2U/(3L)`` for the generic state loop; ``1`` for ``bp`` and the fused sweep."""
+    """Matrix products of one step over backprop's ``3L`` (forward, input and weight gradients), for a chain
+    of ``L`` Linear blocks: ``(L + R + V + L + S) / 3L`` with ``L`` feed-forward products, ``R`` drives
+    recomputed and ``V`` feedback products by the visits that can change a layer, ``L`` closed-form
+    updates and ``S`` drives left out of date for ``J``; ``1`` for ``bp`` and the fused sweep."""
     if variant.rule == "bp" or variant.implementation == "fused":
         return 1.0
-    updates = len(layer_order(variant.schedule, depth, variant.passes))
-    return 1.0 + 2.0 * updates / (3.0 * depth)
+    recomputed, feedback, stale = _visit_costs(layer_order(variant.schedule, depth, variant.passes), depth)
+    return (2 * depth + recomputed + feedback + stale) / (3.0 * depth)
+
+
+def _visit_costs(order: list[int], depth: int) -> tuple[int, int, int]:
+    """``(R, V, S)`` of a chain: a layer is visited only if a neighbour changed since its last visit (a
+    hidden layer starts at its visit with every δ zero); its drive is recomputed if the layer below changed."""
+    changed = [0] * (depth + 2)
+    last_read: dict[int, tuple[int, ...]] = {k: (0, 0) for k in range(1, depth)}
+    drive_read = {k: 0 for k in range(1, depth + 1)}
+    recomputed = feedback = 0
+    for k in order:
+        read = (changed[k - 1], changed[k + 1]) if k < depth else (changed[k - 1],)
+        if last_read.get(k) == read:
+            continue
+        last_read[k] = read
+        if drive_read[k] != changed[k - 1]:
+            recomputed += 1
+            drive_read[k] = changed[k - 1]
+        feedback += k < depth
+        changed[k] += 1
+    stale = sum(drive_read[k] != changed[k - 1] for k in range(1, depth + 1))
+    return recomputed, feedback, stale
 
 
 def build_model(name: str) -> tuple[nn.Module, tuple[int, ...]]:
