@@ -1,5 +1,6 @@
 """The noise-robustness study: its grid, a tiny resumable run through the command line, and findings that
 follow the numbers."""
+import importlib.util
 import json
 
 import pytest
@@ -42,6 +43,8 @@ def test_tiny_study_runs_resumes_and_reports(tmp_path, capsys):
     assert f"| DP⊤ α=0.5 | 0.5 | {results['dpT-a0.5-b0.5-s0-q0-sync']['test_acc']:.1f} | " \
            f"{record['test_acc']:.1f} |" in table
     assert "| backprop (same noise on activations and gradients) | – |" in table
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (directory / "study.png").stat().st_size > 0
     saved = (directory / "runs")
     assert len(list(saved.glob("*/config.toml"))) == len(results)
     # Nothing is retrained when resumed; a study of another kind is refused.

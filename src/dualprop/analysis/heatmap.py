@@ -10,12 +10,14 @@ from pathlib import Path
 
 @dataclass
 class HeatmapPanel:
-    """One matrix ``values[row][column]`` (NaN: no value) with its row and column labels."""
+    """One matrix ``values[row][column]`` (NaN: no value, drawn grey) with its row and column labels;
+    ``notes[row][column]``, where given and not empty, is written in the cell instead of its value."""
 
     values: Sequence[Sequence[float]]
     rows: Sequence[object]
     columns: Sequence[object]
     title: str = ""
+    notes: Sequence[Sequence[str]] | None = None
 
 
 def plot_heatmaps(panels: Sequence[HeatmapPanel], path: str | Path, *, row_label: str, column_label: str,
@@ -31,12 +33,13 @@ def plot_heatmaps(panels: Sequence[HeatmapPanel], path: str | Path, *, row_label
     if not panels or any(not panel.values or not panel.columns for panel in panels):
         raise ValueError("a heat map needs at least one row and one column")
     widest = max(len(panel.columns) for panel in panels)
-    width = min(16.0, 6.5 + 0.3 * widest) if len(panels) == 1 else min(20.0, 1.6 + (1.2 + 0.55 * widest) * len(panels))
+    width = min(16.0, 6.5 + 0.3 * widest) if len(panels) == 1 else min(20.0, 1.6 + (0.9 + 0.5 * widest) * len(panels))
     height = 1.2 + 0.45 * max(len(panel.rows) for panel in panels)
     figure, axes = plt.subplots(1, len(panels), figsize=(width, height + (0.4 if title else 0.0)), squeeze=False,
                                 layout="constrained")
+    colours = matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")
     for index, (axis, panel) in enumerate(zip(axes[0], panels)):
-        image = axis.imshow(panel.values, aspect="auto", cmap="viridis", vmin=vmin, vmax=vmax,
+        image = axis.imshow(panel.values, aspect="auto", cmap=colours, vmin=vmin, vmax=vmax,
                             interpolation="nearest")
         axis.set_yticks(range(len(panel.rows)), labels=[str(r) for r in panel.rows])
         step = max(1, len(panel.columns) // 20)
@@ -48,9 +51,10 @@ def plot_heatmaps(panels: Sequence[HeatmapPanel], path: str | Path, *, row_label
         if annotate:
             for i, row in enumerate(panel.values):
                 for j, value in enumerate(row):
-                    if math.isfinite(value):
-                        light = value < vmin + 0.5 * (vmax - vmin)
-                        axis.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize="small",
+                    note = panel.notes[i][j] if panel.notes is not None else ""
+                    if note or math.isfinite(value):
+                        light = math.isfinite(value) and value < vmin + 0.5 * (vmax - vmin)
+                        axis.text(j, i, note or f"{value:.0f}", ha="center", va="center", fontsize="small",
                                   color="white" if light else "black")
     figure.colorbar(image, ax=list(axes[0]), label=colour_label)
     if title:

@@ -333,15 +333,18 @@ def _number(value: float) -> str:
 
 def plot_noise_heatmap(config: NoiseStudyConfig, records: Sequence[dict[str, Any]], path: str | Path) -> bool:
     """One heat map of test accuracy over (β, σ) per rule variant, plus backprop's row over σ; a shared
-    colour scale from chance to 100 %. False (nothing written) without matplotlib."""
-    panels = [HeatmapPanel([[_accuracy(_find(records, rule, alpha, b, s)) for s in config.sigmas]
-                            for b in config.betas], [f"{b:g}" for b in config.betas],
-                           [f"{s:g}" for s in config.sigmas], _variant_label(rule, alpha))
+    colour scale from chance to 100 %, diverged runs marked. False (nothing written) without matplotlib."""
+    def panel(cells: list[list[dict[str, Any] | None]], rows: list[str], title: str) -> HeatmapPanel:
+        return HeatmapPanel([[_accuracy(r) for r in row] for row in cells], rows, [f"{s:g}" for s in config.sigmas],
+                            title, [["div." if r is not None and r["status"] == "diverged" else "" for r in row]
+                                    for row in cells])
+
+    panels = [panel([[_find(records, rule, alpha, b, s) for s in config.sigmas] for b in config.betas],
+                    [f"{b:g}" for b in config.betas], _variant_label(rule, alpha))
               for rule, alpha in config.variants()]
     if config.bp_reference:
-        panels.append(HeatmapPanel([[_accuracy(_find(records, "bp", None, None, s)) for s in config.sigmas]],
-                                   ["–"], [f"{s:g}" for s in config.sigmas], "backprop (noisy)"))
+        panels.append(panel([[_find(records, "bp", None, None, s) for s in config.sigmas]], [""], "backprop (noisy)"))
     return plot_heatmaps(panels, path, row_label="β", column_label="σ", colour_label="test accuracy (%)",
                          vmin=100.0 / CHANCE_CLASSES, vmax=100.0, annotate=True,
                          title=f"MLP {'–'.join(map(str, config.hidden))} on {config.dataset}: test accuracy "
-                               f"over nudging β and compartment noise σ")
+                               f"over nudging β and compartment noise σ (div.: diverged)")
