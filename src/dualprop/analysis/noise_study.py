@@ -59,7 +59,7 @@ class NoiseStudyConfig:
 
     dataset: str = "fashion-mnist"
     data_dir: str = ""
-    hidden: list[int] = field(default_factory=lambda: [128, 128])
+    hidden: list[int] = field(default_factory=lambda: [256, 256])
     dpt_alphas: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0])
     dp_alphas: list[float] = field(default_factory=lambda: [0.5])
     betas: list[float] = field(default_factory=lambda: [0.001, 0.01, 0.1, 1.0])
@@ -72,7 +72,7 @@ class NoiseStudyConfig:
     async_sigmas: list[float] = field(default_factory=lambda: [0.0, 0.01])
     quanta: list[float] = field(default_factory=lambda: [0.001, 0.01, 0.1])
     quantum_betas: list[float] = field(default_factory=lambda: [0.1, 1.0])
-    epochs: int = 4
+    epochs: int = 5
     batch_size: int = 64
     lr: float = 0.05
     warmup_epochs: int = 1
