@@ -80,8 +80,11 @@ def test_findings_follow_the_numbers():
     assert "every noisy cell with β/(√2σ) ≥ 7.07 learned and every one with β/(√2σ) ≤ 0.707 did not" in text
     assert "β/σ = 1: 10.0–12.0 % over 2 cells; β/σ = 10: 60.0–79.0 % over 2 cells." in text
     assert "σ=0.1: 70.0 % (best dual propagation 60.0 %)" in text
-    assert "mean difference -11.0 points over 1 pairs, 1 more than 5 points worse" in text
+    assert "mean difference -11.0 points over 1 pairs (σ=0: -11.0 over 1), 1 more than 5 points worse" in text
     assert "q=0.1: mean -2.0, worst -2.0" in text
     mixed = records + [_record("dpT", 0.5, 1.0, 0.01, 15)]   # a learning ratio that now fails
     mixed = [r for r in mixed if not (r["beta"] == 1.0 and r["sigma"] == 0.01 and r["test_acc"] == 80)]
     assert "does not separate the cells cleanly" in noise_findings(config, mixed)
+    records[-2] = _record("dpT", 0.5, 1.0, 0.0, None, timing=ASYNC, status="diverged")
+    assert "1 asynchronous run(s) diverged where the synchronous one did not (DP⊤ α=0.5 β=1 σ=0)" in \
+        noise_findings(config, records)

@@ -301,18 +301,29 @@ def noise_findings(config: NoiseStudyConfig, records: Sequence[dict[str, Any]]) 
         sentences.append("Backprop with the same noise on its activations and per-sample gradients: "
                          + "; ".join(comparison) + ".")
     # Asynchronous against synchronous.
-    pairs = [(rule, alpha, b, s, _accuracy(_find(records, rule, alpha, b, s, timing=ASYNC)),
-              _accuracy(_find(records, rule, alpha, b, s)))
-             for rule, alpha in variants for b in config.async_betas for s in config.async_sigmas]
+    both = [(rule, alpha, b, s, _find(records, rule, alpha, b, s, timing=ASYNC), _find(records, rule, alpha, b, s))
+            for rule, alpha in variants for b in config.async_betas for s in config.async_sigmas]
+    both = [p for p in both if p[4] is not None and p[5] is not None]
+    lost = [p for p in both if p[4]["status"] == "diverged" and p[5]["status"] != "diverged"]
+    pairs = [(*p[:4], _accuracy(p[4]), _accuracy(p[5])) for p in both]
     pairs = [p for p in pairs if math.isfinite(p[4]) and math.isfinite(p[5])]
     if pairs:
         differences = [late - sync for *_, late, sync in pairs]
         worst = min(pairs, key=lambda p: p[4] - p[5])
+        by_sigma = []
+        for sigma in config.async_sigmas:
+            values = [p[4] - p[5] for p in pairs if p[3] == sigma]
+            if values:
+                by_sigma.append(f"σ={sigma:g}: {sum(values) / len(values):+.1f} over {len(values)}")
         sentences.append(f"Asynchronous updates (random × {config.async_passes}) against synchronous "
                          f"({config.schedule} × {config.passes}): mean difference {sum(differences) / len(differences):+.1f} "
-                         f"points over {len(pairs)} pairs, {sum(d < -MATCH_POINTS for d in differences)} more than "
-                         f"{MATCH_POINTS:g} points worse; the largest loss is {worst[4] - worst[5]:+.1f} "
-                         f"({_variant_label(worst[0], worst[1])}, β={worst[2]:g}, σ={worst[3]:g}).")
+                         f"points over {len(pairs)} pairs ({'; '.join(by_sigma)}), "
+                         f"{sum(d < -MATCH_POINTS for d in differences)} more than {MATCH_POINTS:g} points worse; the "
+                         f"largest loss is {worst[4] - worst[5]:+.1f} ({_variant_label(worst[0], worst[1])}, "
+                         f"β={worst[2]:g}, σ={worst[3]:g}).")
+    if lost:
+        sentences.append(f"{len(lost)} asynchronous run(s) diverged where the synchronous one did not ("
+                         + ", ".join(f"{_variant_label(p[0], p[1])} β={p[2]:g} σ={p[3]:g}" for p in lost) + ").")
     # Resolution.
     costs = []
     for q in config.quanta:
