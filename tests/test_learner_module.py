@@ -149,3 +149,18 @@ def test_compiled_model_is_unwrapped_and_trained_through_its_wrapper():
 def test_data_parallel_wrapper_is_refused_with_a_clear_error():
     with pytest.raises(ValueError, match="DataParallel"):
         Learner(nn.DataParallel(models.mlp([3, 4, 2])))
+
+
+@pytest.mark.parametrize("rule", ["bp", "dpT", "dp"])
+@pytest.mark.parametrize("x, y, message", [
+    (torch.zeros(0, 5), torch.zeros(0, dtype=torch.long), "empty"),
+    (torch.zeros(4, 5, dtype=torch.float64), torch.zeros(4, dtype=torch.long), "float64"),
+    (torch.zeros(4, 5, dtype=torch.long), torch.zeros(4, dtype=torch.long), "floating point"),
+    (torch.zeros(4, 5), torch.zeros(4, dtype=torch.bool), "boolean"),
+    (torch.zeros(4, 5), torch.zeros(4), "class indices"),
+    (torch.zeros(4, 5), torch.zeros(3, dtype=torch.long), "one target per sample"),
+])
+def test_a_batch_that_does_not_fit_is_a_value_error_saying_what_to_change(rule, x, y, message):
+    learner = Learner(models.mlp([5, 6, 3]), rule=rule, schedule="fw2")
+    with pytest.raises(ValueError, match=message):
+        learner.step(x, y)

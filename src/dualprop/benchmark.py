@@ -94,7 +94,8 @@ def predicted_ratio(variant: Variant, depth: int) -> float:
     """Matrix products of one step over backprop's ``3L`` (forward, input and weight gradients), for a chain
     of ``L`` Linear blocks: ``(L + R + V + L + S) / 3L`` with ``L`` feed-forward products, ``R`` drives
     recomputed and ``V`` feedback products by the visits that can change a layer, ``L`` closed-form
-    updates and ``S`` drives left out of date for ``J``; ``1`` for ``bp`` and the fused sweep."""
+    updates and ``S`` drives left out of date for ``J``; ``1`` for ``bp`` and the fused sweep. (A graph with
+    skip connections has no such count: the benchmark prints NaN there.)"""
     if variant.rule == "bp" or variant.implementation == "fused":
         return 1.0
     recomputed, feedback, stale = _visit_costs(layer_order(variant.schedule, depth, variant.passes), depth)
@@ -357,14 +358,16 @@ def _run(settings: BenchSettings) -> BenchReport:
     torch.manual_seed(settings.seed)
     initial, input_shape = build_model(settings.model)
     initial = initial.to(device=device, dtype=DTYPES[settings.dtype])
-    depth = capture_graph(initial).depth
+    graph = capture_graph(initial)
+    depth = graph.depth
     generator = torch.Generator().manual_seed(settings.seed)
     classes = [m for m in initial.modules() if isinstance(m, nn.Linear)][-1].out_features
     x = torch.randn((settings.batch_size, *input_shape), generator=generator).to(device, DTYPES[settings.dtype])
     y = torch.randint(0, classes, (settings.batch_size,), generator=generator).to(device)
     results = {v.name: VariantResult(v.name, v.rule, v.schedule, v.passes, v.implementation,
                                      len(layer_order(v.schedule, depth, v.passes)) if v.rule != "bp" else 0,
-                                     predicted_ratio(v, depth)) for v in variants}
+                                     predicted_ratio(v, depth) if graph.is_chain or v.rule == "bp"
+                                     or v.implementation == "fused" else math.nan) for v in variants}
     environment = _environment(device)
 
     for variant in variants:  # memory: each variant alone

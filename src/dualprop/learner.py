@@ -23,7 +23,8 @@ from torch import Tensor, nn
 from dualprop.fused import FUSED_RULES, FusedSweep
 from dualprop.graph import NeuronGraph, capture_graph, find_ddp, run_as_forward, unwrap
 from dualprop.hardware import CompartmentPerturbation, noisy_backprop
-from dualprop.losses import batch_loss, check_loss, output_gradient, target_distribution
+from dualprop.inputs import check_batch
+from dualprop.losses import batch_loss, check_loss, check_target, output_gradient, target_distribution
 from dualprop.network import BlockInput, frozen_statistics, hebbian_term
 from dualprop.rules import (DYADIC_RULES, RULES, damped_hidden_compartments,
                             damping_from_spectral_norm, hidden_compartments, mean_state, nudge_weights,
@@ -291,6 +292,7 @@ class Learner(nn.Module):
         dropout masks drawn once); the visits then see every block as that fixed function."""
         if self.rule == "bp":
             raise ValueError("rule 'bp' has no dyadic states to infer")
+        check_batch(self.model, x, y)
         self.network.new_step()
         with torch.no_grad():
             plus, drives = self.network.feed_forward(x)
@@ -298,6 +300,7 @@ class Learner(nn.Module):
         states = DyadicStates(plus, list(plus), self.alpha, logits)
         weights = nudge_weights(self.rule, self.alpha)
         versions = _Versions(self.network, drives, self._dependencies)
+        check_target(self.loss, logits, y)
         with torch.no_grad(), frozen_statistics(self.network.norms):
             target = target_distribution(logits, y)
             dampings = self.dampings(plus) if self.rule == "dp-damped" else None
@@ -454,7 +457,11 @@ class Learner(nn.Module):
 
     def objective(self, x: Tensor, y: Tensor) -> StepResult:
         """Run inference and return the step's result with ``.objective``, the scalar whose
-        ``backward()`` accumulates the rule's update into ``.grad`` exactly as :meth:`step` does."""
+        ``backward()`` accumulates the rule's update into ``.grad`` exactly as :meth:`step` does.
+
+        A batch that cannot be fed to the model (empty, integer or mismatched dtype or device, targets not
+        one per sample or of the wrong kind) is a ``ValueError`` that says what to change."""
+        check_batch(self.model, x, y)
         if self.rule == "bp":
             if self._noisy_forward is None:
                 logits = self.wrapper(x)
