@@ -164,3 +164,23 @@ def test_a_batch_that_does_not_fit_is_a_value_error_saying_what_to_change(rule, 
     learner = Learner(models.mlp([5, 6, 3]), rule=rule, schedule="fw2")
     with pytest.raises(ValueError, match=message):
         learner.step(x, y)
+
+
+def test_noise_and_random_order_generators_are_saved_so_a_resumed_step_draws_the_same():
+    model, x, y = _setup(7)
+    settings = dict(rule="dpT", alpha=0.5, schedule="random", passes=2, state_noise=0.01, noise_seed=3)
+    learner = Learner(copy.deepcopy(model), **settings)
+    learner.step(x, y)  # the generators move on
+    state = copy.deepcopy(learner.state_dict())
+    assert {"noise_generator_cpu", "order_generator"} <= set(state)
+    resumed = Learner(copy.deepcopy(model), **settings)
+    resumed.load_state_dict(state)
+    fresh = Learner(copy.deepcopy(model), **settings)
+    for each in (learner, resumed, fresh):
+        for p in each.parameters():
+            p.grad = None
+        each.step(x, y)
+    for a, b, c in zip(_grads(learner), _grads(resumed), _grads(fresh)):
+        assert torch.equal(a, b)
+    assert not all(torch.equal(a, c) for a, c in zip(_grads(learner), _grads(fresh)))
+    assert "noise_generator_cpu" not in Learner(copy.deepcopy(model)).state_dict()

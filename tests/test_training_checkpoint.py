@@ -90,3 +90,14 @@ def test_metrics_are_cut_back_to_the_checkpoint_epoch(tmp_path):
     assert log.path.read_text().splitlines()[0] == ",".join(METRIC_COLUMNS)
     with pytest.raises(ValueError, match="lacks the rows of epochs \\[3\\]"):
         log.truncate_to(3)
+
+
+def test_a_checkpoint_of_the_earlier_model_layout_reads_as_learner_state(tmp_path):
+    path = tmp_path / "old.pt"
+    weight, feedback = torch.ones(2, 3), torch.zeros(2, 3)
+    atomic_save({"model": {"0.weight": weight}, "feedback": [feedback], "epoch": 2}, path)
+    loaded = load_checkpoint(path)
+    assert loaded["epoch"] == 2 and "model" not in loaded
+    assert torch.equal(loaded["learner"]["model.0.weight"], weight)
+    assert torch.equal(loaded["learner"]["feedback_weights.0"], feedback)
+    assert torch.equal(model_state(loaded)["0.weight"], weight)

@@ -72,6 +72,14 @@ class CompartmentPerturbation:
             self._generators[device] = torch.Generator(device=device).manual_seed(self.seed)
         return self._generators[device]
 
+    def generator_states(self) -> dict[torch.device, Tensor]:
+        """The state of every device's generator used so far (for checkpoints)."""
+        return {device: generator.get_state() for device, generator in self._generators.items()}
+
+    def set_generator_state(self, device: torch.device, state: Tensor) -> None:
+        """Continue ``device``'s generator from a saved state."""
+        self.generator(device).set_state(state.cpu())
+
     def __call__(self, s: Tensor) -> Tensor:
         """``q ⌊(s + σε)/q + U⌋`` (each part only where it is on); ``s`` itself when nothing is on."""
         if not self.active:

@@ -33,6 +33,8 @@ from dualprop.schedules import layer_order, parse_schedule, random_order
 from dualprop.spectral import SpectralNormEstimator
 
 IMPLEMENTATIONS = ("auto", "generic", "fused")
+_NOISE_GENERATOR = "noise_generator_"
+_ORDER_GENERATOR = "order_generator"
 FEEDBACK_MODES = ("symmetric", "kolen-pollack")
 
 
@@ -367,13 +369,38 @@ class Learner(nn.Module):
         self.register_buffer(name, estimator.vector if estimator.vector is not None else torch.empty(0))
         return gamma
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
-        """Accept the spectral-norm vectors of a saved Learner even before this one has made its own."""
+    def _save_to_state_dict(self, destination, prefix, keep_vars):  # type: ignore[override]
+        """Besides parameters and buffers, the states of the noise and random-order generators, so that a
+        resumed noisy or asynchronous run draws what the uninterrupted one would have drawn."""
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        for device, state in self.perturbation.generator_states().items():
+            destination[f"{prefix}{_NOISE_GENERATOR}{str(device).replace(':', '_')}"] = state
+        if self._order_generator is not None:
+            destination[prefix + _ORDER_GENERATOR] = self._order_generator.get_state()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):  # type: ignore[override]
+        """Accept the spectral-norm vectors of a saved Learner even before this one has made its own, and
+        continue its generators."""
+        generators = []
         for key, value in state_dict.items():
             name = key[len(prefix):]
-            if key.startswith(prefix) and name.startswith("spectral_vector_") and "." not in name:
+            if not key.startswith(prefix) or "." in name:
+                continue
+            if name.startswith("spectral_vector_"):
                 self.register_buffer(name, torch.empty_like(value))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+            elif name.startswith(_NOISE_GENERATOR):
+                device = torch.device(name[len(_NOISE_GENERATOR):].replace("_", ":"))
+                self.perturbation.set_generator_state(device, value)
+                generators.append(key)
+            elif name == _ORDER_GENERATOR and self._order_generator is not None:
+                self._order_generator.set_state(value.cpu())
+                generators.append(key)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        for key in generators:
+            if key in unexpected_keys:
+                unexpected_keys.remove(key)
 
     def _update_neuron(self, states: DyadicStates, versions: _Versions, k: int, target: Tensor,
                        weights: tuple[float, float], fixed_nudge: Tensor | None,

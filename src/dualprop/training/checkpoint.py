@@ -37,9 +37,20 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except Exception as error:  # torch raises several types for corrupt or unsafe files
         reason = (str(error).splitlines() or [type(error).__name__])[0]
         raise CheckpointError(f"checkpoint {path} cannot be read: {reason}") from None
+    if isinstance(payload, dict) and "learner" not in payload and isinstance(payload.get("model"), dict):
+        payload = _from_model_layout(payload)
     if not isinstance(payload, dict) or "learner" not in payload:
         raise CheckpointError(f"checkpoint {path} is not a dualprop checkpoint")
     return payload
+
+
+def _from_model_layout(payload: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint of the earlier layout — the model's ``state_dict`` under ``model`` and the Kolen–Pollack
+    weights as a list under ``feedback`` — in the Learner layout, so earlier runs still resume."""
+    learner = {f"model.{key}": value for key, value in payload.pop("model").items()}
+    for index, weight in enumerate(payload.pop("feedback", None) or []):
+        learner[f"feedback_weights.{index}"] = weight
+    return {**payload, "learner": learner}
 
 
 def model_state(checkpoint: dict[str, Any]) -> dict[str, Any]:
