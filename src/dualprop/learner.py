@@ -61,8 +61,11 @@ class DyadicStates:
         return self.plus[k] - self.minus[k]
 
     def all_finite(self) -> bool:
-        """Whether every compartment is finite (a diverging DP run first shows up here); one device sync."""
-        return bool(torch.stack([torch.isfinite(s).all() for s in self.plus[1:] + self.minus[1:]]).all())
+        """Whether every compartment is finite (a diverging DP run first shows up here): one sum per
+        compartment — NaN or ±inf anywhere makes it non-finite — and one device sync."""
+        sums = torch.stack([s.sum(dtype=torch.promote_types(s.dtype, torch.float32))  # no fp16 overflow
+                            for s in self.plus[1:] + self.minus[1:]])
+        return bool(torch.isfinite(sums).all())
 
 
 @dataclass
