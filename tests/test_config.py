@@ -1,11 +1,12 @@
 """TrainConfig: TOML round trip, the hand-written TOML writer, and one clear sentence per bad setting."""
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import pytest
 
-from dualprop.training.config import TrainConfig, dumps_toml, load_config, save_config
+from dualprop.training.config import TrainConfig, dumps_toml, load_config, save_config, settings
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -83,3 +84,28 @@ def test_integers_are_accepted_where_floats_are_expected():
 def test_replace_rejects_unknown_names():
     with pytest.raises(ValueError, match="unknown setting 'alpah'"):
         TrainConfig().replace(alpah=0.3)
+
+
+def test_every_setting_declares_its_type_default_and_help():
+    described = settings()
+    assert [s.name for s in described] == [f.name for f in dataclasses.fields(TrainConfig)]
+    assert all(s.help and s.kind in (bool, int, float, str) for s in described)
+    assert all(s.unset for s in described if s.default is None)  # --help says what unset means
+    by_name = {s.name: s for s in described}
+    assert (by_name["passes"].kind, by_name["passes"].optional) == (int, True)
+    assert (by_name["hidden"].kind, by_name["hidden"].is_list, by_name["hidden"].default) == (int, True, [256, 256])
+    assert (by_name["alpha"].kind, by_name["alpha"].default) == (float, 0.5)
+    assert TrainConfig().hidden is not TrainConfig().hidden  # list defaults are not shared
+
+
+def test_command_line_flags_are_generated_from_the_settings():
+    from dualprop.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["train", "--passes", "3", "--hidden", "7", "5", "--alpha", "1", "--no-augment"])
+    assert (args.passes, args.hidden, args.alpha, args.augment) == (3, [7, 5], 1.0, False)
+    assert isinstance(args.alpha, float)
+    train_help = " ".join(parser._subparsers._group_actions[0].choices["train"].format_help().split())
+    for setting in settings():
+        assert "--" + setting.name.replace("_", "-") in train_help
+    assert "nudging strength β > 0" in train_help

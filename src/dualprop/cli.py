@@ -14,7 +14,10 @@ import sys
 import tempfile
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+if TYPE_CHECKING:
+    from dualprop.training.config import Setting
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -202,45 +205,30 @@ def _report_runs(summaries: list[dict[str, Any]], as_json: bool) -> int:
 
 # -- train ----------------------------------------------------------------------------------------------
 
-_FLAG_HELP = {
-    "rule": "learning rule: dpT, dp, dp-damped, bp or adversarial", "alpha": "nudging weight α in [0, 1]",
-    "beta": "nudging strength β > 0", "schedule": "inference schedule or alias (fw3, bw, fwbw2, random, …)",
-    "passes": "passes of the inference schedule", "loss": "cross_entropy or mse",
-    "implementation": "auto, generic or fused",
-    "feedback": "symmetric, or kolen-pollack (separate feedback weights learned by the same rule)",
-    "power_iterations": "power-iteration steps per update for the spectral norms of dp-damped",
-    "state_noise": "σ of the Gaussian noise added to every compartment update (bp: activations and gradients)",
-    "state_quantum": "resolution q: compartments stochastically rounded to multiples of q (0: off)",
-    "noise_seed": "seed of the noise, rounding and random-schedule generator",
-    "dataset": "dataset name (digits, mnist, cifar10, …)",
-    "data_dir": "data root directory", "validation_percent": "percent of training data held out",
-    "augment": "random crop/flip where the dataset allows it", "pad_to": "zero-pad images to this size",
-    "model": "mlp, a conv model (vgg16, vgg_like, cnn, mini_cnn) or a residual network (resnet20, resnet8)",
-    "hidden": "hidden widths of the MLP", "activation": "activation function",
-    "epochs": "training epochs", "batch_size": "mini-batch size", "optimizer": "sgd or adam",
-    "lr": "peak learning rate", "final_lr": "learning rate at the end of the cosine decay",
-    "warmup_epochs": "epochs of linear warm-up", "warmup_lr": "learning rate at the start of warm-up",
-    "momentum": "SGD momentum in [0, 1) (sgd only)", "weight_decay": "weight decay",
-    "divergence_factor": "stop as diverged when an epoch's mean training loss exceeds this factor times the "
-                         "first step's loss (0: off)", "seeds": "random seeds, one run each",
-    "limit_batches": "at most this many batches per epoch and evaluation (0: all)",
-    "diagnose_every": "every N steps append per-layer angles to backprop's gradient to diagnostics.csv (0: off)",
-    "baseline": "also train the same network and seed with backprop",
-    "out": "directory that receives the run directories", "name": "prefix of run directory names",
-    "device": "auto, cpu, cuda or mps", "threads": "CPU threads (0: 1 for an MLP, else torch's default)",
-    "tensorboard": "write TensorBoard logs when tensorboard is installed",
-}
+def _add_setting_flags(group: Any, names: Sequence[str] | None = None, show_defaults: bool = True) -> None:
+    """One flag per ``TrainConfig`` setting (or per setting in ``names``), typed and documented by the
+    setting itself; unset flags stay absent so config files keep their values."""
+    from dualprop.training.config import settings
+
+    for setting in settings():
+        if names is not None and setting.name not in names:
+            continue
+        default = f" (default: {_default_text(setting)})" if show_defaults else ""
+        common = {"dest": setting.name, "default": argparse.SUPPRESS, "help": setting.help + default}
+        flag = "--" + setting.name.replace("_", "-")
+        if setting.kind is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
+        else:
+            metavar = {int: "N", float: "X"}.get(setting.kind, "VALUE")
+            group.add_argument(flag, type=setting.kind, metavar=metavar,
+                               nargs="+" if setting.is_list else None, **common)
 
 
-# What an unset (None) setting means, for --help.
-_UNSET_MEANS = {"passes": "1, or the number in an alias such as fw3",
-                "data_dir": "$DUALPROP_DATA, else ~/.cache/dualprop", "momentum": "0.9 with sgd"}
-
-
-def _default_text(name: str, default: Any) -> str:
+def _default_text(setting: Setting) -> str:
     """A setting's default as a user types it: ``on``/``off``, space-separated lists, what None means."""
+    default = setting.default
     if default is None:
-        return _UNSET_MEANS.get(name, "unset")
+        return setting.unset
     if isinstance(default, bool):
         return "on" if default else "off"
     if isinstance(default, list):
@@ -249,26 +237,9 @@ def _default_text(name: str, default: Any) -> str:
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per ``TrainConfig`` setting; unset flags stay absent so config files keep their values."""
-    from dualprop.training.config import TrainConfig
-
-    defaults = TrainConfig()
+    """Every ``TrainConfig`` setting as a flag, plus ``--seed``."""
     group = parser.add_argument_group("settings (also keys of a --config TOML file)")
-    for f in fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        default = getattr(defaults, f.name)
-        help_text = f"{_FLAG_HELP.get(f.name, f.name)} (default: {_default_text(f.name, default)})"
-        common = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
-        if isinstance(default, bool):
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
-        elif isinstance(default, list):
-            group.add_argument(flag, nargs="+", type=int, metavar="N", **common)
-        elif f.name in ("passes", "limit_batches") or isinstance(default, int):
-            group.add_argument(flag, type=int, metavar="N", **common)
-        elif f.name == "momentum" or isinstance(default, float):
-            group.add_argument(flag, type=float, metavar="X", **common)
-        else:
-            group.add_argument(flag, type=str, metavar="VALUE", **common)
+    _add_setting_flags(group)
     group.add_argument("--seed", type=int, dest="seed", default=argparse.SUPPRESS,
                        help="a single random seed (same as --seeds N)")
 
@@ -345,18 +316,11 @@ def _add_experiment_parser(subparsers: Any) -> None:
     parser.add_argument("--show", action="store_true", help="print the configurations, train nothing")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (epoch lines remain)")
-    for flag, kind, help_text in (("--epochs", int, "override the number of epochs"),
-                                  ("--limit-batches", int, "at most this many batches per epoch"),
-                                  ("--data-dir", str, "data root directory"),
-                                  ("--out", str, "directory that receives the run directories"),
-                                  ("--device", str, "auto, cpu, cuda or mps"),
-                                  ("--threads", int, "CPU threads per run (0: 1 for an MLP, else torch's "
-                                                     "default; with --jobs N: CPUs / N)")):
-        parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=help_text)
-    parser.add_argument("--seeds", type=int, nargs="+", default=argparse.SUPPRESS,
-                        help="override the seeds")
+    _add_setting_flags(parser.add_argument_group("settings that override the experiment's"),
+                       _EXPERIMENT_OVERRIDES, show_defaults=False)
     parser.add_argument("--jobs", type=int, default=1, metavar="N",
-                        help="train the runs (configurations × seeds) in N parallel processes (default: 1)")
+                        help="train the runs (configurations × seeds) in N parallel processes, each with "
+                             "CPUs / N threads unless --threads says otherwise (default: 1)")
     parser.add_argument("--resume", metavar="DIR", default=argparse.SUPPRESS,
                         help="continue an interrupted experiment in its --out folder (runs that ended are "
                              "kept, unfinished ones continue from their last checkpoint, missing ones start), "
@@ -381,6 +345,7 @@ def _add_experiment_parser(subparsers: Any) -> None:
                        help="stochastic-rounding resolutions q (noise-robustness)")
 
 
+_EXPERIMENT_OVERRIDES = ("epochs", "limit_batches", "data_dir", "out", "device", "seeds", "threads")
 _STUDY_ONLY_FLAGS = ("dataset", "hidden", "rules", "alphas", "betas", "eps", "lr", "test_limit", "sigmas", "quanta")
 _STUDY_SETTINGS = (*_STUDY_ONLY_FLAGS, "epochs", "limit_batches", "device", "data_dir")
 STUDIES = {"robustness-mlp": "ICML 2024 MLP study: bp, dp, dpT, dp-damped, adversarial over α and β; "
@@ -470,8 +435,7 @@ def _run_experiment(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
     experiment = load_experiment(args.name)
-    overrides = {key: getattr(args, key) for key in ("epochs", "limit_batches", "data_dir", "out", "device",
-                                                     "seeds", "threads") if hasattr(args, key)}
+    overrides = {key: getattr(args, key) for key in _EXPERIMENT_OVERRIDES if hasattr(args, key)}
     if hasattr(args, "resume"):
         if not Path(args.resume).is_dir():
             raise UsageError(f"--resume {args.resume}: no such directory")

@@ -9,8 +9,10 @@ backprop on the same network and seed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import sys
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
@@ -39,55 +41,76 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 MODELS = ("mlp", *CONV_MODELS)
 
 
+def _setting(default: Any, help: str, unset: str = "") -> Any:
+    """A ``TrainConfig`` field: its default, its one-line help (the ``--flag`` help of the CLI) and, for a
+    ``None`` default, what leaving it unset means.
+
+    A list default is copied for every new config. The field's type is its annotation."""
+    metadata = {"help": help, "unset": unset}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 @dataclass
 class TrainConfig:
-    """All settings of one training run (one network, one or more seeds)."""
+    """All settings of one training run (one network, one or more seeds).
+
+    Each field is the single source of its type (the annotation), default and help text; the command
+    line builds one flag per field from them (:func:`settings`)."""
 
     # learning rule (see dualprop.Learner)
-    rule: str = "dpT"
-    alpha: float = 0.5
-    beta: float = 0.1
-    schedule: str = "forward-backward"
-    passes: int | None = None
-    loss: str = "cross_entropy"
-    implementation: str = "auto"
-    feedback: str = "symmetric"
-    power_iterations: int = 1
+    rule: str = _setting("dpT", "learning rule: dpT, dp, dp-damped, bp or adversarial")
+    alpha: float = _setting(0.5, "nudging weight α in [0, 1]")
+    beta: float = _setting(0.1, "nudging strength β > 0")
+    schedule: str = _setting("forward-backward", "inference schedule or alias (fw3, bw, fwbw2, random, …)")
+    passes: int | None = _setting(None, "passes of the inference schedule",
+                                  unset="1, or the number in an alias such as fw3")
+    loss: str = _setting("cross_entropy", "cross_entropy or mse")
+    implementation: str = _setting("auto", "auto, generic or fused")
+    feedback: str = _setting("symmetric", "symmetric, or kolen-pollack (separate feedback weights "
+                                          "learned by the same rule)")
+    power_iterations: int = _setting(1, "power-iteration steps per update for the spectral norms of dp-damped")
     # hardware realism (see dualprop.hardware)
-    state_noise: float = 0.0
-    state_quantum: float = 0.0
-    noise_seed: int = 0
+    state_noise: float = _setting(0.0, "σ of the Gaussian noise added to every compartment update (bp: "
+                                       "activations and gradients)")
+    state_quantum: float = _setting(0.0, "resolution q: compartments stochastically rounded to multiples of "
+                                         "q (0: off)")
+    noise_seed: int = _setting(0, "seed of the noise, rounding and random-schedule generator")
     # data
-    dataset: str = "digits"
-    data_dir: str | None = None
-    validation_percent: float = 10.0
-    augment: bool = True
-    pad_to: int = 0
+    dataset: str = _setting("digits", "dataset name (digits, mnist, cifar10, …)")
+    data_dir: str | None = _setting(None, "data root directory", unset="$DUALPROP_DATA, else ~/.cache/dualprop")
+    validation_percent: float = _setting(10.0, "percent of training data held out")
+    augment: bool = _setting(True, "random crop/flip where the dataset allows it")
+    pad_to: int = _setting(0, "zero-pad images to this size")
     # network
-    model: str = "mlp"
-    hidden: list[int] = field(default_factory=lambda: [256, 256])
-    activation: str = "relu"
+    model: str = _setting("mlp", "mlp, a conv model (vgg16, vgg_like, cnn, mini_cnn) or a residual "
+                                 "network (resnet20, resnet8)")
+    hidden: list[int] = _setting([256, 256], "hidden widths of the MLP")
+    activation: str = _setting("relu", "activation function")
     # optimisation
-    epochs: int = 15
-    batch_size: int = 32
-    optimizer: str = "sgd"
-    lr: float = 0.05
-    final_lr: float = 1e-4
-    warmup_epochs: int = 1
-    warmup_lr: float = 0.005
-    momentum: float | None = None  # SGD momentum; None: 0.9 for sgd (Adam has none)
-    weight_decay: float = 1e-4
-    divergence_factor: float = 10.0
+    epochs: int = _setting(15, "training epochs")
+    batch_size: int = _setting(32, "mini-batch size")
+    optimizer: str = _setting("sgd", "sgd or adam")
+    lr: float = _setting(0.05, "peak learning rate")
+    final_lr: float = _setting(1e-4, "learning rate at the end of the cosine decay")
+    warmup_epochs: int = _setting(1, "epochs of linear warm-up")
+    warmup_lr: float = _setting(0.005, "learning rate at the start of warm-up")
+    momentum: float | None = _setting(None, "SGD momentum in [0, 1) (sgd only)", unset="0.9 with sgd")
+    weight_decay: float = _setting(1e-4, "weight decay")
+    divergence_factor: float = _setting(10.0, "stop as diverged when an epoch's mean training loss exceeds this "
+                                              "factor times the first step's loss (0: off)")
     # runs
-    seeds: list[int] = field(default_factory=lambda: [0])
-    limit_batches: int = 0
-    diagnose_every: int = 0
-    baseline: bool = True
-    out: str = "runs"
-    name: str = ""
-    device: str = "auto"
-    threads: int = 0
-    tensorboard: bool = True
+    seeds: list[int] = _setting([0], "random seeds, one run each")
+    limit_batches: int = _setting(0, "at most this many batches per epoch and evaluation (0: all)")
+    diagnose_every: int = _setting(0, "every N steps append per-layer angles to backprop's gradient to "
+                                      "diagnostics.csv (0: off)")
+    baseline: bool = _setting(True, "also train the same network and seed with backprop")
+    out: str = _setting("runs", "directory that receives the run directories")
+    name: str = _setting("", "prefix of run directory names")
+    device: str = _setting("auto", "auto, cpu, cuda or mps")
+    threads: int = _setting(0, "CPU threads (0: 1 for an MLP, else torch's default)")
+    tensorboard: bool = _setting(True, "write TensorBoard logs when tensorboard is installed")
 
     # -- validation -------------------------------------------------------------------------------
 
@@ -167,44 +190,63 @@ class TrainConfig:
         return from_mapping({**self.to_dict(), **changes}, source="overrides")
 
 
+@dataclass(frozen=True)
+class Setting:
+    """One ``TrainConfig`` field as a value of kind ``kind``: ``bool``, ``int``, ``float`` or ``str``, or a
+    list of ``int`` (``is_list``); ``optional`` when ``None`` (unset, meaning ``unset``) is allowed."""
+
+    name: str
+    kind: type
+    is_list: bool
+    optional: bool
+    default: Any
+    help: str
+    unset: str
+
+
+@functools.cache
+def settings() -> tuple[Setting, ...]:
+    """Every ``TrainConfig`` field in declaration order, read from its annotation, default and help."""
+    hints = typing.get_type_hints(TrainConfig)
+    defaults = TrainConfig()
+    result = []
+    for f in fields(TrainConfig):
+        kind, optional = hints[f.name], False
+        if type(None) in typing.get_args(kind):
+            optional = True
+            (kind,) = [arg for arg in typing.get_args(kind) if arg is not type(None)]
+        is_list = typing.get_origin(kind) is list
+        if is_list:
+            (kind,) = typing.get_args(kind)
+        result.append(Setting(f.name, kind, is_list, optional, getattr(defaults, f.name), f.metadata["help"],
+                              f.metadata["unset"]))
+    return tuple(result)
+
+
 def field_names() -> list[str]:
     """The names of all ``TrainConfig`` settings, in declaration order."""
     return [f.name for f in fields(TrainConfig)]
 
 
-_DEFAULTS = TrainConfig()
-
-
-def _expected_kind(name: str) -> type:
-    default = getattr(_DEFAULTS, name)
-    if name in ("passes", "limit_batches"):
-        return int
-    if name == "data_dir":
-        return str
-    if name == "momentum":
-        return float
-    return type(default)
+def _is_kind(value: Any, kind: type) -> bool:
+    """``isinstance`` where a bool is not an int (nor a float)."""
+    return isinstance(value, kind) and not (isinstance(value, bool) and kind is not bool)
 
 
 def _check_types(config: TrainConfig) -> None:
     """Coerce ints to floats where a float is expected; reject values of the wrong kind."""
-    for f in fields(config):
-        value = getattr(config, f.name)
-        if value is None and f.name in ("passes", "data_dir", "momentum"):
+    for setting in settings():
+        value = getattr(config, setting.name)
+        if value is None and setting.optional:
             continue
-        kind = _expected_kind(f.name)
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            setattr(config, f.name, float(value))
-            continue
-        if kind is list:
-            if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool)
-                                                      for v in value):
-                raise ValueError(f"{f.name} must be a list of integers, got {value!r}")
-            continue
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise ValueError(f"{f.name} must be of type {kind.__name__}, got {value!r}")
-
-
+        if setting.is_list:
+            if not isinstance(value, list) or not all(_is_kind(v, setting.kind) for v in value):
+                noun = "integers" if setting.kind is int else f"{setting.kind.__name__} values"
+                raise ValueError(f"{setting.name} must be a list of {noun}, got {value!r}")
+        elif setting.kind is float and _is_kind(value, int):
+            setattr(config, setting.name, float(value))
+        elif not _is_kind(value, setting.kind):
+            raise ValueError(f"{setting.name} must be of type {setting.kind.__name__}, got {value!r}")
 
 
 def from_mapping(values: Mapping[str, Any], source: str = "config") -> TrainConfig:
