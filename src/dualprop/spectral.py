@@ -50,13 +50,21 @@ def random_normal(
     return torch.randn(tuple(shape), generator=generator, dtype=dtype, device=source).to(device)
 
 
-def _power_iteration(apply: LinearMap, adjoint: LinearMap, vector: Tensor, iterations: int) -> tuple[float, Tensor]:
-    """Run ``iterations`` steps of ``v ← JᵀJv / ‖JᵀJv‖``; return ``(‖Jv‖, v)``."""
+def per_sample_norm(tensor: Tensor) -> Tensor:
+    """Euclidean norm of each sample (dimension 0 indexes samples), shaped to broadcast against ``tensor``."""
+    norms = tensor.flatten(1).norm(dim=1)
+    return norms.view(-1, *([1] * (tensor.dim() - 1)))
+
+
+def power_iteration(apply: LinearMap, adjoint: LinearMap, vector: Tensor, iterations: int) -> tuple[Tensor, Tensor]:
+    """``iterations`` steps of ``v_n ← (JᵀJv)_n / ‖(JᵀJv)_n‖`` for each sample ``n`` (dimension 0) of a
+    Jacobian ``J`` that is block diagonal over samples (one sample: the plain power iteration); returns
+    ``(‖(Jv)_n‖ per sample, v)``, each norm a lower bound that increases to ``σ_max(J_n)``."""
     tiny = torch.finfo(vector.dtype).tiny
     for _ in range(iterations):
         w = adjoint(apply(vector))
-        vector = w / w.norm().clamp_min(tiny)
-    return float(apply(vector).norm()), vector
+        vector = w / per_sample_norm(w).clamp_min(tiny)
+    return apply(vector).flatten(1).norm(dim=1), vector
 
 
 class SpectralNormEstimator:
@@ -113,7 +121,8 @@ class SpectralNormEstimator:
             apply, adjoint, dtype, device = self._linear_maps(point)
             if self.vector is None or self.vector.dtype != dtype or self.vector.device != device:
                 self.vector = random_normal((1, *self.input_shape), dtype, device, self.generator)
-            sigma, vector = _power_iteration(apply, adjoint, self.vector, self.iterations)
+            norms, vector = power_iteration(apply, adjoint, self.vector, self.iterations)
+            sigma = float(norms[0])
         self.vector = vector if sigma > 0 else None
         return sigma
 

@@ -19,7 +19,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from .lipschitz import eval_mode, per_sample_norm
+from dualprop.analysis.lipschitz import eval_mode
+from dualprop.spectral import per_sample_norm
 
 Norm = Literal["linf", "l2"]
 LossFn = Callable[[Tensor, Tensor], Tensor]

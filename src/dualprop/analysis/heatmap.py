@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from dualprop.analysis.plotting import pyplot, save_png
+
 
 @dataclass
 class HeatmapPanel:
@@ -24,11 +26,8 @@ def plot_heatmaps(panels: Sequence[HeatmapPanel], path: str | Path, *, row_label
                   colour_label: str, vmin: float, vmax: float, annotate: bool = False, title: str = "") -> bool:
     """Draw the panels side by side on one colour scale ``[vmin, vmax]`` to ``path``; with ``annotate``
     each cell shows its value. Returns False (writing nothing) when matplotlib is not installed."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     if not panels or any(not panel.values or not panel.columns for panel in panels):
         raise ValueError("a heat map needs at least one row and one column")
@@ -37,7 +36,9 @@ def plot_heatmaps(panels: Sequence[HeatmapPanel], path: str | Path, *, row_label
     height = 1.2 + 0.45 * max(len(panel.rows) for panel in panels)
     figure, axes = plt.subplots(1, len(panels), figsize=(width, height + (0.4 if title else 0.0)), squeeze=False,
                                 layout="constrained")
-    colours = matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")
+    from matplotlib import colormaps
+
+    colours = colormaps["viridis"].with_extremes(bad="lightgrey")
     for index, (axis, panel) in enumerate(zip(axes[0], panels)):
         image = axis.imshow(panel.values, aspect="auto", cmap=colours, vmin=vmin, vmax=vmax,
                             interpolation="nearest")
@@ -59,8 +60,7 @@ def plot_heatmaps(panels: Sequence[HeatmapPanel], path: str | Path, *, row_label
     figure.colorbar(image, ax=list(axes[0]), label=colour_label)
     if title:
         figure.suptitle(title, fontsize="medium")
-    figure.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(figure)
+    save_png(figure, path)
     return True
 
 

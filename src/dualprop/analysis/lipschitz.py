@@ -1,8 +1,9 @@
 """Empirical Lipschitz constant of a model: the input–output Jacobian's spectral norm over samples.
 
-For each sample ``x_n``, ``L_n = σ_max(J_f(x_n))`` by power iteration on ``J_nᵀJ_n``. Samples are
-independent in eval mode, so the batch Jacobian is block diagonal and one batched JVP (or VJP) gives
-every per-sample product ``J_n v_n`` (or ``J_nᵀ u_n``) at once. ``max_n L_n`` is a lower bound on the
+For each sample ``x_n``, ``L_n = σ_max(J_f(x_n))`` by power iteration on ``J_nᵀJ_n``
+(:func:`dualprop.spectral.power_iteration`). Samples are independent in eval mode, so the batch Jacobian
+is block diagonal and one batched JVP (or VJP) gives every per-sample product ``J_n v_n`` (or
+``J_nᵀ u_n``) at once. ``max_n L_n`` is a lower bound on the
 model's Lipschitz constant; :func:`dualprop.analysis.spectral.product_bound` is an upper bound.
 """
 
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from dualprop.spectral import random_normal
+from dualprop.spectral import power_iteration, random_normal
 
 
 @contextmanager
@@ -28,12 +29,6 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for module, training in modes:
             module.training = training
-
-
-def per_sample_norm(tensor: Tensor) -> Tensor:
-    """Euclidean norm of each sample (dimension 0 indexes samples), shaped to broadcast against ``tensor``."""
-    norms = tensor.flatten(1).norm(dim=1)
-    return norms.view(-1, *([1] * (tensor.dim() - 1)))
 
 
 @dataclass(frozen=True)
@@ -64,16 +59,9 @@ def empirical_lipschitz(
     if inputs.dim() < 1 or inputs.shape[0] == 0 or not inputs.is_floating_point():
         raise ValueError(f"inputs must be a non-empty floating-point batch of samples, got shape {tuple(inputs.shape)} and dtype {inputs.dtype}.")
     inputs = inputs.detach()
-    tiny = torch.finfo(inputs.dtype).tiny
     with eval_mode(model), torch.no_grad():
         _, vjp_fn = torch.func.vjp(model, inputs)
-
-        def apply(v: Tensor) -> Tensor:
-            return torch.func.jvp(model, (inputs,), (v,))[1]
-
         vector = random_normal(inputs.shape, inputs.dtype, inputs.device, generator)
-        for _ in range(iterations):
-            w = vjp_fn(apply(vector))[0]
-            vector = w / per_sample_norm(w).clamp_min(tiny)
-        per_sample = apply(vector).flatten(1).norm(dim=1)
+        per_sample, _ = power_iteration(lambda v: torch.func.jvp(model, (inputs,), (v,))[1],
+                                        lambda u: vjp_fn(u)[0], vector, iterations)
     return LipschitzEstimate(max=float(per_sample.max()), mean=float(per_sample.mean()), per_sample=per_sample)

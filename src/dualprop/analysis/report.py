@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from dualprop.analysis.plotting import pyplot, save_png
 from dualprop.training.config import BOOKKEEPING_KEYS, TrainConfig, read_toml
 from dualprop.training.rundir import CONFIG_FILE, find_run_directories, read_metrics, read_summary
 
@@ -155,17 +156,6 @@ _RULE_TITLES = {"dpT": "DP⊤", "dp": "DP", "dp-damped": "damped DP", "bp": "bac
                 "adversarial": "adversarial"}
 
 
-def _pyplot() -> Any:
-    """matplotlib's pyplot on the file-only Agg backend, or None when matplotlib is not installed."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    return plt
-
-
 def _rules(groups: Sequence[Sequence[RunRecord]]) -> list[str]:
     """The rules of the groups in order of first appearance, backprop last."""
     rules = list(dict.fromkeys(g[0].config["rule"] for g in groups))
@@ -184,7 +174,7 @@ def plot_curves(runs: Sequence[RunRecord], path: str | Path) -> bool:
 
     Returns False (writing nothing) when matplotlib is not installed.
     """
-    plt = _pyplot()
+    plt = pyplot()
     if plt is None:
         return False
     groups = group_runs(runs)
@@ -206,8 +196,7 @@ def plot_curves(runs: Sequence[RunRecord], path: str | Path) -> bool:
         axes[1][column].legend(fontsize="x-small")
     figure.suptitle(_title(groups) + ": mean over seeds")
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    save_png(figure, path)
     return True
 
 
@@ -220,7 +209,7 @@ def plot_accuracy_against_beta(runs: Sequence[RunRecord], path: str | Path) -> b
     """Test accuracy (mean ± std over seeds) against β, one line per α, one panel per nudged rule;
     backprop's mean as a dashed line with its ± std band. Returns False (writing nothing) when
     matplotlib is not installed or no setting has both α and β."""
-    plt = _pyplot()
+    plt = pyplot()
     groups = [g for g in group_runs(runs) if any(r.summary.get("test_acc") is not None for r in g)]
     rules = [r for r in _rules(groups) if r not in ("bp", "adversarial")]
     if plt is None or not rules:
@@ -249,8 +238,7 @@ def plot_accuracy_against_beta(runs: Sequence[RunRecord], path: str | Path) -> b
         axis.legend(fontsize="small")
     figure.suptitle(_title(groups) + ": test accuracy, mean ± std over seeds")
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    save_png(figure, path)
     return True
 
 

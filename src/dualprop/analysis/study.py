@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar
 
+from dualprop.analysis.plotting import pyplot, save_png
 from dualprop.analysis.robustness import evaluate_run_robustness, write_robustness_json
 from dualprop.atomic import atomic_write
 from dualprop.data import DataError, find_dataset_dir, get_spec
@@ -39,7 +40,6 @@ KIND_KEY = "study"
 RESULTS_FILE = "results.json"
 TABLE_FILE = "results.md"
 PLOT_FILE = "study.png"
-NUDGED_RULES = ("dp", "dpT", "dp-damped")
 _RULE_NAMES = {"dp": "DP", "dpT": "DP⊤", "dp-damped": "damped DP", "adversarial": "adversarial training",
                "bp": "backprop"}
 
@@ -491,11 +491,8 @@ def _pearson(xs: Sequence[float], ys: Sequence[float]) -> float | None:
 def plot_study(config: StudyConfig, records: Sequence[dict[str, Any]], path: str | Path) -> bool:
     """Lipschitz estimate, PGD accuracy (second ε) and test accuracy against β, one line per rule and α;
     backprop as a dashed line. Returns False (writing nothing) when matplotlib is not installed."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     panels = (("Lipschitz estimate (empirical)", _lipschitz),
               (f"PGD accuracy at ε={config.eps[1]:g} (%)", lambda r: _pgd(r, 1)),
@@ -518,6 +515,5 @@ def plot_study(config: StudyConfig, records: Sequence[dict[str, Any]], path: str
         axes[-1].legend(fontsize="small", loc="center left", bbox_to_anchor=(1.02, 0.5))
     figure.suptitle(f"MLP {'–'.join(map(str, config.hidden))} on {config.dataset}: diverged runs omitted")
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_png(figure, path)
     return True
