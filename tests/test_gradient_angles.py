@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from dualprop import Learner
+from dualprop.analysis import GradientAngleLog
 from dualprop.analysis.gradient_angles import cosine_angle, epoch_matrix, gradient_angles
 from dualprop.training.rundir import DiagnosticsLog, read_diagnostics
 from dualprop.training import TrainConfig, train
@@ -113,7 +114,7 @@ def test_training_writes_diagnostics_every_n_steps(tmp_path):
     config = TrainConfig(rule="dpT", alpha=0.5, beta=0.1, schedule="backward", epochs=2, hidden=[16],
                          limit_batches=4, diagnose_every=2, baseline=False, out=str(tmp_path),
                          tensorboard=False, threads=1)
-    summary = train(config)[0]
+    summary = train(config, GradientAngleLog())[0]
     with open(f"{summary['run_dir']}/diagnostics.csv", newline="") as file:
         rows = list(csv.DictReader(file))
     assert [(int(r["epoch"]), int(r["step"]), r["layer"]) for r in rows] == [
@@ -122,3 +123,11 @@ def test_training_writes_diagnostics_every_n_steps(tmp_path):
     for row in rows:
         assert math.cos(math.radians(float(row["angle"]))) == pytest.approx(float(row["cosine"]), abs=1e-5)
         assert float(row["angle"]) < 90.0
+
+
+def test_diagnose_every_without_an_observer_that_carries_it_out_is_refused(tmp_path):
+    config = TrainConfig(epochs=1, hidden=[8], limit_batches=2, diagnose_every=1, baseline=False,
+                         out=str(tmp_path), tensorboard=False, threads=1)
+    with pytest.raises(ValueError, match="diagnose_every is carried out by an observer"):
+        train(config)
+    assert not any(tmp_path.iterdir())  # refused before any run directory was made

@@ -4,6 +4,7 @@ import json
 import pytest
 import torch
 
+from dualprop.analysis import GradientAngleLog
 from dualprop.analysis.robustness import data_range_model, feature_statistics, load_trained_run
 from dualprop.cli import main
 from dualprop.training import TrainConfig, load_config, train
@@ -15,7 +16,7 @@ def trained_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
     config = TrainConfig(rule="dpT", alpha=0.5, beta=0.1, epochs=2, hidden=[24], limit_batches=8, diagnose_every=4,
                          baseline=False, out=str(out), tensorboard=False, threads=1)
-    return train(config)[0]
+    return train(config, GradientAngleLog())[0]
 
 
 def test_feature_statistics_hand_worked():
@@ -76,3 +77,24 @@ def test_diagnose_command_on_a_run(trained_run, tmp_path, capsys):
     if importlib.util.find_spec("matplotlib") is not None:
         assert (out / "diagnose-batches.png").stat().st_size > 0
         assert (out / "diagnostics-epochs.png").stat().st_size > 0  # from the run's diagnostics.csv
+
+
+def test_float_arrays_are_attacked_in_their_own_range(tmp_path):
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = (bunch.data / 16 * 6 - 3).astype(np.float32)  # features in [-3, 3], used as given
+    np.savez(tmp_path / "wide.npz", x_train=x[:1400], y_train=bunch.target[:1400], x_test=x[1400:1600],
+             y_test=bunch.target[1400:1600])
+    config = TrainConfig(dataset=str(tmp_path / "wide.npz"), epochs=1, hidden=[16], baseline=False,
+                         out=str(tmp_path / "runs"), tensorboard=False, threads=1)
+    summary = train(config)[0]
+    run = load_trained_run(summary["run_dir"])
+    assert run.data.value_range == (-3.0, 3.0)
+    _, raw, _ = data_range_model(run)
+    torch.testing.assert_close(raw, torch.from_numpy(x[1400:1600]))  # nothing clipped to [0, 1]
+    assert main(["robustness", summary["run_dir"], "--eps", "0.5", "--pgd-steps", "2", "--json"]) == 0
+    report = json.loads(open(f"{summary['run_dir']}/robustness.json").read())
+    assert report["input_range"] == [-3.0, 3.0] and report["eps_scale"] == "the inputs' own scale"
+    assert report["clean_acc"] == pytest.approx(summary["test_acc"])

@@ -122,6 +122,15 @@ class _ClosedPipeTolerantStream:
 # -- progress -----------------------------------------------------------------------------------------
 
 
+def _training_observer(show_bar: bool = True) -> Any:
+    """What watches a command's trainings: the progress display and the gradient-angle log that carries
+    out ``diagnose_every``."""
+    from dualprop.analysis import GradientAngleLog
+    from dualprop.training import Observers
+
+    return Observers(_progress_observer(show_bar), GradientAngleLog())
+
+
 def _progress_observer(show_bar: bool = True) -> Any:
     """A :class:`TrainingObserver` drawing a tqdm bar per epoch and one line per epoch on stderr."""
     from tqdm import tqdm
@@ -277,7 +286,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from dualprop.training.distributed import describe_failure, process_group
 
     overrides = _config_overrides(args)
-    observer = _progress_observer(show_bar=not args.no_progress)
+    observer = _training_observer(show_bar=not args.no_progress)
     if args.resume:
         if args.config or overrides:
             raise UsageError("--resume continues a run with its own config.toml; give no other settings")
@@ -398,7 +407,7 @@ def _run_study(args: argparse.Namespace) -> int:
             print(f"dualprop: {why}", file=sys.stderr)
         directory = create_study(kind(**values), getattr(args, "out", "studies"))
     print(f"study directory: {directory}", file=sys.stderr)
-    observer = _progress_observer(show_bar=not args.no_progress)
+    observer = _training_observer(show_bar=not args.no_progress)
 
     def setting_done(setting: Any, record: dict[str, Any]) -> None:
         status = record["status"] + (f" at epoch {record['diverged_at']['epoch']}, step "
@@ -415,6 +424,7 @@ def _run_study(args: argparse.Namespace) -> int:
 
 
 def _run_experiment(args: argparse.Namespace) -> int:
+    from dualprop.analysis import GradientAngleLog
     from dualprop.training.experiments import experiment_names, load_experiment, run_experiment
 
     if args.list:
@@ -461,7 +471,7 @@ def _run_experiment(args: argparse.Namespace) -> int:
                   f" schedule={config.schedule} passes={config.passes} epochs={config.epochs} "
                   f"seeds={config.seeds}")
         return EXIT_OK
-    observer = _progress_observer(show_bar=not args.no_progress and args.jobs == 1)
+    observer = _training_observer(show_bar=not args.no_progress and args.jobs == 1)
 
     def run_done(summary: dict[str, Any]) -> None:
         if args.jobs > 1:
@@ -470,7 +480,8 @@ def _run_experiment(args: argparse.Namespace) -> int:
                   f"{summary['seed']}: {summary['status']}, test accuracy {accuracy}", file=sys.stderr)
 
     summaries = run_experiment([config for _, config in configs], jobs=args.jobs,
-                               resume=hasattr(args, "resume"), observer=observer, run_done=run_done)
+                               resume=hasattr(args, "resume"), observer=observer, run_done=run_done,
+                               worker_observer=GradientAngleLog())
     return _report_runs(summaries, args.json)
 
 
@@ -621,7 +632,9 @@ def _add_robustness_parser(subparsers: Any) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory")
     parser.add_argument("--eps", type=float, nargs="+", default=[0.01, 0.03, 0.1],
                         help="attack radii on the [0, 1] pixel scale (default: 0.01 0.03 0.1)")
-    parser.add_argument("--norm", choices=("linf", "l2"), default="linf", help="attack norm (default: linf)")
+    from dualprop.analysis.attacks import NORMS
+
+    parser.add_argument("--norm", choices=NORMS, default="linf", help="attack norm (default: linf)")
     parser.add_argument("--checkpoint", default="best", help="best, last or a checkpoint file (default: best)")
     parser.add_argument("--limit", type=int, default=None, help="use the first N test samples")
     parser.add_argument("--pgd-steps", type=int, default=10, help="PGD steps (default: 10)")

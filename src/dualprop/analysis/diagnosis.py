@@ -20,11 +20,11 @@ from dualprop.analysis.gradient_angles import LayerAngle, epoch_matrix, gradient
 from dualprop.analysis.heatmap import plot_angle_heatmap
 from dualprop.analysis.outputs import claim_new_file
 from dualprop.analysis.robustness import load_trained_run
-from dualprop.data import BatchLoader, load_dataset
+from dualprop.data import BatchLoader
 from dualprop.learner import Learner
 from dualprop.training.config import TrainConfig
 from dualprop.training.rundir import DIAGNOSTICS_FILE, read_diagnostics
-from dualprop.training.trainer import build_model
+from dualprop.training.trainer import build_model, load_splits
 
 
 @dataclass
@@ -56,8 +56,7 @@ def diagnosis_model(config: TrainConfig, run_dir: str | Path | None, checkpoint:
         run = load_trained_run(run_dir, checkpoint, data_dir=config.data_dir)
         model, train_set = run.model, run.data.train
     else:
-        data = load_dataset(config.dataset, root=config.data_dir, validation_percent=0.0, seed=config.seeds[0],
-                            flatten=config.model == "mlp", pad_to=config.pad_to or None, augment=False)
+        data = load_splits(config, config.seeds[0], evaluation=True)
         torch.manual_seed(config.seeds[0])
         model, train_set = build_model(config, data.input_shape, data.num_classes), data.train
     return model, BatchLoader(train_set, config.batch_size)

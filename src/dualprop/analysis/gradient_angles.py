@@ -9,8 +9,8 @@ A layer is a block ``B_k`` of the layered network (all its parameters together) 
 ``per="parameter"``, each parameter tensor on its own. Where ``u`` or ``g`` is zero the angle is
 undefined and reported as NaN. Nothing here changes the caller's ``.grad``.
 
-:class:`dualprop.training.rundir.DiagnosticsLog` keeps these rows as ``diagnostics.csv`` in a run
-directory during training.
+:class:`dualprop.analysis.angle_log.GradientAngleLog` writes these rows to a run's ``diagnostics.csv``
+during training.
 """
 from __future__ import annotations
 

@@ -3,8 +3,10 @@
 Attacks act in the data range: the loaders hand out normalised inputs ``(x/pixel_max − μ_c)/σ_c``, so the
 model is wrapped as ``x ↦ model((x − μ)/σ)`` (:class:`NormalizedModel`) and fed ``x`` on the ``[0, 1]``
 scale of ``pixel/pixel_max``; ε is measured on that scale and adversarial inputs are clamped to ``[0, 1]``.
+(A user's floating-point arrays are their own scale: ``μ = 0``, ``σ = 1`` and the range is that of the
+training inputs, :attr:`dualprop.data.DatasetSplits.value_range`.)
 
-Lipschitz numbers are for that same map ``[0, 1]``-input → logits: the empirical estimate
+Lipschitz numbers are for that same map data-range input → logits: the empirical estimate
 ``max_n σ_max(J(x_n))`` over test samples (a lower bound) and the product bound
 ``Π_k γ_k / min_c σ_c`` (γ_k the spectral norm of block ``B_k``; an upper bound for affine blocks and
 1-Lipschitz activations, for other blocks γ_k is measured at one point).
@@ -19,10 +21,10 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from dualprop.analysis.attacks import adversarial_accuracy, fgsm, pgd
+from dualprop.analysis.attacks import NORMS, adversarial_accuracy, fgsm, pgd
 from dualprop.analysis.lipschitz import empirical_lipschitz
 from dualprop.analysis.outputs import claim_new_file
-from dualprop.data import DatasetSplits, load_dataset
+from dualprop.data import DatasetSplits
 from dualprop.losses import batch_loss
 from dualprop.graph import NeuronGraph, capture_graph
 from dualprop.network import BlockInput
@@ -30,9 +32,8 @@ from dualprop.spectral import spectral_norm
 from dualprop.training.checkpoint import load_checkpoint, model_state
 from dualprop.training.config import TrainConfig, load_config
 from dualprop.training.rundir import BEST_CHECKPOINT, CONFIG_FILE, LAST_CHECKPOINT, write_json_atomic
-from dualprop.training.trainer import build_model
+from dualprop.training.trainer import build_model, load_splits
 
-NORMS = ("linf", "l2")
 CHECKPOINTS = {"best": BEST_CHECKPOINT, "last": LAST_CHECKPOINT}
 ROBUSTNESS_STEM = "robustness"
 
@@ -85,9 +86,7 @@ def load_trained_run(run_dir: str | Path, checkpoint: str = "best", limit: int |
     config = load_config(run_dir / CONFIG_FILE).resolved()
     path = run_dir / CHECKPOINTS[checkpoint] if checkpoint in CHECKPOINTS else Path(checkpoint)
     state = load_checkpoint(path)
-    data = load_dataset(config.dataset, root=data_dir or config.data_dir, validation_percent=0.0,
-                        seed=config.seeds[0], flatten=config.model == "mlp", pad_to=config.pad_to or None,
-                        augment=False, limit=limit)
+    data = load_splits(config, config.seeds[0], evaluation=True, limit=limit, data_dir=data_dir)
     model = build_model(config, data.input_shape, data.num_classes)
     model.load_state_dict(model_state(state))
     model.eval()
@@ -96,10 +95,10 @@ def load_trained_run(run_dir: str | Path, checkpoint: str = "best", limit: int |
 
 
 def data_range_model(run: TrainedRun) -> tuple[NormalizedModel, Tensor, Tensor]:
-    """``(Normalize→model, test inputs on the [0, 1] scale, test labels)``."""
+    """``(Normalize→model, test inputs in the data range (the [0, 1] pixel scale), test labels)``."""
     mean, std = feature_statistics(run.data.mean, run.data.std, run.data.input_shape)
     inputs, labels = run.data.test.tensors
-    raw = (inputs * std + mean).clamp(0.0, 1.0)
+    raw = (inputs * std + mean).clamp(*run.data.value_range)
     return NormalizedModel(run.model, mean, std).eval(), raw, labels
 
 
@@ -140,8 +139,9 @@ def lipschitz_summary(model: NormalizedModel, raw: Tensor, samples: int = 256, i
 
 def attack_accuracies(model: NormalizedModel, raw: Tensor, labels: Tensor, loss: str, eps: Sequence[float],
                       norm: str = "linf", pgd_steps: int = 10, seed: int = 0,
-                      batch_size: int = 256) -> dict[str, Any]:
-    """Clean accuracy and, per ε, FGSM and PGD accuracy (%) on ``(raw, labels)``.
+                      batch_size: int = 256, value_range: tuple[float, float] = (0.0, 1.0)) -> dict[str, Any]:
+    """Clean accuracy and, per ε, FGSM and PGD accuracy (%) on ``(raw, labels)``, adversarial inputs kept
+    in ``value_range``.
 
     PGD: ``pgd_steps`` steps of size ``2.5 ε / pgd_steps`` from a random start in the ε-ball.
     """
@@ -157,11 +157,11 @@ def attack_accuracies(model: NormalizedModel, raw: Tensor, labels: Tensor, loss:
     rows = []
     for e in eps:
         generator = torch.Generator().manual_seed(seed)
-        fgsm_acc = adversarial_accuracy(model, data, lambda m, x, y: fgsm(m, loss_fn, x, y, e, norm=norm),
+        fgsm_acc = adversarial_accuracy(model, data, lambda m, x, y: fgsm(m, loss_fn, x, y, e, value_range, norm),
                                         batch_size)
         pgd_acc = adversarial_accuracy(
             model, data, lambda m, x, y: pgd(m, loss_fn, x, y, e, 2.5 * e / pgd_steps, pgd_steps, norm=norm,
-                                             generator=generator), batch_size)
+                                             clamp=value_range, generator=generator), batch_size)
         rows.append({"eps": e, "fgsm_acc": 100.0 * fgsm_acc, "pgd_acc": 100.0 * pgd_acc})
     clean = adversarial_accuracy(model, data, None, batch_size)
     return {"clean_acc": 100.0 * clean, "norm": norm, "pgd_steps": pgd_steps, "attacks": rows}
@@ -178,9 +178,11 @@ def evaluate_run_robustness(run_dir: str | Path, eps: Sequence[float], norm: str
         "run_dir": str(run.run_dir), "checkpoint": str(run.checkpoint), "checkpoint_epoch": run.epoch,
         "dataset": run.config.dataset, "model": run.config.model, "rule": run.config.rule,
         "alpha": run.config.alpha, "beta": run.config.beta, "test_samples": int(labels.shape[0]),
-        "input_range": [0.0, 1.0], "eps_scale": "pixel / pixel_max",
+        "input_range": list(run.data.value_range),
+        "eps_scale": "pixel / pixel_max" if run.data.value_range == (0.0, 1.0) else "the inputs' own scale",
     }
-    report.update(attack_accuracies(model, raw, labels, run.config.loss, eps, norm, pgd_steps, seed))
+    report.update(attack_accuracies(model, raw, labels, run.config.loss, eps, norm, pgd_steps, seed,
+                                    value_range=run.data.value_range))
     report.update(lipschitz_summary(model, raw, lipschitz_samples, seed=seed))
     return report
 

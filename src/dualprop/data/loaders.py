@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
+from .arrays import PYTHON_DATA, ArrayData, is_npz_path, read_npz
 from .imageset import ImageSet, check_fits
 from .paths import find_dataset_dir
 from .registry import get_spec
@@ -81,7 +82,9 @@ class BatchLoader:
 
 @dataclass
 class DatasetSplits:
-    """Normalised float32 inputs and int64 labels for training, validation (None when 0 %) and test."""
+    """Normalised float32 inputs and int64 labels for training, validation (None when 0 %) and test.
+
+    An input ``x`` was ``(v / pixel_max − mean_c) / std_c`` of its raw value ``v`` in channel ``c``."""
 
     name: str
     train: TensorDataset
@@ -92,6 +95,8 @@ class DatasetSplits:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     augmentation: Augmentation | None
+    value_range: tuple[float, float] = (0.0, 1.0)
+    """The range of the inputs before normalisation (the pixel scale [0, 1] for images)."""
 
     def loaders(
         self,
@@ -125,6 +130,81 @@ def _split_indices(count: int, validation_percent: float, seed: int) -> tuple[to
     return order[n_validation:].sort().values, order[:n_validation].sort().values
 
 
+def array_splits(
+    data: ArrayData,
+    validation_percent: float = 10.0,
+    seed: int = 0,
+    flatten: bool = False,
+    pad_to: int | None = None,
+) -> DatasetSplits:
+    """Training, validation and test sets of a user's arrays.
+
+    Validation is the ``val`` part when the data have one, else validation_percent % of the training
+    part (seeded, as for the registry's datasets). ``uint8`` inputs are divided by 255 and standardised
+    per channel (axis 1 of ``N × C × H × W``; one channel otherwise) with the mean and standard deviation
+    of the training split (a constant channel keeps std 1); floating-point inputs are used exactly as
+    given. There is no augmentation. ``pad_to`` zero-pads images, flatten makes vectors.
+    """
+    if not 0 <= validation_percent < 100:
+        raise ValueError(f"validation_percent must be in [0, 100), got {validation_percent}")
+    parts = data.parts
+    if pad_to is not None:
+        if len(data.sample_shape) != 3:
+            raise ValueError(f"pad_to needs images N x C x H x W; {data.name} holds samples of shape "
+                             f"{data.sample_shape}")
+        parts = {part: (pad_images(x, pad_to), y) for part, (x, y) in parts.items()}
+    train_x, train_y = parts["train"]
+    if "val" in parts:
+        train_index, validation_index = torch.arange(len(train_y)), None
+    else:
+        train_index, validation_index = _split_indices(len(train_y), validation_percent, seed)
+    sample_shape = tuple(train_x.shape[1:])
+    channels = sample_shape[0] if len(sample_shape) == 3 else 1
+
+    def by_channel(inputs: torch.Tensor) -> torch.Tensor:  # N x C x 1 x (features per channel)
+        return inputs.reshape(len(inputs), channels, 1, -1)
+
+    if data.is_uint8:
+        pixel_max, value_range = 255.0, (0.0, 1.0)
+        mean, std = channel_stats(by_channel(train_x[train_index]), pixel_max)
+        std = tuple(s if s > 0 else 1.0 for s in std)
+    else:
+        pixel_max, mean, std = 1.0, (0.0,) * channels, (1.0,) * channels
+        value_range = (float(train_x[train_index].min()), float(train_x[train_index].max()))
+
+    def dataset(inputs: torch.Tensor, labels: torch.Tensor) -> TensorDataset:
+        if data.is_uint8:
+            inputs = normalize(by_channel(inputs), mean, std, pixel_max).reshape(inputs.shape)
+        return TensorDataset(inputs.flatten(1) if flatten else inputs, labels)
+
+    if validation_index is None:
+        validation: TensorDataset | None = dataset(*parts["val"])
+    elif len(validation_index):
+        validation = dataset(train_x[validation_index], train_y[validation_index])
+    else:
+        validation = None
+    return DatasetSplits(
+        name=data.name,
+        train=dataset(train_x[train_index], train_y[train_index]),
+        validation=validation,
+        test=dataset(*parts["test"]),
+        num_classes=data.num_classes,
+        input_shape=(math.prod(sample_shape),) if flatten else sample_shape,
+        mean=tuple(mean),
+        std=tuple(std),
+        augmentation=None,
+        value_range=value_range,
+    )
+
+
+def canonical_dataset_name(name: str) -> str:
+    """The form of a dataset name that runs record: a registry name (canonical spelling), the path of an
+    ``.npz`` file as given, or :data:`PYTHON_DATA`; ``ValueError`` for an unknown name."""
+    if is_npz_path(name) or name == PYTHON_DATA:
+        return name
+    return get_spec(name).name
+
+
 def load_dataset(
     name: str,
     root: str | os.PathLike[str] | None = None,
@@ -144,14 +224,23 @@ def load_dataset(
     the training split (normalization="train"), flatten to vectors if asked. Augmentation (random
     crop and flip where the registry allows it) is returned for BatchLoader to apply to training
     batches; it is off when augment=False.
+
+    A `name` ending in ".npz" is the path of the user's own arrays (:mod:`dualprop.data.arrays`),
+    prepared by :func:`array_splits`; `normalization` and `augment` apply to registry datasets only.
     """
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be a positive number of samples, got {limit}")
+    if name == PYTHON_DATA:
+        raise ValueError(f"dataset {PYTHON_DATA!r} stands for data handed over from Python "
+                         f"(dualprop.training.train(config, data=...)); hand the same data over again, or name "
+                         f"a registered dataset or an .npz file")
+    if is_npz_path(name):
+        return array_splits(read_npz(name, limit), validation_percent, seed, flatten, pad_to)
     spec = get_spec(name)
     if not 0 <= validation_percent < 100:
         raise ValueError(f"validation_percent must be in [0, 100), got {validation_percent}")
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
-    if limit is not None and limit < 1:
-        raise ValueError(f"limit must be a positive number of samples, got {limit}")
     directory = find_dataset_dir(spec, root)
     raw = spec.reader(directory, limit)
     for split in ("train", "test"):

@@ -24,7 +24,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 from torch import nn
 
-from dualprop.data.registry import get_spec
+from dualprop.data import canonical_dataset_name
 from dualprop.learner import Learner
 from dualprop.models import ACTIVATIONS, CONV_MODELS
 from dualprop.schedules import parse_schedule
@@ -78,7 +78,7 @@ class TrainConfig:
                                          "q (0: off)")
     noise_seed: int = _setting(0, "seed of the noise, rounding and random-schedule generator")
     # data
-    dataset: str = _setting("digits", "dataset name (digits, mnist, cifar10, …)")
+    dataset: str = _setting("digits", "dataset name (digits, mnist, cifar10, …) or an .npz file of arrays")
     data_dir: str | None = _setting(None, "data root directory", unset="$DUALPROP_DATA, else ~/.cache/dualprop")
     validation_percent: float = _setting(10.0, "percent of training data held out")
     augment: bool = _setting(True, "random crop/flip where the dataset allows it")
@@ -125,7 +125,7 @@ class TrainConfig:
         # Learner owns the rules on its own settings: ask it.
         probe = nn.Sequential(nn.Linear(1, 1), nn.ReLU(), nn.Linear(1, 1))
         Learner(probe, **config.learner_settings())
-        config.dataset = get_spec(config.dataset).name
+        config.dataset = canonical_dataset_name(config.dataset)
         if config.model not in MODELS:
             raise ValueError(f"unknown model {config.model!r}; choose one of {', '.join(MODELS)}")
         if config.model == "mlp" and (not config.hidden or any(h < 1 for h in config.hidden)):

@@ -113,17 +113,15 @@ def run_one(config: TrainConfig, resume: bool = False, observer: TrainingObserve
     return start_run(config, config.seeds[0], observer)
 
 
-def _run_quietly(config: TrainConfig, resume: bool) -> dict[str, Any]:
-    return run_one(config, resume)
-
-
 def run_experiment(configs: Sequence[TrainConfig], jobs: int = 1, resume: bool = False,
                    observer: TrainingObserver | None = None,
-                   run_done: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+                   run_done: Callable[[dict[str, Any]], None] | None = None,
+                   worker_observer: TrainingObserver | None = None) -> list[dict[str, Any]]:
     """Every run of ``configs`` (see :func:`experiment_runs`), returning their summaries in that order.
 
-    With ``jobs > 1`` the runs go to that many worker processes (``observer`` is not used there; each
-    run's summary reaches ``run_done`` as it ends), and a config with ``threads = 0`` gets
+    With ``jobs > 1`` the runs go to that many worker processes (``observer`` is not used there but a
+    copy of the picklable ``worker_observer`` is, e.g. one that writes files; each run's summary reaches
+    ``run_done`` as it ends), and a config with ``threads = 0`` gets
     ``cpu_count // jobs`` threads per process. ``resume`` keeps or continues matching runs already in
     each config's ``out`` folder (see :func:`run_one`).
     """
@@ -142,7 +140,7 @@ def run_experiment(configs: Sequence[TrainConfig], jobs: int = 1, resume: bool =
     results: dict[int, dict[str, Any]] = {}
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-        pending: dict[Future, int] = {pool.submit(_run_quietly, c, resume): i for i, c in enumerate(runs)}
+        pending: dict[Future, int] = {pool.submit(run_one, c, resume, worker_observer): i for i, c in enumerate(runs)}
         try:
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)

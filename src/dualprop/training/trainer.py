@@ -5,8 +5,9 @@ the same batches), one ``Learner.step`` and one optimizer step per batch with th
 :func:`dualprop.training.lr_schedule.learning_rate`, then the validation accuracy. The epoch's row is
 appended to ``metrics.csv``, the best-validation weights go to ``checkpoint-best.pt`` and everything
 needed to resume to ``checkpoint-last.pt``. At the end the best checkpoint is evaluated on the test set.
-With ``diagnose_every = N`` the per-layer angles between every N-th step's update and backprop's
-gradient on that batch are appended to ``diagnostics.csv``.
+Each step's update, while it sits in ``.grad`` before the optimizer applies it, is shown to the
+observer: that is how diagnostics (``diagnose_every``, carried out by an observer of
+:mod:`dualprop.analysis`) see training without the trainer knowing them.
 
 A non-finite loss, non-finite dyadic states or non-finite weights stop the run, and so does a finite
 blow-up: an epoch whose mean training loss exceeds ``divergence_factor`` times the feed-forward loss of
@@ -17,6 +18,9 @@ A run directory is used by one process at a time (:mod:`dualprop.training.runloc
 settings of ``config.toml`` against those saved in the checkpoint: only :data:`RESUMABLE_SETTINGS` may
 differ (``epochs`` to lengthen or shorten a run, and bookkeeping such as the device).
 Progress is reported through a :class:`TrainingObserver`; nothing here prints.
+
+The data are ``config.dataset`` (a registered name or an ``.npz`` file) or the user's own, handed over
+as torch ``Dataset``s (:func:`train`'s ``data``); either way they become one :class:`DatasetSplits`.
 
 Inside an initialised process group (:mod:`dualprop.training.distributed`) the run is data-parallel:
 each rank trains its shard of every epoch through a ``DistributedDataParallel`` wrapper, the training
@@ -31,13 +35,14 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
-from dualprop.analysis.gradient_angles import current_update, gradient_angles
-from dualprop.data import BatchLoader, DatasetSplits, load_dataset
+from dualprop.data import (ArrayData, BatchLoader, DatasetSplits, array_splits, dataset_label, from_datasets,
+                           load_dataset)
 from dualprop.learner import Learner
 from dualprop.losses import batch_loss
 from dualprop.models import CONV_MODELS, mlp
@@ -47,13 +52,18 @@ from dualprop.training.checkpoint import (CheckpointError, atomic_save, load_che
 from dualprop.training.config import RESUMABLE_SETTINGS, TrainConfig, from_mapping, load_config, save_config
 from dualprop.training.lr_schedule import learning_rate
 from dualprop.training.rundir import (BEST_CHECKPOINT, CONFIG_FILE, LAST_CHECKPOINT, SUMMARY_FILE,
-                                      DiagnosticsLog, MetricsLog, create_run_directory, read_summary,
+                                      MetricsLog, create_run_directory, read_summary,
                                       write_json_atomic)
 from dualprop.training.runlock import run_directory_lock
 
 
 class TrainingObserver:
-    """Receives progress from the trainer; the default ignores everything (subclass to display it)."""
+    """Receives progress from the trainer; the default ignores everything (subclass to display it).
+
+    An observer that carries out a setting of the config (``diagnose_every``) names it in
+    ``settings_carried_out``; the trainer refuses a config whose such setting no observer carries out."""
+
+    settings_carried_out: frozenset[str] = frozenset()
 
     def run_started(self, run_dir: Path, config: TrainConfig, seed: int, start_epoch: int,
                     steps_per_epoch: int) -> None:
@@ -61,6 +71,10 @@ class TrainingObserver:
 
     def epoch_started(self, epoch: int, steps: int) -> None:
         """Epoch ``epoch`` (1-based) of ``steps`` optimizer steps begins."""
+
+    def update_computed(self, learner: Learner, x: torch.Tensor, y: torch.Tensor, epoch: int, step: int) -> None:
+        """Global step ``step``'s update on the batch ``(x, y)`` is in the ``.grad`` of the parameters of
+        ``learner.model``, before the optimizer applies it (leave ``.grad`` as it is)."""
 
     def step_finished(self, epoch: int, step: int, loss: float) -> None:
         """Step ``step`` (1-based within the epoch) finished with feed-forward loss ``loss``."""
@@ -87,6 +101,39 @@ class Evaluation:
     loss: float
     top1: float
     top5: float | None
+
+
+class Observers(TrainingObserver):
+    """Several observers as one: each call goes to each of them in order."""
+
+    def __init__(self, *observers: TrainingObserver):
+        self.observers = observers
+        self.settings_carried_out = frozenset().union(*(o.settings_carried_out for o in observers))
+
+    def run_started(self, run_dir: Path, config: TrainConfig, seed: int, start_epoch: int,
+                    steps_per_epoch: int) -> None:
+        for observer in self.observers:
+            observer.run_started(run_dir, config, seed, start_epoch, steps_per_epoch)
+
+    def epoch_started(self, epoch: int, steps: int) -> None:
+        for observer in self.observers:
+            observer.epoch_started(epoch, steps)
+
+    def update_computed(self, learner: Learner, x: torch.Tensor, y: torch.Tensor, epoch: int, step: int) -> None:
+        for observer in self.observers:
+            observer.update_computed(learner, x, y, epoch, step)
+
+    def step_finished(self, epoch: int, step: int, loss: float) -> None:
+        for observer in self.observers:
+            observer.step_finished(epoch, step, loss)
+
+    def epoch_finished(self, row: dict[str, Any]) -> None:
+        for observer in self.observers:
+            observer.epoch_finished(row)
+
+    def run_finished(self, summary: dict[str, Any]) -> None:
+        for observer in self.observers:
+            observer.run_finished(summary)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -132,16 +179,36 @@ def build_optimizer(config: TrainConfig, parameters: list[nn.Parameter]) -> torc
                            weight_decay=config.weight_decay)
 
 
-def load_splits(config: TrainConfig, seed: int, world_size: int = 1) -> DatasetSplits:
-    """The dataset of ``config``; with ``limit_batches`` only the samples those batches need (on each of
-    ``world_size`` ranks) are read."""
-    limit = None
-    if config.limit_batches:
+def load_splits(config: TrainConfig, seed: int, world_size: int = 1, *, evaluation: bool = False,
+                limit: int | None = None, data_dir: str | None = None,
+                data: ArrayData | None = None) -> DatasetSplits:
+    """The data of ``config`` for ``seed``: the user's arrays ``data`` when given, else the dataset
+    ``config.dataset`` from ``data_dir`` (default: ``config.data_dir``), its first ``limit`` samples.
+
+    For training, ``validation_percent`` % of the training set is held out, ``augment`` applies and, with
+    ``limit_batches``, only the samples those batches need on ``world_size`` ranks are read. For
+    ``evaluation`` (the analysis tools) the whole training set is kept and nothing is augmented."""
+    validation_percent = 0.0 if evaluation else config.validation_percent
+    flatten, pad_to = config.model == "mlp", config.pad_to or None
+    if data is not None:
+        return array_splits(data, validation_percent, seed, flatten, pad_to)
+    if limit is None and config.limit_batches and not evaluation:
         needed = config.limit_batches * config.batch_size * world_size
         limit = math.ceil(needed / (1 - config.validation_percent / 100)) + 1
-    return load_dataset(config.dataset, root=config.data_dir, validation_percent=config.validation_percent,
-                        seed=seed, flatten=config.model == "mlp", pad_to=config.pad_to or None,
-                        augment=config.augment, limit=limit)
+    return load_dataset(config.dataset, root=data_dir or config.data_dir, validation_percent=validation_percent,
+                        seed=seed, flatten=flatten, pad_to=pad_to, augment=config.augment and not evaluation,
+                        limit=limit)
+
+
+def as_array_data(data: ArrayData | Sequence[Dataset]) -> ArrayData:
+    """The user's data as checked arrays: ``ArrayData`` as it is, or torch ``Dataset``s ``(train, test)``
+    or ``(train, test, validation)`` of ``(input, label)`` items."""
+    if isinstance(data, ArrayData):
+        return data
+    if not isinstance(data, (tuple, list)) or not 2 <= len(data) <= 3:
+        raise ValueError("data must be torch Datasets (train, test) or (train, test, validation), "
+                         f"got {type(data).__name__}")
+    return from_datasets(*data)
 
 
 def evaluate(model: nn.Module, loader: BatchLoader, loss_name: str, limit_batches: int = 0) -> Evaluation:
@@ -172,7 +239,7 @@ def parameters_finite(model: nn.Module) -> bool:
 
 def run_name(config: TrainConfig, seed: int) -> str:
     """Directory name: ``name`` (else dataset and model), rule and its settings, seed."""
-    prefix = config.name or f"{config.dataset}-{config.model}"
+    prefix = config.name or f"{dataset_label(config.dataset)}-{config.model}"
     rule = config.rule if config.rule == "bp" else f"{config.rule}-a{config.alpha:g}-b{config.beta:g}"
     return f"{prefix}-{rule}-seed{seed}"
 
@@ -184,18 +251,22 @@ def _now() -> str:
 class Run:
     """One network trained with one seed in one run directory."""
 
-    def __init__(self, config: TrainConfig, observer: TrainingObserver):
-        """Load the data and build model, learner and optimizer (before any file is written, so bad
-        data leaves no half-made run directory); :meth:`attach` then binds the run directory."""
+    def __init__(self, config: TrainConfig, observer: TrainingObserver, data: ArrayData | None = None):
+        """Load the data (``data`` when given) and build model, learner and optimizer (before any file is
+        written, so bad data leaves no half-made run directory); :meth:`attach` then binds the run
+        directory."""
         self.context = distributed.current_context()
         self.is_main = self.context is None or self.context.is_main
+        if config.diagnose_every and "diagnose_every" not in observer.settings_carried_out:
+            raise ValueError("diagnose_every is carried out by an observer: hand "
+                             "dualprop.analysis.GradientAngleLog() to the trainer (the command line does)")
         if self.context is not None and config.diagnose_every:
             raise ValueError("diagnose_every needs a single process; run diagnostics without torchrun")
         self.config, self.observer = config, observer if self.is_main else TrainingObserver()
         self.seed = config.seeds[0]
         self.device = self.context.device if self.context else resolve_device(config.device)
         torch.manual_seed(self.seed)
-        self.data = load_splits(config, self.seed, self.context.world_size if self.context else 1)
+        self.data = load_splits(config, self.seed, self.context.world_size if self.context else 1, data=data)
         self.model = build_model(config, self.data.input_shape, self.data.num_classes).to(self.device)
         trained = distributed.data_parallel(self.model, self.context) if self.context else self.model
         self.learner = Learner(trained, **config.learner_settings())
@@ -221,7 +292,6 @@ class Run:
         """Write this run's files into ``run_dir``."""
         self.run_dir = run_dir
         self.metrics = MetricsLog(run_dir)
-        self.angles = DiagnosticsLog(run_dir) if self.config.diagnose_every else None
         self.writer = _tensorboard_writer(run_dir) if self.config.tensorboard and self.is_main else None
 
     # -- persistence ------------------------------------------------------------------------------
@@ -255,8 +325,6 @@ class Run:
         if not self.is_main:
             return
         self.metrics.truncate_to(self.epoch)
-        if self.angles is not None:
-            self.angles.truncate_to(self.epoch)
 
     def _summary(self, status: str, test: Evaluation | None = None,
                  divergence: Divergence | None = None) -> dict[str, Any]:
@@ -300,9 +368,7 @@ class Run:
                 raise Divergence(epoch, step, index + 1, "non-finite loss")
             if states_diverged:
                 raise Divergence(epoch, step, index + 1, "non-finite dyadic states")
-            if self.angles is not None and step % self.config.diagnose_every == 0:
-                angles = gradient_angles(self.learner, x, y, update=current_update(self.model))
-                self.angles.append(epoch, step, angles)
+            self.observer.update_computed(self.learner, x, y, epoch, step)
             self.optimizer.step()
             if not parameters_finite(self.model):
                 raise Divergence(epoch, step, index + 1, "non-finite weights")
@@ -407,11 +473,15 @@ def _tensorboard_writer(run_dir: Path) -> Any:
     return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
 
 
-def start_run(config: TrainConfig, seed: int, observer: TrainingObserver | None = None) -> dict[str, Any]:
-    """Train ``config`` with ``seed`` in a new run directory under ``config.out``; return its summary."""
-    config = config.replace(seeds=[seed], baseline=False).resolved()
+def start_run(config: TrainConfig, seed: int, observer: TrainingObserver | None = None,
+              data: ArrayData | Sequence[Dataset] | None = None) -> dict[str, Any]:
+    """Train ``config`` with ``seed`` in a new run directory under ``config.out``; return its summary.
+    ``data``: the user's own data instead of ``config.dataset``, as for :func:`train`."""
+    arrays = as_array_data(data) if data is not None else None
+    changes: dict[str, Any] = {"dataset": arrays.name} if arrays is not None else {}
+    config = config.replace(seeds=[seed], baseline=False, **changes).resolved()
     with cpu_threads(config):
-        run = Run(config, observer or TrainingObserver())
+        run = Run(config, observer or TrainingObserver(), arrays)
         run_dir = None
         if run.is_main:
             run_dir = create_run_directory(config.out, run_name(config, seed))
@@ -424,8 +494,10 @@ def start_run(config: TrainConfig, seed: int, observer: TrainingObserver | None 
             return run.train()
 
 
-def resume_run(run_dir: str | Path, observer: TrainingObserver | None = None) -> dict[str, Any]:
-    """Continue the run in ``run_dir`` from its last checkpoint (a finished run is returned as is)."""
+def resume_run(run_dir: str | Path, observer: TrainingObserver | None = None,
+               data: ArrayData | Sequence[Dataset] | None = None) -> dict[str, Any]:
+    """Continue the run in ``run_dir`` from its last checkpoint (a finished run is returned as is); a run
+    trained on data handed over from Python needs the same ``data`` again."""
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
         raise ValueError(f"{run_dir} is not a run directory (no {CONFIG_FILE})")
@@ -436,7 +508,7 @@ def resume_run(run_dir: str | Path, observer: TrainingObserver | None = None) ->
         if summary.get("status") in ("finished", "diverged") and not lengthened:
             return summary
         with cpu_threads(config):
-            run = Run(config, observer or TrainingObserver())
+            run = Run(config, observer or TrainingObserver(), as_array_data(data) if data is not None else None)
             run.attach(run_dir)
             if (run_dir / LAST_CHECKPOINT).exists():
                 run.restore()
@@ -466,12 +538,19 @@ def check_resumable(saved: TrainConfig, current: TrainConfig, finished_epochs: i
                          "finished; give at least that many")
 
 
-def train(config: TrainConfig, observer: TrainingObserver | None = None) -> list[dict[str, Any]]:
-    """Every run of ``config``: for each seed the network with its rule, then (``baseline``) with ``bp``."""
+def train(config: TrainConfig, observer: TrainingObserver | None = None,
+          data: ArrayData | Sequence[Dataset] | None = None) -> list[dict[str, Any]]:
+    """Every run of ``config``: for each seed the network with its rule, then (``baseline``) with ``bp``.
+
+    ``data``: the user's own data instead of ``config.dataset``: torch ``Dataset``s ``(train, test)`` or
+    ``(train, test, validation)`` whose items are ``(input, label)`` pairs (inputs float or uint8 tensors
+    of one shape, labels integer class indices 0, 1, …), checked and prepared as an ``.npz`` file's
+    arrays are (:func:`dualprop.data.array_splits`). The runs then record ``dataset = "python"``."""
+    arrays = as_array_data(data) if data is not None else None
     config = config.resolved()
     summaries = []
     for seed in config.seeds:
-        summaries.append(start_run(config, seed, observer))
+        summaries.append(start_run(config, seed, observer, arrays))
         if config.baseline and config.rule != "bp":
-            summaries.append(start_run(config.replace(rule="bp"), seed, observer))
+            summaries.append(start_run(config.replace(rule="bp"), seed, observer, arrays))
     return summaries
