@@ -186,3 +186,10 @@ def test_command_line_trains_on_an_npz_file_and_rejects_a_bad_one(tmp_path, caps
     assert error.strip().splitlines() == [f"dualprop: error: {bad}: missing key 'y_test'; expected x_train, "
                                           "y_train, x_test, y_test and optionally x_val, y_val"]
     assert not (tmp_path / "runs2").exists()
+
+
+def test_a_config_records_the_npz_file_by_its_absolute_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = TrainConfig(dataset="data/mine.npz").resolved()
+    assert config.dataset == str(tmp_path / "data" / "mine.npz")
+    assert config.resolved().dataset == config.dataset

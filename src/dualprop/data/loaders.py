@@ -198,9 +198,12 @@ def array_splits(
 
 
 def canonical_dataset_name(name: str) -> str:
-    """The form of a dataset name that runs record: a registry name (canonical spelling), the path of an
-    ``.npz`` file as given, or :data:`PYTHON_DATA`; ``ValueError`` for an unknown name."""
-    if is_npz_path(name) or name == PYTHON_DATA:
+    """The form of a dataset name that runs record: a registry name (canonical spelling), the absolute path
+    of an ``.npz`` file (so a run resumes from any directory), or :data:`PYTHON_DATA`; ``ValueError`` for
+    an unknown name."""
+    if is_npz_path(name):
+        return os.path.abspath(os.path.expanduser(name))
+    if name == PYTHON_DATA:
         return name
     return get_spec(name).name
 
