@@ -131,3 +131,24 @@ def test_diagnose_every_without_an_observer_that_carries_it_out_is_refused(tmp_p
     with pytest.raises(ValueError, match="diagnose_every is carried out by an observer"):
         train(config)
     assert not any(tmp_path.iterdir())  # refused before any run directory was made
+
+
+def test_the_angle_log_of_a_resumed_run_drops_the_rows_after_its_checkpoint(tmp_path):
+    from dualprop.analysis.gradient_angles import LayerAngle
+
+    log = DiagnosticsLog(tmp_path)
+    for epoch in (1, 2, 3):
+        log.append(epoch, 5 * epoch, [LayerAngle("block 1", 0.5, 60.0)])
+    observer = GradientAngleLog()
+    observer.run_started(tmp_path, TrainConfig(diagnose_every=5), seed=0, start_epoch=2, steps_per_epoch=5)
+    assert [r["epoch"] for r in read_diagnostics(tmp_path / "diagnostics.csv")] == [1, 2]
+
+
+def test_command_line_writes_diagnostics(tmp_path, capsys):
+    from dualprop.cli import main
+
+    assert main(["train", "--epochs", "1", "--limit-batches", "4", "--hidden", "8", "--diagnose-every", "2",
+                 "--no-baseline", "--no-tensorboard", "--no-progress", "--out", str(tmp_path)]) == 0
+    (run_dir,) = tmp_path.iterdir()
+    rows = read_diagnostics(run_dir / "diagnostics.csv")
+    assert [(r["epoch"], r["step"]) for r in rows] == [(1, 2), (1, 2), (1, 4), (1, 4)]
