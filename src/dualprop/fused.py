@@ -53,25 +53,27 @@ def finite_difference_weights(rule: str, alpha: float) -> tuple[float, float]:
 class DyadicActivationFunction(torch.autograd.Function):
     """``f(a)`` forward; backward ``v ↦ (f(a + c₁βBv) − f(a − c₂βBv)) / (βB)`` with ``B = a.shape[0]``.
 
-    ``v`` is the incoming gradient of the batch-mean loss, ``u = B·v`` the per-sample one.
+    ``v`` is the incoming gradient of the batch-mean loss, ``u = B·v`` the per-sample one. Where a weight
+    is zero (``α ∈ {0, 1}``) that end of the difference is ``f(a)`` itself, the forward output, reused.
     """
 
     @staticmethod
     def forward(ctx, drive: Tensor, activation: nn.Module, beta: float,  # type: ignore[override]
                 weights: tuple[float, float]) -> Tensor:
-        ctx.save_for_backward(drive)
+        output = activation(drive)
+        ctx.save_for_backward(drive, output if 0.0 in weights else None)
         ctx.activation, ctx.beta, ctx.weights = activation, beta, weights
-        return activation(drive)
+        return output
 
     @staticmethod
     def backward(ctx, grad_output: Tensor):  # type: ignore[override]
-        (drive,) = ctx.saved_tensors
+        drive, output = ctx.saved_tensors
         c_1, c_2 = ctx.weights
         scale = ctx.beta * drive.shape[0]
         activation = ctx.activation
-        upper = activation(torch.add(drive, grad_output, alpha=c_1 * scale))
-        lower = activation(torch.add(drive, grad_output, alpha=-c_2 * scale))
-        return (upper - lower).div_(scale), None, None, None
+        upper = output if c_1 == 0.0 else activation(torch.add(drive, grad_output, alpha=c_1 * scale))
+        lower = output if c_2 == 0.0 else activation(torch.add(drive, grad_output, alpha=-c_2 * scale))
+        return torch.sub(upper, lower).div_(scale), None, None, None
 
 
 class FusedActivation(nn.Module):
