@@ -27,6 +27,7 @@ import torch
 from dualprop import Learner
 from dualprop.analysis.activity import dead_fractions
 from dualprop.analysis.gradient_angles import gradient_angles
+from dualprop.analysis.plotting import pyplot, save_png
 from dualprop.data import load_dataset
 from dualprop.models import mlp
 from dualprop.training.trainer import evaluate
@@ -96,10 +97,11 @@ def run(setting: Setting, optimizer_name: str, data, epochs: int, batches: int, 
     return rows
 
 
-def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def plot(rows: list[dict], path: Path) -> bool:
+    """Draw the figure; False (nothing written) when matplotlib is not installed."""
+    plt = pyplot()
+    if plt is None:
+        return False
 
     optimizers = list(dict.fromkeys(r["optimizer"] for r in rows))
     panels = (("val_acc", "validation accuracy (%)"), ("angle_1", "layer 1: angle to backprop (°)"),
@@ -115,8 +117,8 @@ def plot(rows: list[dict], path: Path) -> None:
             axis.set(title=f"{optimizer.upper()}: {title}", xlabel="epoch")
         row_axes[0].legend(fontsize="x-small")
     figure.tight_layout()
-    figure.savefig(path, dpi=90)
-    plt.close(figure)
+    save_png(figure, path)
+    return True
 
 
 def main() -> None:
@@ -148,7 +150,8 @@ def main() -> None:
     with open(table, newline="", encoding="utf-8") as file:
         rows = [{k: (v if k in ("optimizer", "label", "rule") else float(v)) for k, v in r.items()}
                 for r in csv.DictReader(file)]
-    plot(rows, args.out / "dynamics.png")
+    if not plot(rows, args.out / "dynamics.png"):
+        print("matplotlib is not installed; no dynamics.png written")
 
 
 if __name__ == "__main__":
