@@ -184,3 +184,17 @@ def test_noise_and_random_order_generators_are_saved_so_a_resumed_step_draws_the
         assert torch.equal(a, b)
     assert not all(torch.equal(a, c) for a, c in zip(_grads(learner), _grads(fresh)))
     assert "noise_generator_cpu" not in Learner(copy.deepcopy(model)).state_dict()
+
+
+def test_settings_are_checked_and_resolved_without_a_model():
+    from dualprop import LearnerSettings
+
+    settings = LearnerSettings(rule="dp", alpha=1, schedule="fwbw2")
+    assert (settings.schedule, settings.passes, settings.alpha) == ("forward-backward", 2, 1.0)
+    assert LearnerSettings(schedule="fwbw").one_sweep and not settings.one_sweep
+    for bad, fragment in [(dict(rule="bp", feedback="kolen-pollack"), "dual-propagation rule"),
+                          (dict(implementation="fused", schedule="fw2"), "single backward sweep"),
+                          (dict(rule="adversarial", state_noise=0.1), "adversarial"),
+                          (dict(state_quantum=-1.0), "state_quantum")]:
+        with pytest.raises(ValueError, match=fragment):
+            LearnerSettings(**bad)

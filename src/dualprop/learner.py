@@ -7,9 +7,10 @@ compartments ``s⁺_k, s⁻_k``, both starting at the feed-forward value. Visiti
 * feedback ``Δ_k = Σ_{c: k ∈ P(c)} J_{B_c, k}(s⁺_{P(c)})ᵀ (s⁺_c − s⁻_c)``, summed over the children ``c``,
 * compartments by the rule (:mod:`dualprop.rules`).
 
-For a layered network (``P(k) = (k−1,)``) this is ``Δ_k = J_{B_{k+1}}(s⁺_k)ᵀ (s⁺_{k+1} − s⁻_{k+1})``. The update
-is ``∂J/∂θ`` of ``J(θ) = −1/(β·B) Σ_k ⟨s⁺_k − s⁻_k, B_k(s̄_{P(k)})⟩`` with the states held fixed, returned
-by :meth:`Learner.objective` for the caller's ``backward()`` (or accumulated by :meth:`Learner.step`).
+For a layered network (``P(k) = (k−1,)``) this is ``Δ_k = J_{B_{k+1}}(s⁺_k)ᵀ (s⁺_{k+1} − s⁻_{k+1})``.
+The update is ``∂J/∂θ`` of ``J(θ) = −1/(β·B) Σ_k ⟨s⁺_k − s⁻_k, B_k(s̄_{P(k)})⟩`` with the states held
+fixed, returned by :meth:`Learner.objective` for the caller's ``backward()`` (or accumulated by
+:meth:`Learner.step`).
 """
 from __future__ import annotations
 
@@ -140,6 +141,69 @@ def _check_power_iterations(value: int) -> int:
     return value
 
 
+@dataclass(frozen=True)
+class LearnerSettings:
+    """The settings of a :class:`Learner`, checked without a model: a bad one, or a bad combination, is a
+    ``ValueError`` naming it. ``schedule`` and ``passes`` come out resolved (``fw3`` → ``forward``, 3)."""
+
+    rule: str = "dpT"
+    alpha: float = 0.5
+    beta: float = 0.1
+    schedule: str = "forward"
+    passes: int | None = None
+    loss: str = "cross_entropy"
+    implementation: str = "auto"
+    feedback: str = "symmetric"
+    power_iterations: int = 1
+    state_noise: float = 0.0
+    state_quantum: float = 0.0
+    noise_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.rule not in RULES:
+            raise ValueError(f"unknown rule {self.rule!r}; choose one of {', '.join(RULES)}")
+        if self.implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"unknown implementation {self.implementation!r}; "
+                             f"choose one of {', '.join(IMPLEMENTATIONS)}")
+        schedule, passes = parse_schedule(self.schedule, self.passes)
+        for name, value in (("alpha", _check_unit_interval("alpha", self.alpha)),
+                            ("beta", _check_positive("beta", self.beta)),
+                            ("schedule", schedule), ("passes", passes), ("loss", check_loss(self.loss)),
+                            ("power_iterations", _check_power_iterations(self.power_iterations))):
+            object.__setattr__(self, name, value)
+        if self.feedback not in FEEDBACK_MODES:
+            raise ValueError(f"unknown feedback {self.feedback!r}; choose one of {', '.join(FEEDBACK_MODES)}")
+        if self.feedback != "symmetric" and self.rule not in DYADIC_RULES:
+            raise ValueError(f"feedback={self.feedback!r} needs a dual-propagation rule, not {self.rule!r}")
+        perturbed = self.perturbation().active
+        if perturbed and self.rule == "adversarial":
+            raise ValueError("state_noise and state_quantum apply to dp, dpT, dp-damped and bp, "
+                             "not to rule 'adversarial'")
+        if self.implementation == "fused":
+            if self.rule not in FUSED_RULES:
+                raise ValueError(f"implementation='fused' supports rules {', '.join(FUSED_RULES)}, "
+                                 f"not {self.rule!r}")
+            if self.feedback != "symmetric":
+                raise ValueError(f"implementation='fused' feeds back through the forward weights; "
+                                 f"feedback={self.feedback!r} needs implementation='generic'")
+            if not self.one_sweep:
+                raise ValueError(f"implementation='fused' is a single backward sweep: it needs "
+                                 f"schedule='backward' with passes=1, got schedule={self.schedule!r} "
+                                 f"with passes={self.passes}")
+            if perturbed:
+                raise ValueError("implementation='fused' has no state loop to perturb: state_noise and "
+                                 "state_quantum need implementation='generic' (or 'auto')")
+
+    @property
+    def one_sweep(self) -> bool:
+        """Whether the schedule is one backward sweep (``backward``, or ``forward-backward`` with one pass)."""
+        return self.passes == 1 and self.schedule in ("backward", "forward-backward")
+
+    def perturbation(self) -> CompartmentPerturbation:
+        """The compartment noise and rounding these settings ask for (checked on construction)."""
+        return CompartmentPerturbation(self.state_noise, self.state_quantum, self.noise_seed)
+
+
 class Learner(nn.Module):
     """Train any capturable model with dual propagation or a reference rule; an ``nn.Module`` beside the
     optimizer.
@@ -171,24 +235,17 @@ class Learner(nn.Module):
                  implementation: str = "auto", feedback: str = "symmetric", power_iterations: int = 1,
                  state_noise: float = 0.0, state_quantum: float = 0.0, noise_seed: int = 0):
         super().__init__()
-        if rule not in RULES:
-            raise ValueError(f"unknown rule {rule!r}; choose one of {', '.join(RULES)}")
-        if implementation not in IMPLEMENTATIONS:
-            raise ValueError(f"unknown implementation {implementation!r}; "
-                             f"choose one of {', '.join(IMPLEMENTATIONS)}")
-        self.rule = rule
-        self.alpha = _check_unit_interval("alpha", alpha)
-        self.beta = _check_positive("beta", beta)
-        self.schedule, self.passes = parse_schedule(schedule, passes)
-        self.loss = check_loss(loss)
+        settings = LearnerSettings(rule, alpha, beta, schedule, passes, loss, implementation, feedback,
+                                   power_iterations, state_noise, state_quantum, noise_seed)
+        self.settings = settings
+        self.rule, self.alpha, self.beta = settings.rule, settings.alpha, settings.beta
+        self.schedule, self.passes, self.loss = settings.schedule, settings.passes, settings.loss
+        self.feedback, self.power_iterations = settings.feedback, settings.power_iterations
         self.model = unwrap(model)
         self.__dict__["wrapper"] = model  # what runs; kept out of the module tree (no duplicate state)
         self.network: NeuronGraph = capture_graph(self.model)
         # hardware realism: compartment noise and resolution, asynchronous order
-        self.perturbation = CompartmentPerturbation(state_noise, state_quantum, noise_seed)
-        if self.perturbation.active and rule == "adversarial":
-            raise ValueError("state_noise and state_quantum apply to dp, dpT, dp-damped and bp, "
-                             "not to rule 'adversarial'")
+        self.perturbation = settings.perturbation()
         self._order_generator = (torch.Generator().manual_seed(noise_seed) if self.schedule == "random"
                                  else None)
         self.order = None if self.schedule == "random" else \
@@ -197,46 +254,26 @@ class Learner(nn.Module):
         # kept out of the module tree: it holds the model's own modules
         self.__dict__["_noisy_forward"] = \
             self.network.with_activations(self._sites) if self.perturbation.active else None
-        if feedback not in FEEDBACK_MODES:
-            raise ValueError(f"unknown feedback {feedback!r}; choose one of {', '.join(FEEDBACK_MODES)}")
-        if feedback != "symmetric" and rule not in DYADIC_RULES:
-            raise ValueError(f"feedback={feedback!r} needs a dual-propagation rule, not {rule!r}")
-        self.feedback = feedback
         self.feedback_weights = nn.ParameterList()
         self._feedback_index: dict[nn.Module, int] = {}
         if feedback == "kolen-pollack":
             self._make_feedback_weights()
-        self.power_iterations = _check_power_iterations(power_iterations)
-        self.implementation = self._resolve_implementation(implementation)
+        self.implementation = self._resolve_implementation(settings.implementation)
         self._spectral_estimators: dict[tuple[int, int], SpectralNormEstimator] = {}
         self._dependencies = self._visit_dependencies()
 
     def _resolve_implementation(self, implementation: str) -> str:
-        """``fused`` where asked (DP/DP⊤, one backward sweep) or, for ``auto``, where it equals the generic
-        sweep: DP⊤ with ``α ∈ {0, 1}`` and one backward sweep (``backward``, or ``forward-backward`` with
-        one pass, the same visit order), symmetric feedback — and at ``α = 0``, where ``s⁺`` leaves the
-        feed-forward value, only if every block with several parents has a constant Jacobian."""
+        """``fused`` where asked (its settings checked by :class:`LearnerSettings`) or, for ``auto``, where
+        it equals the generic sweep: DP⊤ with ``α ∈ {0, 1}`` and one backward sweep (``backward``, or
+        ``forward-backward`` with one pass, the same visit order), symmetric feedback, no perturbation —
+        and at ``α = 0``, where ``s⁺`` leaves the feed-forward value, only if every block with several
+        parents has a constant Jacobian."""
         self._fused_sweep: FusedSweep | None = None
-        one_sweep = self.passes == 1 and self.schedule in ("backward", "forward-backward")
-        if implementation == "fused":
-            if self.rule not in FUSED_RULES:
-                raise ValueError(f"implementation='fused' supports rules {', '.join(FUSED_RULES)}, "
-                                 f"not {self.rule!r}")
-            if self.feedback != "symmetric":
-                raise ValueError(f"implementation='fused' feeds back through the forward weights; "
-                                 f"feedback={self.feedback!r} needs implementation='generic'")
-            if not one_sweep:
-                raise ValueError(f"implementation='fused' is a single backward sweep: it needs "
-                                 f"schedule='backward' with passes=1, got schedule={self.schedule!r} "
-                                 f"with passes={self.passes}")
-            if self.perturbation.active:
-                raise ValueError("implementation='fused' has no state loop to perturb: state_noise and "
-                                 "state_quantum need implementation='generic' (or 'auto')")
-        elif implementation == "auto":
+        if implementation == "auto":
             graph = self.network
             points_fixed = self.alpha == 1.0 or all(
                 affine for affine, parents in zip(graph.affine, graph.parents) if len(parents) > 1)
-            exact = (self.rule == "dpT" and self.alpha in (0.0, 1.0) and one_sweep and points_fixed
+            exact = (self.rule == "dpT" and self.alpha in (0.0, 1.0) and self.settings.one_sweep and points_fixed
                      and self.feedback == "symmetric" and not self.perturbation.active)
             implementation = "fused" if exact else "generic"
         if implementation == "fused":

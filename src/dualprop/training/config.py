@@ -1,6 +1,6 @@
 """``TrainConfig``: every setting of a training run, read from and written to TOML.
 
-A config is plain data. ``resolved()`` checks it (reusing the checks of :class:`dualprop.Learner`,
+A config is plain data. ``resolved()`` checks it (reusing the checks of :class:`dualprop.learner.LearnerSettings`,
 :func:`dualprop.schedules.parse_schedule` and the dataset registry) and returns a copy whose schedule is
 canonical and whose ``passes`` is explicit, which is what a run directory stores as ``config.toml``.
 The defaults are the quick start: an MLP trained on scikit-learn's digits with DP⊤, compared against
@@ -22,10 +22,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-from torch import nn
 
 from dualprop.data import canonical_dataset_name
-from dualprop.learner import Learner
+from dualprop.learner import LearnerSettings
 from dualprop.models import ACTIVATIONS, CONV_MODELS
 from dualprop.schedules import parse_schedule
 
@@ -122,9 +121,7 @@ class TrainConfig:
         config.schedule, config.passes = parse_schedule(config.schedule, config.passes)
         if config.activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {config.activation!r}; choose one of {', '.join(ACTIVATIONS)}")
-        # Learner owns the rules on its own settings: ask it.
-        probe = nn.Sequential(nn.Linear(1, 1), nn.ReLU(), nn.Linear(1, 1))
-        Learner(probe, **config.learner_settings())
+        LearnerSettings(**config.learner_settings())  # the Learner's own checks of its settings
         config.dataset = canonical_dataset_name(config.dataset)
         if config.model not in MODELS:
             raise ValueError(f"unknown model {config.model!r}; choose one of {', '.join(MODELS)}")
