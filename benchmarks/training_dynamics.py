@@ -7,10 +7,10 @@ the first layer's ReLUs die; and DP collapses as the number of inference passes 
 Every run trains the 784-512-512-10 ReLU MLP of the Fashion-MNIST study (squared error, batch 100)
 for ``--epochs`` short epochs of ``--batches`` batches and records after each epoch: validation
 accuracy (the 6000 held-out images), the angle between the rule's update and backprop's gradient per
-layer (:func:`dualprop.analysis.gradient_angles.gradient_angles`, on the same fixed 1000 training
+layer (:func:`dualprop.analysis.gradient_angles.gradient_angles`, on the same fixed 500 training
 images every epoch) and the share of dead ReLUs per hidden layer on the validation images
 (:func:`dualprop.analysis.activity.dead_fractions`). Rows go to ``dynamics.csv`` as each run ends (a
-rerun skips the runs already there), the figure to ``dynamics.png``::
+rerun skips the runs already there), a summary table to ``dynamics.md``, the figure to ``dynamics.png``::
 
     PYTHONPATH=src nice -n 19 python benchmarks/training_dynamics.py --out docs/results/dynamics
 """
@@ -56,7 +56,7 @@ class Setting:
 
 
 SETTINGS = [Setting("bp"), Setting("dpT", 1.0, 0.1), Setting("dpT", 1.0, 1.0),
-            *(Setting("dp", 1.0, 1.0, passes) for passes in (1, 4, 8)), Setting("dp", 1.0, 0.1, 8)]
+            *(Setting("dp", 1.0, 1.0, passes) for passes in (1, 4, 8))]
 OPTIMIZERS = {"sgd": lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9),
               "adam": lambda params: torch.optim.Adam(params, lr=1e-3)}
 
@@ -69,7 +69,7 @@ def run(setting: Setting, optimizer_name: str, data, epochs: int, batches: int, 
                       schedule=setting.schedule, passes=setting.passes, loss="mse")
     optimizer = OPTIMIZERS[optimizer_name](model.parameters())
     train, validation, _ = data.loaders(100, seed=seed, eval_batch_size=1000)
-    fixed_x, fixed_y = next(iter(data.loaders(1000, seed=seed + 1)[0]))
+    fixed_x, fixed_y = next(iter(data.loaders(500, seed=seed + 1)[0]))
     rows = []
     for epoch in range(1, epochs + 1):
         diverged = False
@@ -95,6 +95,24 @@ def run(setting: Setting, optimizer_name: str, data, epochs: int, batches: int, 
         if diverged:
             break
     return rows
+
+
+def summary(rows: list[dict]) -> str:
+    """One Markdown row per run: peak and last validation accuracy, first-layer angle and dead share."""
+    lines = ["| optimizer | setting | peak val acc (%) at epoch | last val acc (%) | layer-1 angle (°) first → last "
+             "epoch | layer-2 angle (°) last | layer-1 dead share first → last | diverged |", "|---|---|---|---|---|---|---|---|"]
+    for key in dict.fromkeys((r["optimizer"], r["label"]) for r in rows):
+        run = [r for r in rows if (r["optimizer"], r["label"]) == key]
+        finite = [r for r in run if math.isfinite(r["val_acc"])]
+        peak = max(finite, key=lambda r: r["val_acc"], default=None)
+        first, last = (finite[0], finite[-1]) if finite else (None, None)
+        lines.append(
+            f"| {key[0].upper()} | {key[1]} | "
+            + (f"{peak['val_acc']:.2f} @ {int(peak['epoch'])} | {last['val_acc']:.2f} | "
+               f"{first['angle_1']:.1f} → {last['angle_1']:.1f} | {last['angle_2']:.1f} | "
+               f"{first['dead_1']:.2f} → {last['dead_1']:.2f} | " if peak else "– | – | – | – | – | ")
+            + ("yes, epoch " + str(int(run[-1]["epoch"])) if any(r["diverged"] for r in run) else "no") + " |")
+    return "\n".join(lines) + "\n"
 
 
 def plot(rows: list[dict], path: Path) -> bool:
@@ -124,8 +142,8 @@ def plot(rows: list[dict], path: Path) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for dynamics.csv and dynamics.png")
-    parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--batches", type=int, default=50, help="batches of 100 per epoch")
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--batches", type=int, default=40, help="batches of 100 per epoch")
     parser.add_argument("--seed", type=int, default=1988)
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args()
@@ -150,6 +168,7 @@ def main() -> None:
     with open(table, newline="", encoding="utf-8") as file:
         rows = [{k: (v if k in ("optimizer", "label", "rule") else float(v)) for k, v in r.items()}
                 for r in csv.DictReader(file)]
+    (args.out / "dynamics.md").write_text(summary(rows), encoding="utf-8")
     if not plot(rows, args.out / "dynamics.png"):
         print("matplotlib is not installed; no dynamics.png written")
 

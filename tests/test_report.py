@@ -40,8 +40,9 @@ def test_mean_and_std_over_seeds_per_setting(tmp_path):
     assert len(lines) == 2 + 3
     rows = {line.split(" | ")[2] + line.split(" | ")[3]: line for line in lines[2:]}
     # mean 91, sample std sqrt(((90-91)^2 + (92-91)^2) / 1) = 1.414
-    assert "| 2 | 91.00 ± 1.41 | 100.00 ± 0.00 |" in rows["dpT0"]
-    assert "| 1 | 80.00 | 100.00 | 80.00 | 1/2 | 0/2 |" in rows["dpT1"]  # the diverged run is not averaged
+    assert "| 2 | 91.00 ± 1.41 | 100.00 ± 0.00 | 91.00 ± 1.41 | 100.00 ± 0.00 | 0/2 | 0/2 |" in rows["dpT0"]
+    # the diverged run is not averaged; the finished one's last epoch reached 100 % validation accuracy
+    assert "| 1 | 80.00 | 100.00 | 80.00 | 100.00 | 1/2 | 0/2 |" in rows["dpT1"]
     assert "| 2 | 96.00 ± 1.41 |" in rows["bp–"]
 
 
@@ -80,7 +81,7 @@ def test_time_per_epoch_against_backprop(tmp_path):
     fake_run(tmp_path, "d1", 1, 88.0, seconds=(24.0, 23.0, 100.0), alpha=1.0)  # 24 -> mean 24.5
     fake_run(tmp_path, "o0", 0, 80.0, seconds=(5.0,), alpha=1.0, optimizer="adam")  # no backprop twin
     lines = markdown_table(collect_runs([tmp_path])).strip().splitlines()
-    assert lines[0].endswith("| diverged | unfinished | s / epoch | × bp |")
+    assert lines[0].endswith("| best val acc (%) | last val acc (%) | diverged | unfinished | s / epoch | × bp |")
     rows = {line.split(" | ")[2] + ("adam" if "| adam |" in line else "sgd"): line for line in lines[2:]}
     assert rows["bpsgd"].endswith("| 10.0 | 1.00 |")
     assert rows["dpTsgd"].endswith("| 24.5 | 2.45 |")

@@ -118,8 +118,9 @@ def finished_per_seed(group: Sequence[RunRecord]) -> tuple[list[RunRecord], dict
 
 
 def markdown_table(runs: Sequence[RunRecord]) -> str:
-    """One row per setting: the setting, the number of finished seeds, their test top-1 (and top-5) and
-    best validation accuracy, and how many runs diverged or did not finish; a note under the table
+    """One row per setting: the setting, the number of finished seeds, their test top-1 (and top-5) of
+    the best-validation epoch's weights, best and last epoch's validation accuracy (a run that collapsed
+    after its best epoch shows in the last), how many runs diverged or did not finish; a note under the table
     names every seed finished more than once. Keys that differ between settings but are not standard
     columns are added."""
     groups = group_runs(runs)
@@ -127,8 +128,8 @@ def markdown_table(runs: Sequence[RunRecord]) -> str:
     extra = sorted({k for key in keys for k in key if k not in COLUMNS
                     and len({_cell(other[k]) for other in keys if k in other}) > 1})
     headings = [_HEADINGS.get(c, c) for c in (*COLUMNS, *extra)] + [
-        "seeds", "test acc (%)", "test top-5 (%)", "best val acc (%)", "diverged", "unfinished", "s / epoch",
-        "× bp"]
+        "seeds", "test acc (%)", "test top-5 (%)", "best val acc (%)", "last val acc (%)", "diverged", "unfinished",
+        "s / epoch", "× bp"]
     seconds = {setting_key(g[0].config): mean_epoch_seconds(g) for g in groups}
     lines = ["| " + " | ".join(headings) + " |", "|" + "---|" * len(headings)]
     notes = []
@@ -142,7 +143,9 @@ def markdown_table(runs: Sequence[RunRecord]) -> str:
         ratio = own / seconds.get(backprop_twin(setting_key(group[0].config)), math.nan)
         stats = [str(len(finished)), mean_std([s.get("test_acc") for s in summaries]),
                  mean_std([s.get("test_top5") for s in summaries]),
-                 mean_std([s.get("best_val_acc") for s in summaries]), f"{diverged}/{len(group)}",
+                 mean_std([s.get("best_val_acc") for s in summaries]),
+                 mean_std([run.metrics[-1].get("val_acc") if run.metrics else None for run in finished]),
+                 f"{diverged}/{len(group)}",
                  f"{unfinished}/{len(group)}",
                  "–" if math.isnan(own) else f"{own:.1f}", "–" if math.isnan(ratio) else f"{ratio:.2f}"]
         lines.append("| " + " | ".join(setting + stats) + " |")
@@ -157,9 +160,10 @@ _RULE_TITLES = {"dpT": "DP⊤", "dp": "DP", "dp-damped": "damped DP", "bp": "bac
 
 
 def _rules(groups: Sequence[Sequence[RunRecord]]) -> list[str]:
-    """The rules of the groups in order of first appearance, backprop last."""
+    """The rules of the groups other than backprop, in order of first appearance (backprop alone
+    when it is the only one)."""
     rules = list(dict.fromkeys(g[0].config["rule"] for g in groups))
-    return [r for r in rules if r != "bp"] + (["bp"] if "bp" in rules else [])
+    return [r for r in rules if r != "bp"] or rules
 
 
 def _label(config: dict[str, Any]) -> str:
@@ -170,13 +174,15 @@ def _label(config: dict[str, Any]) -> str:
 
 def plot_curves(runs: Sequence[RunRecord], path: str | Path) -> bool:
     """Training loss (top) and validation accuracy (bottom) per epoch, mean over the seeds of each
-    setting, one column per rule (backprop dashed in every column), as a PNG.
+    setting, one column per rule other than backprop (backprop dashed in every column), as a PNG.
 
     Returns False (writing nothing) when matplotlib is not installed.
     """
     plt = pyplot()
     if plt is None:
         return False
+    from matplotlib.ticker import MaxNLocator
+
     groups = group_runs(runs)
     rules = _rules(groups)
     figure, axes = plt.subplots(2, len(rules), figsize=(4.6 * len(rules) + 1.5, 7), squeeze=False)
@@ -194,6 +200,8 @@ def plot_curves(runs: Sequence[RunRecord], path: str | Path) -> bool:
                             ylabel="training loss")
         axes[1][column].set(xlabel="epoch", ylabel="validation accuracy (%)")
         axes[1][column].legend(fontsize="x-small")
+        for row in (0, 1):
+            axes[row][column].xaxis.set_major_locator(MaxNLocator(integer=True))
     figure.suptitle(_title(groups) + ": mean over seeds")
     figure.tight_layout()
     save_png(figure, path)

@@ -90,6 +90,7 @@ DATASETS: dict[str, DatasetSpec] = {
                 "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
                 ("8d4fb7e6c68d591d4c3dfef9ec88bf0d", "25c81989df183df01b3e8a0aad5dffbe",
                  "bef4ecab320f06d8554ea6380940ec79", "bb300cfdad3c16e7a12a480ee83cd310"),
+                # md5 of the decompressed IDX files, taken from Debian's dataset-fashion-mnist
                 ("f4a8712d7a061bf5bd6d2ca38dc4d50a", "9018921c3c673c538a1fc5bad174d6f9",
                  "8181f5470baa50b63fa0f6fddb340f0a", "15d484375f8d13e6eb1aabb0c3f46965"),
             ),
