@@ -146,6 +146,8 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=40, help="batches of 100 per epoch")
     parser.add_argument("--seed", type=int, default=1988)
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--optimizers", nargs="+", choices=list(OPTIMIZERS), default=list(OPTIMIZERS))
+    parser.add_argument("--rules", nargs="+", choices=["bp", "dpT", "dp"], default=["bp", "dpT", "dp"])
     args = parser.parse_args()
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -158,9 +160,9 @@ def main() -> None:
         with open(table, "w", newline="", encoding="utf-8") as file:
             csv.writer(file).writerow(COLUMNS)
     data = load_dataset("fashion-mnist", root=args.data_dir, validation_percent=10.0, seed=args.seed, flatten=True)
-    for optimizer in OPTIMIZERS:
+    for optimizer in args.optimizers:
         for setting in SETTINGS:
-            if (optimizer, setting.label) in done:
+            if (optimizer, setting.label) in done or setting.rule not in args.rules:
                 continue
             rows = run(setting, optimizer, data, args.epochs, args.batches, args.seed)
             with open(table, "a", newline="", encoding="utf-8") as file:
