@@ -372,7 +372,7 @@ def test_report_averages_finished_seeds_only_and_flags_a_repeated_seed(tmp_path,
     table, _, notes = capsys.readouterr().out.partition("\n\n")
     (row,) = table.strip().splitlines()[2:]
     # mean and sample std of 90 and 94: 92 ± sqrt(((90-92)^2 + (94-92)^2) / 1) = 92 ± 2.83
-    assert "| 2 | 92.00 ± 2.83 | – | 92.00 ± 2.83 | 1/5 | 1/5 |" in row
+    assert "| 2 | 92.00 ± 2.83 | – | 92.00 ± 2.83 | – | 1/5 | 1/5 |" in row  # no metrics: no last val acc
     assert "seed 1 finished 2 times" in notes and str(tmp_path / "c") in notes
 
 
