@@ -18,7 +18,7 @@ from dualprop.training.experiments import (experiment_names, experiment_runs, lo
 
 EXPECTED = {"icml2023-cifar10", "icml2023-cifar100", "icml2023-imagenet32", "icml2024-cifar10",
             "icml2024-cifar100", "icml2024-imagenet32", "icml2024-mnist-cnn", "icml2024-fashion-mnist-mlp",
-            "icml2024-fashion-mnist-cnn"}
+            "icml2024-fashion-mnist-cnn", "fashion-mnist-resnet8"}
 
 
 def test_every_shipped_experiment_parses_and_validates():
@@ -68,6 +68,10 @@ def test_fashion_mnist_mlp_study_grid():
     assert [(c.rule, c.model, c.dataset) for c in cnn] == [("bp", "mini_cnn", "fashion-mnist"),
                                                           ("dpT", "mini_cnn", "fashion-mnist")]
     assert (cnn[1].alpha, cnn[1].beta, cnn[1].schedule, cnn[1].passes) == (1.0, 0.5, "backward", 1)
+    resnet = load_experiment("fashion-mnist-resnet8").configs
+    assert [(c.rule, c.alpha, c.schedule, c.passes) for c in resnet] == [
+        ("bp", 0.5, "backward", 1), ("dpT", 1.0, "backward", 1), ("dpT", 0.5, "forward-backward", 2)]
+    assert all((c.model, c.dataset, c.seeds) == ("resnet8", "fashion-mnist", [1988, 1542, 8697]) for c in resnet)
 
 
 def test_runs_go_seed_by_seed_with_baselines():
