@@ -238,6 +238,8 @@ def test_damped_dp_on_a_graph_in_eval_mode_and_refused_with_batch_statistics():
     model.train()
     with pytest.raises(ValueError, match="batch normalisation"):
         learner.step(x, y)
+    with pytest.raises(ValueError, match="batch normalisation"):  # refused before any step
+        Learner(model, rule="dp-damped")
 
 
 def test_odd_even_schedule_runs_over_depth_levels():

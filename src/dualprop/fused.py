@@ -35,7 +35,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from dualprop.graph import NeuronGraph, find_ddp, run_as_forward, unwrap
+from dualprop.graph import NeuronGraph, forward_module, run_as_forward
 from dualprop.losses import batch_loss
 from dualprop.rules import nudge_weights
 
@@ -108,6 +108,5 @@ class FusedSweep:
         for fused in self._fused:
             fused.beta, fused.weights = beta, weights
         self.graph.new_step()
-        runner = find_ddp(model) or unwrap(model)
-        logits = run_as_forward(runner, self._forward, x)
+        logits = run_as_forward(forward_module(model), self._forward, x)
         return batch_loss(self.loss, logits, y), logits.detach()

@@ -21,7 +21,7 @@ from __future__ import annotations
 import operator
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -92,30 +92,38 @@ def register_block_module(module_type: type[nn.Module]) -> type[nn.Module]:
     return module_type
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module inside ``DistributedDataParallel`` and ``torch.compile`` wrappers (in any nesting),
-    or the model itself. Other wrappers that hide the module (``nn.DataParallel``, FSDP) are refused."""
+def _wrapper_chain(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` and each module it wraps in turn (DDP's ``module``, ``torch.compile``'s ``_orig_mod``)."""
     while True:
+        yield model
         if isinstance(model, DistributedDataParallel):
             model = model.module
         elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
             model = model._orig_mod
-        elif isinstance(model, nn.DataParallel) or type(model).__name__ == "FullyShardedDataParallel":
-            raise ValueError(f"a model wrapped in {type(model).__name__} cannot be trained by a Learner; "
-                             f"pass the module itself, or wrap it in DistributedDataParallel")
         else:
-            return model
+            return
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module inside ``DistributedDataParallel`` and ``torch.compile`` wrappers (in any nesting),
+    or the model itself. Other wrappers that hide the module (``nn.DataParallel``, FSDP) are refused."""
+    for model in _wrapper_chain(model):
+        pass
+    if isinstance(model, nn.DataParallel) or type(model).__name__ == "FullyShardedDataParallel":
+        raise ValueError(f"a model wrapped in {type(model).__name__} cannot be trained by a Learner; "
+                         f"pass the module itself, or wrap it in DistributedDataParallel")
+    return model
 
 
 def find_ddp(model: nn.Module) -> DistributedDataParallel | None:
     """The ``DistributedDataParallel`` wrapper in a chain of wrappers (DDP, ``torch.compile``), if any."""
-    while True:
-        if isinstance(model, DistributedDataParallel):
-            return model
-        inner = getattr(model, "_orig_mod", None)
-        if not isinstance(inner, nn.Module):
-            return None
-        model = inner
+    return next((m for m in _wrapper_chain(model) if isinstance(m, DistributedDataParallel)), None)
+
+
+def forward_module(model: nn.Module) -> nn.Module:
+    """The module whose forward a rebuilt graph runs as (see :func:`run_as_forward`): the DDP wrapper if
+    there is one, else the plain module (a compiled wrapper's code would not be the rebuilt graph)."""
+    return find_ddp(model) or unwrap(model)
 
 
 def run_as_forward(module: nn.Module, compute: Callable[..., Tensor], *args: Tensor) -> Tensor:

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from dualprop.fused import FUSED_RULES, FusedSweep
-from dualprop.graph import NeuronGraph, capture_graph, find_ddp, run_as_forward, unwrap
+from dualprop.graph import NeuronGraph, capture_graph, find_ddp, forward_module, run_as_forward, unwrap
 from dualprop.hardware import CompartmentPerturbation, noisy_backprop
 from dualprop.inputs import check_batch
 from dualprop.losses import batch_loss, check_loss, check_target, output_gradient, target_distribution
@@ -99,9 +99,12 @@ class _Versions:
         self._visit_seen: list[tuple[int, ...] | None] = \
             [None] + [(0,) * len(d) for d in dependencies[1:-1]] + [None]
 
+    def _parents_stamp(self, k: int) -> tuple[int, ...]:
+        return tuple(self.counts[p] for p in self.graph.parents[k - 1])
+
     def drive(self, k: int, compute: Callable[[], Tensor]) -> Tensor:
         """``a_k``, recomputed only if a parent of ``k`` has changed since it was last computed."""
-        stamp = tuple(self.counts[p] for p in self.graph.parents[k - 1])
+        stamp = self._parents_stamp(k)
         if stamp != self._drive_seen[k]:
             self.drives[k] = compute()
             self._drive_seen[k] = stamp
@@ -109,8 +112,8 @@ class _Versions:
 
     def current_drives(self) -> list[Tensor | None]:
         """The drives that still match their parents' states (None where a parent changed since)."""
-        return [None] + [self.drives[k] if tuple(self.counts[p] for p in parents) == self._drive_seen[k] else None
-                         for k, parents in enumerate(self.graph.parents, start=1)]
+        return [None] + [self.drives[k] if self._parents_stamp(k) == self._drive_seen[k] else None
+                         for k in range(1, self.graph.depth + 1)]
 
     def visit_needed(self, k: int) -> bool:
         """Whether visiting ``k`` could change it: some neuron its update reads has changed since."""
@@ -250,10 +253,10 @@ class Learner(nn.Module):
                                  else None)
         self.order = None if self.schedule == "random" else \
             layer_order(self.schedule, self.network.depth, self.passes, self.network.levels)
-        self._sites = [_Site(activation) for activation in self.network.activations]
+        self._sites = [_Site(activation) for activation in self.network.activations] \
+            if self.perturbation.active else []
         # kept out of the module tree: it holds the model's own modules
-        self.__dict__["_noisy_forward"] = \
-            self.network.with_activations(self._sites) if self.perturbation.active else None
+        self.__dict__["_noisy_forward"] = self.network.with_activations(self._sites) if self._sites else None
         self.feedback_weights = nn.ParameterList()
         self._feedback_index: dict[nn.Module, int] = {}
         if feedback == "kolen-pollack":
@@ -261,6 +264,8 @@ class Learner(nn.Module):
         self.implementation = self._resolve_implementation(settings.implementation)
         self._spectral_estimators: dict[tuple[int, int], SpectralNormEstimator] = {}
         self._dependencies = self._visit_dependencies()
+        if self.rule == "dp-damped":
+            self._check_damping_norms()
 
     def _resolve_implementation(self, implementation: str) -> str:
         """``fused`` where asked (its settings checked by :class:`LearnerSettings`) or, for ``auto``, where
@@ -335,6 +340,10 @@ class Learner(nn.Module):
         if self.rule == "bp":
             raise ValueError("rule 'bp' has no dyadic states to infer")
         check_batch(self.model, x, y)
+        return self._infer(x, y)
+
+    def _infer(self, x: Tensor, y: Tensor) -> DyadicStates:
+        """:meth:`infer` on a batch already checked."""
         self.network.new_step()
         with torch.no_grad():
             plus, drives = self.network.feed_forward(x)
@@ -368,10 +377,9 @@ class Learner(nn.Module):
             for c in graph.children[k]:
                 reads.add(c)
                 reads.update(graph.parents[c - 1])
-                if not graph.affine[c - 1]:
-                    reads.add(k)
-            if not any(not graph.affine[c - 1] for c in graph.children[k]):
-                reads.discard(k)
+            reads.discard(k)
+            if not all(graph.affine[c - 1] for c in graph.children[k]):
+                reads.add(k)
             result.append(tuple(sorted(reads)))
         return result
 
@@ -381,16 +389,21 @@ class Learner(nn.Module):
         the bound ``(Σ_c γ_{c,k}²)^{1/2}`` over several. Each ``γ_{c,k}`` comes from a power iteration warm-started
         from the previous call's vector, kept as the buffer ``spectral_vector_{k}_{c}``."""
         graph = self.network
-        if any(m.training for m in graph.norms):
-            raise ValueError("rule 'dp-damped' needs the spectral norm of every block per sample, which "
-                             "batch normalisation in training mode does not have; use model.eval() or "
-                             "another rule")
+        self._check_damping_norms()
         result = []
         for k in range(1, graph.depth):
             norms = [self._spectral_norm(k, c, states) for c in graph.children[k]]
             gamma = norms[0] if len(norms) == 1 else math.sqrt(sum(g * g for g in norms))
             result.append(damping_from_spectral_norm(gamma))
         return result
+
+    def _check_damping_norms(self) -> None:
+        """``dp-damped`` needs a per-sample spectral norm of every block, which batch normalisation in
+        training mode (normalising with the batch's statistics) does not have."""
+        if any(m.training or not m.track_running_stats for m in self.network.norms):
+            raise ValueError("rule 'dp-damped' needs the spectral norm of every block per sample, which "
+                             "batch normalisation in training mode does not have; use model.eval() or "
+                             "another rule")
 
     def _spectral_norm(self, k: int, c: int, states: list[Tensor]) -> float:
         """``γ_{c,k}``: the spectral norm of block ``c`` as a function of its input from neuron ``k``."""
@@ -535,7 +548,7 @@ class Learner(nn.Module):
             else:
                 self.network.new_step()
                 with noisy_backprop(self.perturbation, self._sites, x.shape[0]) as neuron:
-                    logits = neuron(run_as_forward(find_ddp(self.wrapper) or self.model, self._noisy_forward, x))
+                    logits = neuron(run_as_forward(forward_module(self.wrapper), self._noisy_forward, x))
             loss = batch_loss(self.loss, logits, y)
             return StepResult(float(loss.detach()), logits.detach(), objective=loss)
         if self._fused_sweep is not None:
@@ -548,7 +561,7 @@ class Learner(nn.Module):
             with torch.no_grad():
                 loss = float(batch_loss(self.loss, clean_logits, y))
             return StepResult(loss, clean_logits, objective=objective)
-        states = self.infer(x, y)
+        states = self._infer(x, y)
         ddp = find_ddp(self.wrapper)
         objective = self.surrogate_objective(states) if ddp is None else \
             run_as_forward(ddp, lambda: self.surrogate_objective(states))
