@@ -79,7 +79,7 @@ def test_non_finite_states_stop_the_run_and_keep_the_best_checkpoint(tmp_path, m
         calls["n"] += 1
         result = original(self, x, y)
         if calls["n"] == 2 * steps_per_epoch + 3:
-            return StepResult(result.loss, result.logits, states_finite=False)
+            return StepResult(result.loss_tensor, result.logits, torch.tensor(False))
         return result
 
     monkeypatch.setattr(Learner, "step", failing_step)

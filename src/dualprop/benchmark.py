@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from dualprop import models
-from dualprop.learner import Learner
+from dualprop.learner import COMPILE_MODES, Learner
 from dualprop.graph import capture_graph
 from dualprop.schedules import layer_order, parse_schedule
 
@@ -146,7 +146,7 @@ class BenchSettings:
     device: str = "cpu"
     dtype: str = "float32"
     autocast: str = "none"
-    compile: bool = False
+    compile: str = "none"
     repeats: int = 20
     warmup: int = 3
     passes: int = 3
@@ -176,8 +176,8 @@ class BenchSettings:
             raise ValueError(f"device {self.device!r} was asked for but CUDA is not available")
         if device.type not in ("cpu", "cuda"):
             raise ValueError(f"device must be cpu or cuda, got {self.device!r}")
-        if self.compile and not hasattr(nn.Module, "compile"):
-            raise ValueError(f"compile needs torch >= 2.2 (nn.Module.compile); this is torch {torch.__version__}")
+        if self.compile not in COMPILE_MODES:
+            raise ValueError(f"unknown compile mode {self.compile!r}; choose one of {', '.join(COMPILE_MODES)}")
         variants = [parse_variant(v) for v in self.variants or default_variants(self.passes)]
         if "bp" not in [v.name for v in variants]:
             raise ValueError("the variants must include bp, the reference of every ratio")
@@ -231,10 +231,8 @@ class _Runner:
         self.variant = variant
         self.model = copy.deepcopy(initial)
         self.learner = variant.learner(self.model, settings.alpha, settings.beta)
-        if settings.compile:
-            self.model.compile()
-            for block in self.learner.network.blocks:
-                block.compile()
+        if settings.compile != "none":
+            self.learner.compile_objective(settings.compile)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=settings.lr, momentum=0.9)
         self.x, self.y = batch
         device_type = torch.device(settings.device).type

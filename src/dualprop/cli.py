@@ -537,7 +537,13 @@ def _add_bench_parser(subparsers: Any) -> None:
                         help="parameter and input dtype (default: float32)")
     parser.add_argument("--autocast", default="none", choices=["none", "bf16", "fp16"],
                         help="mixed precision for the learner step (default: none)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model and the blocks")
+    from dualprop.learner import COMPILE_MODES
+
+    parser.add_argument("--compile", nargs="?", const="default", default="none", metavar="MODE",
+                        choices=COMPILE_MODES,
+                        help="torch.compile every variant's learning step (Learner.compile_objective) in MODE: "
+                             "default, reduce-overhead (CUDA graphs) or max-autotune; --compile alone is "
+                             "default (default: none)")
     parser.add_argument("--repeats", type=int, default=20, metavar="N", help="timed steps per rule (default: 20)")
     parser.add_argument("--warmup", type=int, default=3, metavar="N", help="untimed steps per rule (default: 3)")
     parser.add_argument("--passes", type=int, default=3, metavar="K",

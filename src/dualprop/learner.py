@@ -37,6 +37,7 @@ IMPLEMENTATIONS = ("auto", "generic", "fused")
 _NOISE_GENERATOR = "noise_generator_"
 _ORDER_GENERATOR = "order_generator"
 FEEDBACK_MODES = ("symmetric", "kolen-pollack")
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 
 
 @dataclass
@@ -48,6 +49,8 @@ class DyadicStates:
     alpha: float
     logits: Tensor
     """The feed-forward output ``s_N`` before any nudging."""
+    target: Tensor
+    """The targets as vectors shaped like ``logits`` (class indices made one-hot)."""
     drives: list[Tensor | None] = field(default_factory=list)
     """``a_k = B_k(s̄_{P(k)})`` at these states where inference left it current, else None (index 0 unused)."""
 
@@ -61,27 +64,40 @@ class DyadicStates:
         """``δ_k = s⁺_k − s⁻_k``."""
         return self.plus[k] - self.minus[k]
 
-    def all_finite(self) -> bool:
-        """Whether every compartment is finite (a diverging DP run first shows up here): one sum per
-        compartment — NaN or ±inf anywhere makes it non-finite — and one device sync."""
+    def all_finite(self) -> Tensor:
+        """Whether every compartment is finite (a diverging DP run first shows up here), as a 0-dim bool
+        tensor: one sum per compartment — NaN or ±inf anywhere makes it non-finite — and no device sync
+        until it is read."""
         sums = torch.stack([s.sum(dtype=torch.promote_types(s.dtype, torch.float32))  # no fp16 overflow
                             for s in self.plus[1:] + self.minus[1:]])
-        return bool(torch.isfinite(sums).all())
+        return torch.isfinite(sums).all()
 
 
 @dataclass
 class StepResult:
-    """What ``Learner.objective`` and ``Learner.step`` report.
+    """What ``Learner.objective`` and ``Learner.step`` report, kept as tensors so that a step waits for
+    the device only when a value is read (and a compiled step stays one graph).
 
-    ``loss`` is the feed-forward batch-mean loss, ``logits`` the feed-forward output (detached), and
-    ``objective`` the scalar whose ``backward()`` accumulates the rule's update into ``.grad``: the
-    surrogate ``J`` for the dyadic rules, the batch-mean loss for ``bp`` and ``adversarial``.
+    ``loss_tensor`` is the feed-forward batch-mean loss (detached), ``logits`` the feed-forward output
+    (detached), ``finite_tensor`` whether every dyadic compartment is finite (None for rules without
+    states), and ``objective`` the scalar whose ``backward()`` accumulates the rule's update into
+    ``.grad``: the surrogate ``J`` for the dyadic rules, the batch-mean loss for ``bp`` and ``adversarial``.
     """
 
-    loss: float
+    loss_tensor: Tensor
     logits: Tensor
-    states_finite: bool = True
+    finite_tensor: Tensor | None = None
     objective: Tensor | None = None
+
+    @property
+    def loss(self) -> float:
+        """The feed-forward batch-mean loss as a number (one device sync)."""
+        return float(self.loss_tensor)
+
+    @property
+    def states_finite(self) -> bool:
+        """Whether every dyadic compartment is finite (one device sync; True for rules without states)."""
+        return self.finite_tensor is None or bool(self.finite_tensor)
 
 
 class _Versions:
@@ -348,12 +364,12 @@ class Learner(nn.Module):
         with torch.no_grad():
             plus, drives = self.network.feed_forward(x)
         logits = plus[-1]
-        states = DyadicStates(plus, list(plus), self.alpha, logits)
+        check_target(self.loss, logits, y)
+        states = DyadicStates(plus, list(plus), self.alpha, logits, target_distribution(logits, y))
         weights = nudge_weights(self.rule, self.alpha)
         versions = _Versions(self.network, drives, self._dependencies)
-        check_target(self.loss, logits, y)
+        target = states.target
         with torch.no_grad(), frozen_statistics(self.network.norms):
-            target = target_distribution(logits, y)
             dampings = self.dampings(plus) if self.rule == "dp-damped" else None
             fixed_nudge = (self.beta * output_gradient(self.loss, logits, target)
                            if output_nudge_is_fixed(self.rule) else None)
@@ -550,24 +566,37 @@ class Learner(nn.Module):
                 with noisy_backprop(self.perturbation, self._sites, x.shape[0]) as neuron:
                     logits = neuron(run_as_forward(forward_module(self.wrapper), self._noisy_forward, x))
             loss = batch_loss(self.loss, logits, y)
-            return StepResult(float(loss.detach()), logits.detach(), objective=loss)
+            return StepResult(loss.detach(), logits.detach(), objective=loss)
         if self._fused_sweep is not None:
             loss_tensor, logits = self._fused_sweep.objective(self.wrapper, x, y, self.alpha, self.beta)
-            return StepResult(float(loss_tensor.detach()), logits, bool(torch.isfinite(logits).all()),
-                              objective=loss_tensor)
+            return StepResult(loss_tensor.detach(), logits, torch.isfinite(logits).all(), objective=loss_tensor)
         if self.rule == "adversarial":
             moved, clean_logits = self.adversarial_input(x, y)
-            objective = batch_loss(self.loss, self.wrapper(moved), y)
+            target = target_distribution(clean_logits, y)
+            objective = batch_loss(self.loss, self.wrapper(moved), target)
             with torch.no_grad():
-                loss = float(batch_loss(self.loss, clean_logits, y))
+                loss = batch_loss(self.loss, clean_logits, target)
             return StepResult(loss, clean_logits, objective=objective)
         states = self._infer(x, y)
         ddp = find_ddp(self.wrapper)
         objective = self.surrogate_objective(states) if ddp is None else \
             run_as_forward(ddp, lambda: self.surrogate_objective(states))
         with torch.no_grad():
-            loss = float(batch_loss(self.loss, states.logits, y))
+            loss = batch_loss(self.loss, states.logits, states.target)
         return StepResult(loss, states.logits, states.all_finite(), objective=objective)
+
+    def compile_objective(self, mode: str = "default") -> None:
+        """Replace :meth:`objective` (and so :meth:`step`) of this Learner by ``torch.compile(objective,
+        mode=mode)``; ``mode="reduce-overhead"`` replays the step as CUDA graphs on a GPU.
+
+        The deterministic state loop (a fixed schedule, no compartment noise, no damping) traces to one
+        graph: the visits the schedule skips are decided while tracing, the label range is asserted
+        inside the graph, and the result's loss and finiteness stay tensors until read. A batch of a new
+        shape compiles again. Read a step's result before the next step: CUDA-graph replays reuse their
+        output memory."""
+        if mode not in COMPILE_MODES[1:]:
+            raise ValueError(f"unknown compile mode {mode!r}; choose one of {', '.join(COMPILE_MODES[1:])}")
+        self.objective = torch.compile(type(self).objective.__get__(self), mode=mode)  # type: ignore[method-assign]
 
     def step(self, x: Tensor, y: Tensor) -> StepResult:
         """Accumulate the rule's weight update into ``.grad`` (like ``loss.backward()``):

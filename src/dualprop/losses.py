@@ -48,13 +48,23 @@ def target_distribution(logits: Tensor, target: Tensor) -> Tensor:
         classes = logits.shape[1]
         if target.shape[0] != logits.shape[0]:
             raise ValueError(f"target has {target.shape[0]} labels but the batch has {logits.shape[0]} samples")
-        if target.numel() and (int(target.min()) < 0 or int(target.max()) >= classes):
-            raise ValueError(f"class labels must lie in [0, {classes - 1}] for {classes} outputs")
+        _check_label_range(target, classes)
         return F.one_hot(target.long(), classes).to(logits.dtype)
     if target.shape != logits.shape:
         raise ValueError(f"target shape {tuple(target.shape)} matches neither the output shape "
                          f"{tuple(logits.shape)} nor a vector of {logits.shape[0]} class indices")
     return target.to(logits.dtype)
+
+
+def _check_label_range(target: Tensor, classes: int) -> None:
+    """Class indices must lie in ``[0, classes − 1]``: a ``ValueError`` in eager mode (one device sync); while
+    ``torch.compile`` traces, an assertion inside the graph (``torch._assert_async``), which keeps the
+    step one graph without a sync and raises a ``RuntimeError`` with the same message."""
+    message = f"class labels must lie in [0, {classes - 1}] for {classes} outputs"
+    if torch.compiler.is_compiling():
+        torch._assert_async(((target >= 0) & (target < classes)).all(), message)
+    elif target.numel() and (int(target.min()) < 0 or int(target.max()) >= classes):
+        raise ValueError(message)
 
 
 def batch_loss(name: str, logits: Tensor, target: Tensor) -> Tensor:

@@ -63,17 +63,20 @@ class StepDropout(nn.Module):
         return x * self.mask
 
 
-@contextmanager
-def frozen_statistics(norms: Sequence[nn.Module]) -> Iterator[None]:
+class frozen_statistics:
     """Within the block, batch normalisation in training mode normalises with its input's own batch
-    statistics and leaves its running statistics (and batch counter) untouched."""
-    frozen = [m for m in norms if isinstance(m, _BatchNorm) and m.training and m.track_running_stats]
-    for module in frozen:
-        module.track_running_stats = False
-    try:
-        yield
-    finally:
-        for module in frozen:
+    statistics and leaves its running statistics (and batch counter) untouched. (A context manager
+    class rather than a generator, so that ``torch.compile`` traces through it.)"""
+
+    def __init__(self, norms: Sequence[nn.Module]):
+        self.frozen = [m for m in norms if isinstance(m, _BatchNorm) and m.training and m.track_running_stats]
+
+    def __enter__(self) -> None:
+        for module in self.frozen:
+            module.track_running_stats = False
+
+    def __exit__(self, *exception: object) -> None:
+        for module in self.frozen:
             module.track_running_stats = True
 
 
@@ -256,12 +259,16 @@ def hebbian_term(block: nn.Module, inputs: Sequence[Tensor], delta: Tensor, driv
 def autograd_vjp(block: nn.Module, points: Sequence[Tensor], v: Tensor, position: int,
                  weighted: Sequence[nn.Module], feedback: list[Tensor] | None) -> Tensor:
     """``J_{B, p}(points)ᵀ v`` by differentiating ``block(*points)`` with respect to input ``position``
-    (through the feedback weights in place of the forward weights, if given)."""
-    with torch.enable_grad(), feedback_transpose(weighted, feedback):
-        inputs = [p.detach() for p in points]
-        inputs[position].requires_grad_(True)
-        out = block(*inputs)
-        (grad,) = torch.autograd.grad(out, inputs[position], v)
+    (through the feedback weights in place of the forward weights, if given), with ``torch.func.vjp``:
+    a function transform, so it differentiates under ``torch.no_grad`` and ``torch.compile`` traces it."""
+    inputs = [p.detach() for p in points]
+
+    def of_input(s: Tensor) -> Tensor:
+        return block(*inputs[:position], s, *inputs[position + 1:])
+
+    with feedback_transpose(weighted, feedback):
+        _, pullback = torch.func.vjp(of_input, inputs[position])
+        (grad,) = pullback(v)
     return grad
 
 

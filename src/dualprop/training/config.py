@@ -24,14 +24,15 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 
 from dualprop.data import canonical_dataset_name
-from dualprop.learner import LearnerSettings
+from dualprop.learner import COMPILE_MODES, LearnerSettings
 from dualprop.models import ACTIVATIONS, CONV_MODELS
 from dualprop.schedules import parse_schedule
 
 OPTIMIZERS = ("sgd", "adam")
 # Settings that do not change what a run computes (where it is written, on which device, with how many
 # threads, …); runs that differ only in these and the seed are the same setting.
-BOOKKEEPING_KEYS = ("seeds", "out", "name", "device", "threads", "data_dir", "tensorboard", "baseline")
+BOOKKEEPING_KEYS = ("seeds", "out", "name", "device", "threads", "compile", "data_dir", "tensorboard",
+                    "baseline")
 SGD_MOMENTUM = 0.9
 # Settings that may differ between a checkpoint and config.toml when a run is resumed: the length of
 # the run, its diagnostics and the bookkeeping (all but the seed).
@@ -109,6 +110,8 @@ class TrainConfig:
     name: str = _setting("", "prefix of run directory names")
     device: str = _setting("auto", "auto, cpu, cuda or mps")
     threads: int = _setting(0, "CPU threads (0: 1 for an MLP, else torch's default)")
+    compile: str = _setting("none", "torch.compile the learning step: none, default, reduce-overhead (CUDA "
+                                    "graphs on a GPU) or max-autotune")
     tensorboard: bool = _setting(True, "write TensorBoard logs when tensorboard is installed")
 
     # -- validation -------------------------------------------------------------------------------
@@ -158,6 +161,8 @@ class TrainConfig:
             raise ValueError(f"validation_percent must lie in [0, 100), got {config.validation_percent}")
         if config.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {config.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        if config.compile not in COMPILE_MODES:
+            raise ValueError(f"unknown compile mode {config.compile!r}; choose one of {', '.join(COMPILE_MODES)}")
         if config.device not in DEVICES:
             raise ValueError(f"unknown device {config.device!r}; choose one of {', '.join(DEVICES)}")
         if not config.seeds or len(set(config.seeds)) != len(config.seeds):

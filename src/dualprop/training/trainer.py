@@ -270,6 +270,8 @@ class Run:
         self.model = build_model(config, self.data.input_shape, self.data.num_classes).to(self.device)
         trained = distributed.data_parallel(self.model, self.context) if self.context else self.model
         self.learner = Learner(trained, **config.learner_settings())
+        if config.compile != "none":
+            self.learner.compile_objective(config.compile)
         self.optimizer = build_optimizer(config, list(self.learner.parameters()))
         rank, world_size = (self.context.rank, self.context.world_size) if self.context else (0, 1)
         self.train_loader, self.validation_loader, self.test_loader = self.data.loaders(
