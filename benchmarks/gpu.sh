@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Step time and peak memory of every rule against backprop on VGG16 (32×32 inputs), batch 100, on CUDA:
-# once in float32 and once under bfloat16 autocast. Each run writes one JSON file into OUTPUT_DIR.
+# once in float32, once under bfloat16 autocast, and once in float32 with every variant's step compiled
+# as CUDA graphs (torch.compile mode reduce-overhead). Each run writes one JSON file into OUTPUT_DIR.
 #
 #   benchmarks/gpu.sh OUTPUT_DIR [more `dualprop bench` flags, e.g. --repeats 50 --compile]
 set -euo pipefail
@@ -20,3 +21,5 @@ python="${PYTHON:-python}"
 common=(--model vgg16 --batch-size 100 --device cuda --dtype float32)
 "$python" -m dualprop bench "${common[@]}" --autocast none --output "$out/vgg16_b100_fp32.json" "$@"
 "$python" -m dualprop bench "${common[@]}" --autocast bf16 --output "$out/vgg16_b100_bf16.json" "$@"
+"$python" -m dualprop bench "${common[@]}" --autocast none --compile reduce-overhead \
+    --variants bp,dpT-fused,dpT-fw3 --output "$out/vgg16_b100_fp32_cudagraphs.json" "$@"

@@ -1,5 +1,8 @@
 """The Learner against independent computations: a scalar case worked by hand, a NumPy re-derivation of
 the state loop, autograd of the plain network (β → 0) and the known facts of DESIGN §1."""
+import copy
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -312,3 +315,15 @@ def test_all_finite_flags_any_non_finite_compartment():
             compartments[k][0, 0] = float("nan")
             assert not states.all_finite()
             compartments[k] = saved
+
+
+@pytest.mark.parametrize("rule", ["dp", "dpT"])
+def test_a_step_whose_compartments_overflow_reports_them_non_finite_though_its_loss_is_finite(rule):
+    torch.manual_seed(9)
+    model = models.mlp([4, 5, 5, 3])
+    x, y = torch.randn(6, 4), torch.randint(0, 3, (6,))
+    assert Learner(copy.deepcopy(model), rule=rule, beta=0.1, schedule="fw2").step(x, y).states_finite
+    learner = Learner(model, rule=rule, beta=3e38, schedule="fw2")  # compartments beyond float32's range
+    assert not learner.infer(x, y).all_finite()
+    result = learner.step(x, y)
+    assert math.isfinite(result.loss) and not result.states_finite

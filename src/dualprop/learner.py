@@ -20,6 +20,7 @@ from typing import Callable
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from dualprop.fused import FUSED_RULES, FusedSweep
 from dualprop.graph import NeuronGraph, capture_graph, find_ddp, forward_module, run_as_forward, unwrap
@@ -512,29 +513,65 @@ class Learner(nn.Module):
 
         A block that is one Linear or Conv part reuses its drive from inference and writes its update in
         closed form (:class:`dualprop.network.HebbianTerm`); any other block runs its forward under autograd.
+        A block with a normalisation layer is checkpointed: its term keeps only ``s̄`` and ``δ``, not the
+        normaliser's input, and its forward runs again when ``J`` is differentiated — the update then needs
+        no more memory than backprop, for one more forward of those blocks.
 
         With Kolen–Pollack feedback each forward weight ``W`` that has a feedback weight ``V`` enters ``J`` as
         ``W + (V − sg(V))`` (``sg``: stop-gradient): the value is unchanged and ``∂J/∂V = ∂J/∂W``, so one
         ``backward()`` gives both sets the same local update.
         """
+        means = [states.mean(k) for k in range(self.network.depth)]
+        deltas = [None] + [states.difference(k) for k in range(1, self.network.depth + 1)]
+        return self._surrogate(means, deltas, states.drives or [None] * (self.network.depth + 1))
+
+    def _surrogate(self, means: list[Tensor], deltas: list[Tensor | None], drives: list[Tensor | None]) -> Tensor:
+        """:meth:`surrogate_objective` from the factors ``s̄_k`` (``k = 0..N−1``), ``δ_k`` and the current
+        drives ``a_k`` (``k = 1..N``; index 0 unused)."""
         graph = self.network
-        batch = states.plus[0].shape[0]
         total = None
-        with frozen_statistics(graph.norms):
-            for k, (block, parents) in enumerate(zip(graph.blocks, graph.parents), start=1):
-                inputs = [states.mean(p).detach() for p in parents]
-                delta = states.difference(k).detach()
-                term = hebbian_term(block, inputs, delta, states.drives[k] if states.drives else None,
-                                    self._tied_feedback(block))
-                if term is None:
-                    term = (delta * self._tied_drive(block, inputs)).sum()
-                total = term if total is None else total + term
-        return total * (-1.0 / (self.beta * batch))
+        for k, (block, parents) in enumerate(zip(graph.blocks, graph.parents), start=1):
+            inputs = [means[p].detach() for p in parents]
+            delta = deltas[k].detach()
+            term = hebbian_term(block, inputs, delta, drives[k], self._tied_feedback(block))
+            if term is None and block.normalises:
+                term = checkpoint(self._block_term, block, delta, *inputs, use_reentrant=False,
+                                  preserve_rng_state=False)
+            elif term is None:
+                term = self._block_term(block, delta, *inputs)
+            total = term if total is None else total + term
+        return total * (-1.0 / (self.beta * means[0].shape[0]))
+
+    def _block_term(self, block: nn.Module, delta: Tensor, *inputs: Tensor) -> Tensor:
+        """``⟨δ, B(s̄)⟩`` through the block's forward, as the fixed function of this step (also when run again
+        to differentiate it)."""
+        with frozen_statistics(self.network.norms):
+            return (delta * self._tied_drive(block, list(inputs))).sum()
+
+    def _release_factors(self, states: DyadicStates) -> tuple[list[Tensor], list[Tensor | None], list[Tensor | None]]:
+        """The factors of :meth:`_surrogate` taken out of ``states``, which are emptied on the way: each
+        neuron's compartments are released as soon as its ``s̄`` and ``δ`` exist, and the drives that no
+        closed-form term reads are dropped first, so that the update's factors never coexist with all the
+        compartments."""
+        graph = self.network
+        drives = [None] + [drive if block.closed_form_part is not None else None
+                           for block, drive in zip(graph.blocks, states.drives[1:])]
+        states.drives = []
+        means: list[Tensor] = [states.plus[0]]
+        deltas: list[Tensor | None] = [None]
+        for k in range(1, graph.depth + 1):
+            if k < graph.depth:
+                means.append(states.mean(k))
+            deltas.append(states.difference(k))
+            states.plus[k] = states.minus[k] = None  # type: ignore[call-overload]
+        return means, deltas, drives
 
     def _tied_feedback(self, block: nn.Module) -> Tensor | None:
         """The feedback weight of a block's one weighted part, if it has one."""
+        if self.feedback == "symmetric":
+            return None
         parts = block.weighted_parts()
-        if self.feedback == "symmetric" or len(parts) != 1 or parts[0] not in self._feedback_index:
+        if len(parts) != 1 or parts[0] not in self._feedback_index:
             return None
         return self.feedback_weights[self._feedback_index[parts[0]]]
 
@@ -578,12 +615,14 @@ class Learner(nn.Module):
                 loss = batch_loss(self.loss, clean_logits, target)
             return StepResult(loss, clean_logits, objective=objective)
         states = self._infer(x, y)
-        ddp = find_ddp(self.wrapper)
-        objective = self.surrogate_objective(states) if ddp is None else \
-            run_as_forward(ddp, lambda: self.surrogate_objective(states))
+        logits, finite = states.logits, states.all_finite()
         with torch.no_grad():
-            loss = batch_loss(self.loss, states.logits, states.target)
-        return StepResult(loss, states.logits, states.all_finite(), objective=objective)
+            loss = batch_loss(self.loss, logits, states.target)
+        factors = self._release_factors(states)
+        ddp = find_ddp(self.wrapper)
+        objective = self._surrogate(*factors) if ddp is None else \
+            run_as_forward(ddp, lambda: self._surrogate(*factors))
+        return StepResult(loss, logits, finite, objective=objective)
 
     def compile_objective(self, mode: str = "default") -> None:
         """Replace :meth:`objective` (and so :meth:`step`) of this Learner by ``torch.compile(objective,

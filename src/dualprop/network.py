@@ -29,6 +29,8 @@ from torch import Tensor, fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 WEIGHTED_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d)
+# Normalisation layers: each keeps its input (an activation-sized tensor) for its backward.
+NORMALISATION_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 # Modules whose Jacobian does not depend on the point, so their VJP needs no forward pass.
 _POINT_FREE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Flatten, nn.Unflatten)
 
@@ -113,17 +115,18 @@ class Block(nn.Module):
     def __init__(self, modules: list[nn.Module]):
         super().__init__()
         self.parts = nn.ModuleList(modules)
+        self._weighted = [m for m in modules if isinstance(m, WEIGHTED_TYPES)]
+        self._reshapes = modules[:-1]
+        self.closed_form_part = _closed_form_part(modules)
+        self.normalises = any(isinstance(m, NORMALISATION_TYPES) for m in modules)
         self._point_free = all(isinstance(m, _POINT_FREE_TYPES) for m in modules)
         self._needs_shapes = any(not isinstance(m, nn.Linear) for m in modules)  # Conv, reshapes
         self._input_shapes: list[torch.Size] = []
 
     def forward(self, s: Tensor) -> Tensor:
-        """``B_k(s)``; records each part's input shape for the point-free VJP."""
-        shapes = []
+        """``B_k(s)``: the parts applied in order."""
         for part in self.parts:
-            shapes.append(s.shape)
             s = part(s)
-        self._input_shapes = shapes
         return s
 
     def _record_shapes(self, s: Tensor) -> None:
@@ -137,7 +140,7 @@ class Block(nn.Module):
 
     def weighted_parts(self) -> list[nn.Module]:
         """The parts holding a weight matrix or kernel (Linear and Conv), in order."""
-        return [part for part in self.parts if isinstance(part, WEIGHTED_TYPES)]
+        return list(self._weighted)
 
     def input_vjp(self, points: Sequence[Tensor], v: Tensor, position: int = 0,
                   feedback: list[Tensor] | None = None) -> Tensor:
@@ -174,6 +177,8 @@ class GraphBlock(nn.Module):
         super().__init__()
         self.module = module
         self._weighted = weighted
+        self.closed_form_part = None  # see Block
+        self.normalises = any(isinstance(m, NORMALISATION_TYPES) for m in module.modules())
 
     def forward(self, *inputs: Tensor) -> Tensor:
         return self.module(*inputs)
@@ -233,22 +238,27 @@ class HebbianTerm(torch.autograd.Function):
         return grad_weight, grad_bias, grad_weight if ctx.has_feedback else None, None, None, None, None
 
 
+def _closed_form_part(modules: Sequence[nn.Module]) -> nn.Module | None:
+    """The last module of a chain that is one Linear or zero-padded Conv part after reshapes only — a block
+    whose term :class:`HebbianTerm` writes in closed form — else None."""
+    *reshapes, last = modules
+    if not all(isinstance(m, (nn.Flatten, nn.Unflatten)) for m in reshapes):
+        return None
+    if isinstance(last, nn.Linear) or (isinstance(last, WEIGHTED_TYPES) and last.padding_mode == "zeros"):
+        return last
+    return None
+
+
 def hebbian_term(block: nn.Module, inputs: Sequence[Tensor], delta: Tensor, drive: Tensor | None,
                  feedback: Tensor | None = None) -> Tensor | None:
-    """``⟨δ, B(s̄)⟩`` by :class:`HebbianTerm` where ``block`` is a single Linear or zero-padded Conv part
-    (after reshapes), using ``drive = B(s̄)`` if it is current (else computing it without grad); None for
-    any other block, whose term then needs autograd through its forward."""
-    if not isinstance(block, Block) or len(inputs) != 1:
-        return None
-    weighted = block.weighted_parts()
-    if len(weighted) != 1 or block.parts[-1] is not weighted[0] or \
-            not all(isinstance(p, (nn.Flatten, nn.Unflatten)) for p in block.parts[:-1]):
-        return None
-    part = weighted[0]
-    if not isinstance(part, nn.Linear) and part.padding_mode != "zeros":
+    """``⟨δ, B(s̄)⟩`` by :class:`HebbianTerm` where ``block`` has a ``closed_form_part``, using
+    ``drive = B(s̄)`` if it is current (else computing it without grad); None for any other block, whose
+    term then needs autograd through its forward."""
+    part = block.closed_form_part
+    if part is None:
         return None
     s = inputs[0]
-    for reshape in block.parts[:-1]:
+    for reshape in block._reshapes:
         s = reshape(s)
     if drive is None:
         with torch.no_grad():
