@@ -28,11 +28,15 @@ def test_parse_variant():
 
 def test_predicted_ratio_counts_the_products_of_the_visits_that_can_change_a_layer():
     # L = 3 blocks, worked by hand. forward × 3: pass 1 changes only layer 3; pass 2 layers 2 and 3 (one
-    # recomputed drive: 3); pass 3 all (drives of 2 and 3 recomputed): R = 3, V = 3, S = 0 → (6 + 6)/9.
+    # recomputed drive: 3); pass 3 all (drives of 2 and 3 recomputed): U = 3, R = 3, V = 3, S = 0 → (3 + 9)/9.
     assert predicted_ratio(parse_variant("dpT-fw3"), 3) == pytest.approx(12 / 9)
     # forward-backward × 3: [3,2,1 | 2,3,2,1 | 1,2,3,2,1 | 1], the two repeated visits of layer 1 skipped:
-    # R = 4, V = 8, and the drives of layers 2 and 3 left out of date for J: S = 2 → (6 + 14)/9.
+    # U = 3, R = 4, V = 8, and the drives of layers 2 and 3 left out of date for J: S = 2 → (3 + 17)/9.
     assert predicted_ratio(parse_variant("dpT-fwbw3"), 3) == pytest.approx(20 / 9)
+    # L = 6, forward × 2: pass 1 moves the output, pass 2 layer 5 (one feedback product) and the output
+    # (its drive recomputed); layers 1–4 never move, so their updates are exactly zero and not computed:
+    # U = 2, R = 1, V = 1, S = 0 → (6 + 4)/18.
+    assert predicted_ratio(parse_variant("dpT-fw2"), 6) == pytest.approx(10 / 18)
     assert predicted_ratio(parse_variant("dpT-fused"), 3) == 1.0
     assert predicted_ratio(parse_variant("bp"), 3) == 1.0
 

@@ -61,6 +61,8 @@ def test_text_output_names_both_networks(tmp_path, capsys):
     (["train", "--rule", "hebbian"], "unknown rule 'hebbian'"),
     (["train", "--schedule", "zigzag"], "unknown schedule 'zigzag'"),
     (["train", "--passes", "0"], "passes must be an integer >= 1"),
+    (["train", "--compile", "turbo"], "unknown compile mode 'turbo'"),
+    (["bench", "--compile", "turbo"], "argument --compile: invalid choice: 'turbo'"),
     (["train", "--dataset", "lsun"], "unknown dataset 'lsun'"),
     (["train", "--epochs", "many"], "argument --epochs: invalid int value: 'many'"),
     (["train", "--config", "/nonexistent/run.toml"], "cannot read config file /nonexistent/run.toml"),

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from dualprop import Learner, models
-from dualprop.training import TrainConfig
+from dualprop.cli import main
+from dualprop.training import TrainConfig, load_config
 
 torch._logging.set_logs(dynamo=logging.ERROR)
 # torch's own tracing machinery calls a deprecated torch.jit entry point
@@ -45,9 +46,11 @@ def test_the_step_of_a_fixed_schedule_traces_to_one_graph(settings):
     assert _break_count(Learner(model, **settings), x, y) == (1, 0)
 
 
-def test_a_residual_network_with_batch_normalisation_traces_to_one_graph():
+@pytest.mark.parametrize("feedback", ["symmetric", "kolen-pollack"])
+def test_a_residual_network_with_batch_normalisation_traces_to_one_graph(feedback):
     model, x, y = _residual_batch()
-    assert _break_count(Learner(model.train(), rule="dpT", schedule="fwbw2"), x, y) == (1, 0)
+    learner = Learner(model.train(), rule="dpT", schedule="fwbw2", feedback=feedback)
+    assert _break_count(learner, x, y) == (1, 0)
 
 
 def _train_both(model, x, y, settings, compile_eager_copy, steps=3):
@@ -88,10 +91,12 @@ def test_the_captured_step_updates_the_weights_exactly_as_the_eager_step(setting
     assert result.states_finite
 
 
-def test_the_captured_step_of_a_residual_network_keeps_running_statistics_exact():
+@pytest.mark.parametrize("feedback", ["symmetric", "kolen-pollack"])
+def test_the_captured_step_of_a_residual_network_keeps_running_statistics_exact(feedback):
     model, x, y = _residual_batch(2)
     torch._dynamo.reset()
-    eager, compiled, _ = _train_both(model.train(), x, y, dict(rule="dpT", schedule="fw2"), _trace_only)
+    eager, compiled, _ = _train_both(model.train(), x, y, dict(rule="dpT", schedule="fw2", feedback=feedback),
+                                     _trace_only)
     _assert_same_training(eager, compiled, 0.0)
     norms = [m for m in compiled.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert norms and all(int(m.num_batches_tracked) == 3 for m in norms)  # one update per step
@@ -105,6 +110,16 @@ def test_compile_objective_generates_code_that_matches_the_eager_step():
     eager, compiled, _ = _train_both(model, x, y, dict(rule="dpT", schedule="fw3"),
                                      lambda learner: learner.compile_objective("default"))
     _assert_same_training(eager, compiled, 1e-5)
+
+
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                    reason="inductor's CPU code generation needs a C++ compiler")
+def test_train_compiles_the_step_when_asked_and_records_the_mode(tmp_path, capsys):
+    assert main(["train", "--compile", "default", "--epochs", "1", "--limit-batches", "3", "--hidden", "16",
+                 "--no-baseline", "--no-progress", "--no-tensorboard", "--out", str(tmp_path), "--json"]) == 0
+    (run,) = tmp_path.iterdir()
+    assert load_config(run / "config.toml").compile == "default"
+    assert "test_acc" in capsys.readouterr().out
 
 
 def test_labels_out_of_range_are_refused_inside_the_captured_step():

@@ -327,3 +327,24 @@ def test_a_step_whose_compartments_overflow_reports_them_non_finite_though_its_l
     assert not learner.infer(x, y).all_finite()
     result = learner.step(x, y)
     assert math.isfinite(result.loss) and not result.states_finite
+
+
+def test_blocks_whose_neurons_never_move_get_exactly_zero_updates_without_running_again():
+    torch.manual_seed(10)
+    model = nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(),
+                          nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)).double()
+    x, y = torch.randn(5, 6, dtype=torch.float64), torch.randint(0, 3, (5,))
+    learner = Learner(model, rule="dpT", alpha=0.5, beta=0.1, schedule="fw2")
+    states = learner.infer(x, y)  # forward ×2 moves only the output and the neuron below it
+    assert [torch.equal(states.plus[k], states.minus[k]) for k in (1, 2, 3, 4)] == [True, True, False, False]
+    # J by hand through the plain layers, every term included
+    layers = [model[0:2], model[3], model[5], model[7]]
+    j = sum(((states.plus[k] - states.minus[k]) * layers[k - 1](states.mean(k - 1))).sum() for k in range(1, 5))
+    expected = torch.autograd.grad(-j / (0.1 * 5), list(model.parameters()))
+    calls = []
+    model[1].register_forward_hook(lambda module, inputs, output: calls.append(1))
+    learner.step(x, y)
+    assert calls == [1]  # the feed-forward pass only: the unmoved block is not run for the update
+    for parameter, reference in zip(model.parameters(), expected):
+        torch.testing.assert_close(parameter.grad, reference, rtol=1e-12, atol=1e-15)
+    assert all(torch.count_nonzero(p.grad) == 0 for p in [*model[0].parameters(), *model[1].parameters()])

@@ -13,10 +13,9 @@ initial model on the same random batch.
   allocator during the step, read from the profiler's allocation events. Memory that libraries take
   outside PyTorch's allocator (e.g. oneDNN scratch space) is not counted; the process RSS is not used
   because the C allocator keeps freed pages.
-* **Predicted ratio** of the generic state loop: ``1 + 2U / (3L)`` with ``U`` the number of layer updates of
-  the schedule and ``L`` the number of blocks (backprop costs three block-sized products per block, one
-  forward and two backward; each layer update costs one forward and one VJP). The fused sweep and ``bp``
-  predict ``1``.
+* **Predicted ratio** of the generic state loop on a chain of ``L`` Linear blocks: the block-sized matrix
+  products of its step over backprop's ``3L`` (one forward and two backward per block), counted by
+  :func:`predicted_ratio` from the visits the schedule makes. The fused sweep and ``bp`` predict ``1``.
 """
 from __future__ import annotations
 
@@ -92,18 +91,19 @@ def parse_variant(name: str) -> Variant:
 
 def predicted_ratio(variant: Variant, depth: int) -> float:
     """Matrix products of one step over backprop's ``3L`` (forward, input and weight gradients), for a chain
-    of ``L`` Linear blocks: ``(L + R + V + L + S) / 3L`` with ``L`` feed-forward products, ``R`` drives
-    recomputed and ``V`` feedback products by the visits that can change a layer, ``L`` closed-form
-    updates and ``S`` drives left out of date for ``J``; ``1`` for ``bp`` and the fused sweep. (A graph with
-    skip connections has no such count: the benchmark prints NaN there.)"""
+    of ``L`` Linear blocks: ``(L + U + R + V + S) / 3L`` with ``L`` feed-forward products, ``U`` closed-form
+    updates (one per layer the schedule moves; a layer never moved has an exactly zero update, not
+    computed), ``R`` drives recomputed and ``V`` feedback products by the visits that can change a layer,
+    and ``S`` drives of moved layers left out of date for ``J``; ``1`` for ``bp`` and the fused sweep. (A
+    graph with skip connections has no such count: the benchmark prints NaN there.)"""
     if variant.rule == "bp" or variant.implementation == "fused":
         return 1.0
-    recomputed, feedback, stale = _visit_costs(layer_order(variant.schedule, depth, variant.passes), depth)
-    return (2 * depth + recomputed + feedback + stale) / (3.0 * depth)
+    updated, recomputed, feedback, stale = _visit_costs(layer_order(variant.schedule, depth, variant.passes), depth)
+    return (depth + updated + recomputed + feedback + stale) / (3.0 * depth)
 
 
-def _visit_costs(order: list[int], depth: int) -> tuple[int, int, int]:
-    """``(R, V, S)`` of a chain: a layer is visited only if a neighbour changed since its last visit (a
+def _visit_costs(order: list[int], depth: int) -> tuple[int, int, int, int]:
+    """``(U, R, V, S)`` of a chain: a layer is visited only if a neighbour changed since its last visit (a
     hidden layer starts at its visit with every δ zero); its drive is recomputed if the layer below changed."""
     changed = [0] * (depth + 2)
     last_read: dict[int, tuple[int, ...]] = {k: (0, 0) for k in range(1, depth)}
@@ -119,8 +119,9 @@ def _visit_costs(order: list[int], depth: int) -> tuple[int, int, int]:
             drive_read[k] = changed[k - 1]
         feedback += k < depth
         changed[k] += 1
-    stale = sum(drive_read[k] != changed[k - 1] for k in range(1, depth + 1))
-    return recomputed, feedback, stale
+    moved = [k for k in range(1, depth + 1) if changed[k]]
+    stale = sum(drive_read[k] != changed[k - 1] for k in moved)
+    return len(moved), recomputed, feedback, stale
 
 
 def build_model(name: str) -> tuple[nn.Module, tuple[int, ...]]:

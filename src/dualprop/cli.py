@@ -527,7 +527,7 @@ def _add_bench_parser(subparsers: Any) -> None:
         "bench", help="step time and peak memory of each rule against backprop",
         description="Time full training steps (inference, update, optimizer step) of bp, fused DP⊤ and the "
                     "generic state loop, interleaved round-robin; report median step time, peak memory and "
-                    "their ratios to bp of the same run, next to the predicted ratio 1 + 2U/(3L).")
+                    "their ratios to bp of the same run, next to the ratio the matrix products of a chain predict.")
     parser.add_argument("--model", default="mnist-mlp",
                         help="digits-mlp, mnist-mlp, vgg-like, vgg16, resnet20, or mlp:<sizes> such as mlp:64-32-10 "
                              "(default: mnist-mlp)")

@@ -27,7 +27,7 @@ from dualprop.graph import NeuronGraph, capture_graph, find_ddp, forward_module,
 from dualprop.hardware import CompartmentPerturbation, noisy_backprop
 from dualprop.inputs import check_batch
 from dualprop.losses import batch_loss, check_loss, check_target, output_gradient, target_distribution
-from dualprop.network import BlockInput, frozen_statistics, hebbian_term
+from dualprop.network import BlockInput, ZeroTerm, frozen_statistics, hebbian_term
 from dualprop.rules import (DYADIC_RULES, RULES, damped_hidden_compartments,
                             damping_from_spectral_norm, hidden_compartments, mean_state, nudge_weights,
                             output_compartments, output_nudge_is_fixed)
@@ -56,14 +56,19 @@ class DyadicStates:
     """``a_k = B_k(s̄_{P(k)})`` at these states where inference left it current, else None (index 0 unused)."""
 
     def mean(self, k: int) -> Tensor:
-        """``s̄_k = α s⁺_k + (1−α) s⁻_k``; ``s̄_0`` is the input."""
-        if k == 0:
-            return self.plus[0]
+        """``s̄_k = α s⁺_k + (1−α) s⁻_k``; ``s̄_0`` is the input, and so is an unmoved neuron's its state."""
+        if k == 0 or not self.moved(k):
+            return self.plus[k]
         return mean_state(self.plus[k], self.minus[k], self.alpha)
 
     def difference(self, k: int) -> Tensor:
         """``δ_k = s⁺_k − s⁻_k``."""
         return self.plus[k] - self.minus[k]
+
+    def moved(self, k: int) -> bool:
+        """Whether neuron ``k`` may have left its feed-forward state: until its first visit both compartments
+        are the feed-forward tensor itself, so ``δ_k`` is exactly zero."""
+        return self.plus[k] is not self.minus[k]
 
     def all_finite(self) -> Tensor:
         """Whether every compartment is finite (a diverging DP run first shows up here), as a 0-dim bool
@@ -522,15 +527,20 @@ class Learner(nn.Module):
         ``backward()`` gives both sets the same local update.
         """
         means = [states.mean(k) for k in range(self.network.depth)]
-        deltas = [None] + [states.difference(k) for k in range(1, self.network.depth + 1)]
+        deltas = [None] + [states.difference(k) if states.moved(k) else None for k in range(1, self.network.depth + 1)]
         return self._surrogate(means, deltas, states.drives or [None] * (self.network.depth + 1))
 
     def _surrogate(self, means: list[Tensor], deltas: list[Tensor | None], drives: list[Tensor | None]) -> Tensor:
-        """:meth:`surrogate_objective` from the factors ``s̄_k`` (``k = 0..N−1``), ``δ_k`` and the current
-        drives ``a_k`` (``k = 1..N``; index 0 unused)."""
+        """:meth:`surrogate_objective` from the factors ``s̄_k`` (``k = 0..N−1``), ``δ_k`` (None where it is
+        exactly zero: that block's term is zero and not computed, its parameters get zero gradients) and
+        the current drives ``a_k`` (``k = 1..N``; index 0 unused)."""
         graph = self.network
         total = None
+        unmoved: list[Tensor] = []
         for k, (block, parents) in enumerate(zip(graph.blocks, graph.parents), start=1):
+            if deltas[k] is None:
+                unmoved.extend(self._block_parameters(block))
+                continue
             inputs = [means[p].detach() for p in parents]
             delta = deltas[k].detach()
             term = hebbian_term(block, inputs, delta, drives[k], self._tied_feedback(block))
@@ -540,7 +550,16 @@ class Learner(nn.Module):
             elif term is None:
                 term = self._block_term(block, delta, *inputs)
             total = term if total is None else total + term
+        if unmoved or total is None:
+            zero = ZeroTerm.apply(means[0], *unmoved)
+            total = zero if total is None else total + zero
         return total * (-1.0 / (self.beta * means[0].shape[0]))
+
+    def _block_parameters(self, block: nn.Module) -> list[Tensor]:
+        """The parameters a block's term differentiates: its own, and the feedback weights tied to them."""
+        tied = [self.feedback_weights[self._feedback_index[part]] for part in block.weighted_parts()
+                if part in self._feedback_index] if self.feedback != "symmetric" else []
+        return [*block.parameters(), *tied]
 
     def _block_term(self, block: nn.Module, delta: Tensor, *inputs: Tensor) -> Tensor:
         """``⟨δ, B(s̄)⟩`` through the block's forward, as the fixed function of this step (also when run again
@@ -562,7 +581,7 @@ class Learner(nn.Module):
         for k in range(1, graph.depth + 1):
             if k < graph.depth:
                 means.append(states.mean(k))
-            deltas.append(states.difference(k))
+            deltas.append(states.difference(k) if states.moved(k) else None)
             states.plus[k] = states.minus[k] = None  # type: ignore[call-overload]
         return means, deltas, drives
 

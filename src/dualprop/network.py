@@ -21,8 +21,7 @@ mask the feed-forward pass drew (:class:`StepDropout`).
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, fx, nn
@@ -82,24 +81,30 @@ class frozen_statistics:
             module.track_running_stats = True
 
 
-@contextmanager
-def feedback_transpose(parts: Sequence[nn.Module], feedback: Sequence[Tensor] | None) -> Iterator[None]:
+class feedback_transpose:
     """Within the block, each weighted part keeps its forward value but differentiates with respect to its
-    input through its feedback weight ``V`` instead of ``W``: ``y = y_V + sg(y_W − y_V)``."""
-    if feedback is None:
-        yield
-        return
-    handles = []
-    for part, weight in zip(parts, feedback, strict=True):
-        def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor, weight: Tensor = weight) -> Tensor:
-            through_feedback = _with_weight(module, inputs[0], weight)
-            return through_feedback + (output - through_feedback).detach()
-        handles.append(part.register_forward_hook(hook))
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
+    input through its feedback weight ``V`` instead of ``W``: ``y = y_V + sg(y_W − y_V)``. (The parts'
+    ``forward`` is replaced on the instance for the duration, without hooks, so that ``torch.compile``
+    traces through it.)"""
+
+    def __init__(self, parts: Sequence[nn.Module], feedback: Sequence[Tensor] | None):
+        self.swapped = list(zip(parts, feedback, strict=True)) if feedback is not None else []
+
+    def __enter__(self) -> None:
+        for part, weight in self.swapped:
+            part.__dict__["forward"] = _transposed_through(part, weight)
+
+    def __exit__(self, *exception: object) -> None:
+        for part, _ in self.swapped:
+            del part.__dict__["forward"]
+
+
+def _transposed_through(part: nn.Module, weight: Tensor) -> Callable[[Tensor], Tensor]:
+    """``part``'s forward with its input derivative taken through ``weight`` (see :class:`feedback_transpose`)."""
+    def forward(s: Tensor) -> Tensor:
+        through_feedback = _with_weight(part, s, weight)
+        return through_feedback + (type(part).forward(part, s) - through_feedback).detach()
+    return forward
 
 
 def _with_weight(part: nn.Module, s: Tensor, weight: Tensor) -> Tensor:
@@ -236,6 +241,22 @@ class HebbianTerm(torch.autograd.Function):
             reduce_dims = (0, *range(2, scaled.dim()))
         grad_bias = scaled.sum(reduce_dims) if ctx.has_bias else None
         return grad_weight, grad_bias, grad_weight if ctx.has_feedback else None, None, None, None, None
+
+
+class ZeroTerm(torch.autograd.Function):
+    """``⟨δ, B(s̄)⟩ = 0`` of a block whose ``δ`` is exactly zero (its neuron was never moved from the
+    feed-forward state), without running the block: its backward gives each of the block's parameters
+    the zero gradient the term has, so optimizers and ``DistributedDataParallel`` see every parameter
+    updated as when the term is differentiated."""
+
+    @staticmethod
+    def forward(ctx, reference: Tensor, *parameters: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.shapes = [(p.shape, p.dtype, p.device) for p in parameters]
+        return reference.new_zeros(())
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):  # type: ignore[override]
+        return (None, *(torch.zeros(shape, dtype=dtype, device=device) for shape, dtype, device in ctx.shapes))
 
 
 def _closed_form_part(modules: Sequence[nn.Module]) -> nn.Module | None:
