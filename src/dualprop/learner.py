@@ -108,7 +108,8 @@ class StepResult:
 
 class _Versions:
     """Version stamps of the neurons' states within one inference: a drive or a visit whose inputs carry
-    the same stamps as when it was last computed would compute the same values, so it is reused."""
+    the same stamps as when it was last computed would compute the same values, so it is reused. A drive
+    is let go as soon as it cannot be reused (a parent changed) or is not needed any more."""
 
     def __init__(self, graph: NeuronGraph, drives: list[Tensor | None], dependencies: list[tuple[int, ...]]):
         self.graph = graph
@@ -133,18 +134,27 @@ class _Versions:
         return self.drives[k]
 
     def current_drives(self) -> list[Tensor | None]:
-        """The drives that still match their parents' states (None where a parent changed since)."""
+        """The drives that still match their parents' states (None where a parent changed since or the
+        drive was released)."""
         return [None] + [self.drives[k] if self._parents_stamp(k) == self._drive_seen[k] else None
                          for k in range(1, self.graph.depth + 1)]
+
+    def release(self, k: int) -> None:
+        """Let ``a_k`` go: nothing will read it again (it is computed anew if something does)."""
+        self.drives[k] = None
+        self._drive_seen[k] = None
 
     def visit_needed(self, k: int) -> bool:
         """Whether visiting ``k`` could change it: some neuron its update reads has changed since."""
         return tuple(self.counts[d] for d in self._dependencies[k]) != self._visit_seen[k]
 
     def visited(self, k: int) -> None:
-        """Record a visit of ``k`` (the stamps it read) and that ``k`` has changed."""
+        """Record a visit of ``k`` (the stamps it read) and that ``k`` has changed, which outdates the drives
+        of its children."""
         self._visit_seen[k] = tuple(self.counts[d] for d in self._dependencies[k])
         self.counts[k] += 1
+        for child in self.graph.children[k]:
+            self.release(child)
 
 
 def _check_unit_interval(name: str, value: float) -> float:
@@ -275,6 +285,7 @@ class Learner(nn.Module):
                                  else None)
         self.order = None if self.schedule == "random" else \
             layer_order(self.schedule, self.network.depth, self.passes, self.network.levels)
+        self._last_visits = _last_visits(self.order) if self.order is not None else {}
         self._sites = [_Site(activation) for activation in self.network.activations] \
             if self.perturbation.active else []
         # kept out of the module tree: it holds the model's own modules
@@ -382,9 +393,12 @@ class Learner(nn.Module):
             order = self.order if self._order_generator is None else \
                 random_order(self.network.depth, self.passes, self._order_generator)
             deterministic = dampings is None and not self.perturbation.active
-            for k in order:
+            last_visits = self._last_visits if self._order_generator is None else _last_visits(order)
+            for position, k in enumerate(order):
                 if not deterministic or versions.visit_needed(k):
                     self._update_neuron(states, versions, k, target, weights, fixed_nudge, dampings)
+                if position == last_visits[k] and self.network.blocks[k - 1].closed_form_part is None:
+                    versions.release(k)  # only a closed-form update reads a drive after the last visit
         states.drives = versions.current_drives()
         return states
 
@@ -672,6 +686,11 @@ class Learner(nn.Module):
             logits = self.model(point)
             (grad,) = torch.autograd.grad(batch_loss(self.loss, logits, y), point)
         return (x + self.beta * x.shape[0] * grad).detach(), logits.detach()
+
+
+def _last_visits(order: list[int]) -> dict[int, int]:
+    """The position of each neuron's last visit in ``order``."""
+    return {k: position for position, k in enumerate(order)}
 
 
 class _Site(nn.Module):
