@@ -198,3 +198,16 @@ def test_settings_are_checked_and_resolved_without_a_model():
                           (dict(state_quantum=-1.0), "state_quantum")]:
         with pytest.raises(ValueError, match=fragment):
             LearnerSettings(**bad)
+
+
+def test_surrogate_objective_of_inferred_states_is_the_step_and_leaves_the_states_whole():
+    model, x, y = _setup(5)
+    stepped = Learner(copy.deepcopy(model), rule="dpT", alpha=0.5, schedule="fwbw2")
+    stepped.step(x, y)
+    learner = Learner(copy.deepcopy(model), rule="dpT", alpha=0.5, schedule="fwbw2")
+    states = learner.infer(x, y)
+    kept = [s.clone() for s in states.plus + states.minus]
+    learner.surrogate_objective(states).backward()
+    assert all(torch.equal(a, b) for a, b in zip(kept, states.plus + states.minus))
+    for a, b in zip(_grads(learner), _grads(stepped)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

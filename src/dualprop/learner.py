@@ -14,6 +14,7 @@ fixed, returned by :meth:`Learner.objective` for the caller's ``backward()`` (or
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Callable
@@ -540,9 +541,9 @@ class Learner(nn.Module):
         ``W + (V − sg(V))`` (``sg``: stop-gradient): the value is unchanged and ``∂J/∂V = ∂J/∂W``, so one
         ``backward()`` gives both sets the same local update.
         """
-        means = [states.mean(k) for k in range(self.network.depth)]
-        deltas = [None] + [states.difference(k) if states.moved(k) else None for k in range(1, self.network.depth + 1)]
-        return self._surrogate(means, deltas, states.drives or [None] * (self.network.depth + 1))
+        copy = dataclasses.replace(states, plus=list(states.plus), minus=list(states.minus),
+                                   drives=list(states.drives))
+        return self._surrogate(*self._release_factors(copy))
 
     def _surrogate(self, means: list[Tensor], deltas: list[Tensor | None], drives: list[Tensor | None]) -> Tensor:
         """:meth:`surrogate_objective` from the factors ``s̄_k`` (``k = 0..N−1``), ``δ_k`` (None where it is
@@ -588,7 +589,7 @@ class Learner(nn.Module):
         compartments."""
         graph = self.network
         drives = [None] + [drive if block.closed_form_part is not None else None
-                           for block, drive in zip(graph.blocks, states.drives[1:])]
+                           for block, drive in zip(graph.blocks, states.drives[1:] or [None] * graph.depth)]
         states.drives = []
         means: list[Tensor] = [states.plus[0]]
         deltas: list[Tensor | None] = [None]
