@@ -14,6 +14,8 @@ from dualprop.training import TrainConfig, load_config
 torch._logging.set_logs(dynamo=logging.ERROR)
 # torch's own tracing machinery calls a deprecated torch.jit entry point
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+needs_compiler = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                                    reason="inductor's CPU code generation needs a C++ compiler")
 
 ONE_GRAPH = [
     dict(rule="dpT", alpha=0.5, schedule="fw3"),
@@ -102,8 +104,7 @@ def test_the_captured_step_of_a_residual_network_keeps_running_statistics_exact(
     assert norms and all(int(m.num_batches_tracked) == 3 for m in norms)  # one update per step
 
 
-@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
-                    reason="inductor's CPU code generation needs a C++ compiler")
+@needs_compiler
 def test_compile_objective_generates_code_that_matches_the_eager_step():
     model, x, y = _mlp_batch(3)
     torch._dynamo.reset()
@@ -112,8 +113,19 @@ def test_compile_objective_generates_code_that_matches_the_eager_step():
     _assert_same_training(eager, compiled, 1e-5)
 
 
-@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
-                    reason="inductor's CPU code generation needs a C++ compiler")
+@needs_compiler
+def test_a_copy_of_a_compiled_learner_steps_its_own_model():
+    model, x, y = _mlp_batch(5)
+    torch._dynamo.reset()
+    original = Learner(model, rule="dpT", schedule="fw2")
+    original.compile_objective("default")
+    copied = copy.deepcopy(original)
+    copied.step(x, y)
+    assert all(p.grad is not None for p in copied.parameters())
+    assert all(p.grad is None for p in original.parameters())
+
+
+@needs_compiler
 def test_train_compiles_the_step_when_asked_and_records_the_mode(tmp_path, capsys):
     assert main(["train", "--compile", "default", "--epochs", "1", "--limit-batches", "3", "--hidden", "16",
                  "--no-baseline", "--no-progress", "--no-tensorboard", "--out", str(tmp_path), "--json"]) == 0

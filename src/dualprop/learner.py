@@ -297,6 +297,7 @@ class Learner(nn.Module):
             self._make_feedback_weights()
         self.implementation = self._resolve_implementation(settings.implementation)
         self._spectral_estimators: dict[tuple[int, int], SpectralNormEstimator] = {}
+        self._compiled_objective: Callable[..., StepResult] | None = None
         self._dependencies = self._visit_dependencies()
         if self.rule == "dp-damped":
             self._check_damping_norms()
@@ -624,10 +625,17 @@ class Learner(nn.Module):
 
     def objective(self, x: Tensor, y: Tensor) -> StepResult:
         """Run inference and return the step's result with ``.objective``, the scalar whose
-        ``backward()`` accumulates the rule's update into ``.grad`` exactly as :meth:`step` does.
+        ``backward()`` accumulates the rule's update into ``.grad`` exactly as :meth:`step` does (compiled,
+        after :meth:`compile_objective`).
 
         A batch that cannot be fed to the model (empty, integer or mismatched dtype or device, targets not
         one per sample or of the wrong kind) is a ``ValueError`` that says what to change."""
+        if self._compiled_objective is not None:
+            return self._compiled_objective(self, x, y)
+        return self._objective(x, y)
+
+    def _objective(self, x: Tensor, y: Tensor) -> StepResult:
+        """:meth:`objective`, uncompiled."""
         check_batch(self.model, x, y)
         if self.rule == "bp":
             if self._noisy_forward is None:
@@ -659,8 +667,9 @@ class Learner(nn.Module):
         return StepResult(loss, logits, finite, objective=objective)
 
     def compile_objective(self, mode: str = "default") -> None:
-        """Replace :meth:`objective` (and so :meth:`step`) of this Learner by ``torch.compile(objective,
-        mode=mode)``; ``mode="reduce-overhead"`` replays the step as CUDA graphs on a GPU.
+        """Run :meth:`objective` (and so :meth:`step`) of this Learner as ``torch.compile`` of it in ``mode``;
+        ``mode="reduce-overhead"`` replays the step as CUDA graphs on a GPU. (The compiled function takes the
+        Learner as an argument, so a copy of the Learner runs its own step.)
 
         The deterministic state loop (a fixed schedule, no compartment noise, no damping) traces to one
         graph: the visits the schedule skips are decided while tracing, the label range is asserted
@@ -669,7 +678,7 @@ class Learner(nn.Module):
         output memory."""
         if mode not in COMPILE_MODES[1:]:
             raise ValueError(f"unknown compile mode {mode!r}; choose one of {', '.join(COMPILE_MODES[1:])}")
-        self.objective = torch.compile(type(self).objective.__get__(self), mode=mode)  # type: ignore[method-assign]
+        self._compiled_objective = torch.compile(type(self)._objective, mode=mode)
 
     def step(self, x: Tensor, y: Tensor) -> StepResult:
         """Accumulate the rule's weight update into ``.grad`` (like ``loss.backward()``):
