@@ -2,7 +2,10 @@
 updates as the eager step."""
 import copy
 import logging
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -132,6 +135,19 @@ def test_train_compiles_the_step_when_asked_and_records_the_mode(tmp_path, capsy
     (run,) = tmp_path.iterdir()
     assert load_config(run / "config.toml").compile == "default"
     assert "test_acc" in capsys.readouterr().out
+
+
+def test_train_without_a_working_compiler_stops_with_one_line_before_writing_anything(tmp_path):
+    env = {**os.environ, "CXX": str(tmp_path / "no-such-compiler"),
+           "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor-cache")}  # nothing cached to fall back on
+    out = tmp_path / "runs"
+    finished = subprocess.run([sys.executable, "-m", "dualprop", "train", "--compile", "default", "--epochs", "1",
+                               "--limit-batches", "2", "--hidden", "8", "--no-baseline", "--no-progress",
+                               "--out", str(out)], capture_output=True, text=True, env=env, timeout=300)
+    assert finished.returncode == 2
+    assert finished.stderr.count("\n") == 1 and finished.stderr.startswith("dualprop: error: torch.compile in mode")
+    assert "train without compiling" in finished.stderr and "Traceback" not in finished.stderr
+    assert not out.exists()
 
 
 def test_labels_out_of_range_are_refused_inside_the_captured_step():

@@ -678,6 +678,8 @@ class Learner(nn.Module):
         output memory."""
         if mode not in COMPILE_MODES[1:]:
             raise ValueError(f"unknown compile mode {mode!r}; choose one of {', '.join(COMPILE_MODES[1:])}")
+        parameter = next(iter(self.parameters()), None)
+        _check_compiler(mode, parameter.device if parameter is not None else torch.device("cpu"))
         self._compiled_objective = torch.compile(type(self)._objective, mode=mode)
 
     def step(self, x: Tensor, y: Tensor) -> StepResult:
@@ -696,6 +698,18 @@ class Learner(nn.Module):
             logits = self.model(point)
             (grad,) = torch.autograd.grad(batch_loss(self.loss, logits, y), point)
         return (x + self.beta * x.shape[0] * grad).detach(), logits.detach()
+
+
+def _check_compiler(mode: str, device: torch.device) -> None:
+    """``ValueError`` naming the cause when ``torch.compile`` in ``mode`` cannot build code for ``device`` here
+    (no C++ compiler for the CPU, no Triton for a GPU), found by compiling a one-line function before any
+    training starts."""
+    try:
+        torch.compile(torch.add, mode=mode)(torch.ones(2, device=device), 1)
+    except Exception as error:  # the code generators' own errors differ by backend and torch version
+        cause = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise ValueError(f"torch.compile in mode {mode!r} cannot build code on {device} here "
+                         f"({type(error).__name__}: {cause}); train without compiling") from None
 
 
 def _last_visits(order: list[int]) -> dict[int, int]:
