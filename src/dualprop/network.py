@@ -115,13 +115,17 @@ def _with_weight(part: nn.Module, s: Tensor, weight: Tensor) -> Tensor:
 
 
 class Block(nn.Module):
-    """A block made of a chain of modules with one input, applied in order."""
+    """A block made of a chain of modules with one input, applied in order.
+
+    ``closed_form_part`` is its one Linear or zero-padded Conv part when the block is nothing else (after
+    reshapes), whose update :class:`HebbianTerm` writes in closed form, else None; ``normalises`` tells
+    whether a normalisation layer is among its parts."""
 
     def __init__(self, modules: list[nn.Module]):
         super().__init__()
         self.parts = nn.ModuleList(modules)
         self._weighted = [m for m in modules if isinstance(m, WEIGHTED_TYPES)]
-        self._reshapes = modules[:-1]
+        self._leading = list(modules[:-1])
         self.closed_form_part = _closed_form_part(modules)
         self.normalises = any(isinstance(m, NORMALISATION_TYPES) for m in modules)
         self._point_free = all(isinstance(m, _POINT_FREE_TYPES) for m in modules)
@@ -146,6 +150,12 @@ class Block(nn.Module):
     def weighted_parts(self) -> list[nn.Module]:
         """The parts holding a weight matrix or kernel (Linear and Conv), in order."""
         return list(self._weighted)
+
+    def last_part_input(self, s: Tensor) -> Tensor:
+        """What the last part sees for the block input ``s``: ``s`` through every part before it."""
+        for part in self._leading:
+            s = part(s)
+        return s
 
     def input_vjp(self, points: Sequence[Tensor], v: Tensor, position: int = 0,
                   feedback: list[Tensor] | None = None) -> Tensor:
@@ -182,7 +192,7 @@ class GraphBlock(nn.Module):
         super().__init__()
         self.module = module
         self._weighted = weighted
-        self.closed_form_part = None  # see Block
+        self.closed_form_part = None  # see Block: a captured sub-graph is differentiated by autograd
         self.normalises = any(isinstance(m, NORMALISATION_TYPES) for m in module.modules())
 
     def forward(self, *inputs: Tensor) -> Tensor:
@@ -278,9 +288,7 @@ def hebbian_term(block: nn.Module, inputs: Sequence[Tensor], delta: Tensor, driv
     part = block.closed_form_part
     if part is None:
         return None
-    s = inputs[0]
-    for reshape in block._reshapes:
-        s = reshape(s)
+    s = block.last_part_input(inputs[0])
     if drive is None:
         with torch.no_grad():
             drive = part(s)
