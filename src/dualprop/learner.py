@@ -516,10 +516,13 @@ class Learner(nn.Module):
         versions.visited(k)
 
     def _feedback(self, states: DyadicStates, k: int) -> Tensor:
-        """``Δ_k = Σ_c J_{B_c, k}(s⁺_{P(c)})ᵀ δ_c`` over the children ``c`` of ``k``."""
+        """``Δ_k = Σ_c J_{B_c, k}(s⁺_{P(c)})ᵀ δ_c`` over the children ``c`` of ``k`` (a child never moved has
+        ``δ_c = 0`` exactly and adds nothing: its VJP is not computed)."""
         graph = self.network
         total = None
         for c in graph.children[k]:
+            if not states.moved(c):
+                continue
             parents = graph.parents[c - 1]
             block = graph.blocks[c - 1]
             term = block.input_vjp([states.plus[p] for p in parents], states.difference(c),
