@@ -14,6 +14,7 @@ rerun skips the runs already there), a summary table to ``dynamics.md``, the fig
 
     PYTHONPATH=src nice -n 19 python benchmarks/training_dynamics.py --out docs/results/dynamics
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,22 @@ from dualprop.data import load_dataset
 from dualprop.models import mlp
 from dualprop.training.trainer import evaluate
 
-COLUMNS = ("optimizer", "label", "rule", "alpha", "beta", "passes", "epoch", "val_acc", "angle_1", "angle_2",
-           "angle_3", "dead_1", "dead_2", "diverged")
+COLUMNS = (
+    "optimizer",
+    "label",
+    "rule",
+    "alpha",
+    "beta",
+    "passes",
+    "epoch",
+    "val_acc",
+    "angle_1",
+    "angle_2",
+    "angle_3",
+    "dead_1",
+    "dead_2",
+    "diverged",
+)
 
 
 @dataclass(frozen=True)
@@ -55,18 +70,31 @@ class Setting:
         return "backward" if self.rule == "dpT" else "forward-backward"
 
 
-SETTINGS = [Setting("bp"), Setting("dpT", 1.0, 0.1), Setting("dpT", 1.0, 1.0),
-            *(Setting("dp", 1.0, 1.0, passes) for passes in (1, 4, 8))]
-OPTIMIZERS = {"sgd": lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9),
-              "adam": lambda params: torch.optim.Adam(params, lr=1e-3)}
+SETTINGS = [
+    Setting("bp"),
+    Setting("dpT", 1.0, 0.1),
+    Setting("dpT", 1.0, 1.0),
+    *(Setting("dp", 1.0, 1.0, passes) for passes in (1, 4, 8)),
+]
+OPTIMIZERS = {
+    "sgd": lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9),
+    "adam": lambda params: torch.optim.Adam(params, lr=1e-3),
+}
 
 
 def run(setting: Setting, optimizer_name: str, data, epochs: int, batches: int, seed: int) -> list[dict]:
     """Train one setting; one row per epoch (rows after a divergence are not produced)."""
     torch.manual_seed(seed)
     model = mlp([784, 512, 512, 10])
-    learner = Learner(model, rule=setting.rule, alpha=setting.alpha, beta=setting.beta,
-                      schedule=setting.schedule, passes=setting.passes, loss="mse")
+    learner = Learner(
+        model,
+        rule=setting.rule,
+        alpha=setting.alpha,
+        beta=setting.beta,
+        schedule=setting.schedule,
+        passes=setting.passes,
+        loss="mse",
+    )
     optimizer = OPTIMIZERS[optimizer_name](model.parameters())
     train, validation, _ = data.loaders(100, seed=seed, eval_batch_size=1000)
     fixed_x, fixed_y = next(iter(data.loaders(500, seed=seed + 1)[0]))
@@ -85,13 +113,29 @@ def run(setting: Setting, optimizer_name: str, data, epochs: int, batches: int, 
         diverged = diverged or not all(torch.isfinite(p).all() for p in model.parameters())
         angles = [a.angle for a in gradient_angles(learner, fixed_x, fixed_y)] if not diverged else [math.nan] * 3
         dead = dead_fractions(model, (x for x, _ in validation)) if not diverged else [math.nan] * 2
-        rows.append({"optimizer": optimizer_name, "label": setting.label, "rule": setting.rule,
-                     "alpha": setting.alpha, "beta": setting.beta, "passes": setting.passes, "epoch": epoch,
-                     "val_acc": math.nan if diverged else evaluate(model, validation, "mse").top1,
-                     "angle_1": angles[0], "angle_2": angles[1], "angle_3": angles[2],
-                     "dead_1": dead[0], "dead_2": dead[1], "diverged": int(diverged)})
-        print(f"{optimizer_name} {setting.label} epoch {epoch}: val {rows[-1]['val_acc']:.2f} % "
-              f"angles {' '.join(f'{a:.1f}' for a in angles)} dead {' '.join(f'{d:.2f}' for d in dead)}", flush=True)
+        rows.append(
+            {
+                "optimizer": optimizer_name,
+                "label": setting.label,
+                "rule": setting.rule,
+                "alpha": setting.alpha,
+                "beta": setting.beta,
+                "passes": setting.passes,
+                "epoch": epoch,
+                "val_acc": math.nan if diverged else evaluate(model, validation, "mse").top1,
+                "angle_1": angles[0],
+                "angle_2": angles[1],
+                "angle_3": angles[2],
+                "dead_1": dead[0],
+                "dead_2": dead[1],
+                "diverged": int(diverged),
+            }
+        )
+        print(
+            f"{optimizer_name} {setting.label} epoch {epoch}: val {rows[-1]['val_acc']:.2f} % "
+            f"angles {' '.join(f'{a:.1f}' for a in angles)} dead {' '.join(f'{d:.2f}' for d in dead)}",
+            flush=True,
+        )
         if diverged:
             break
     return rows
@@ -99,8 +143,11 @@ def run(setting: Setting, optimizer_name: str, data, epochs: int, batches: int, 
 
 def summary(rows: list[dict]) -> str:
     """One Markdown row per run: peak and last validation accuracy, first-layer angle and dead share."""
-    lines = ["| optimizer | setting | peak val acc (%) at epoch | last val acc (%) | layer-1 angle (°) first → last "
-             "epoch | layer-2 angle (°) last | layer-1 dead share first → last | diverged |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| optimizer | setting | peak val acc (%) at epoch | last val acc (%) | layer-1 angle (°) first → last "
+        "epoch | layer-2 angle (°) last | layer-1 dead share first → last | diverged |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for key in dict.fromkeys((r["optimizer"], r["label"]) for r in rows):
         run = [r for r in rows if (r["optimizer"], r["label"]) == key]
         finite = [r for r in run if math.isfinite(r["val_acc"])]
@@ -108,10 +155,16 @@ def summary(rows: list[dict]) -> str:
         first, last = (finite[0], finite[-1]) if finite else (None, None)
         lines.append(
             f"| {key[0].upper()} | {key[1]} | "
-            + (f"{peak['val_acc']:.2f} @ {int(peak['epoch'])} | {last['val_acc']:.2f} | "
-               f"{first['angle_1']:.1f} → {last['angle_1']:.1f} | {last['angle_2']:.1f} | "
-               f"{first['dead_1']:.2f} → {last['dead_1']:.2f} | " if peak else "– | – | – | – | – | ")
-            + ("yes, epoch " + str(int(run[-1]["epoch"])) if any(r["diverged"] for r in run) else "no") + " |")
+            + (
+                f"{peak['val_acc']:.2f} @ {int(peak['epoch'])} | {last['val_acc']:.2f} | "
+                f"{first['angle_1']:.1f} → {last['angle_1']:.1f} | {last['angle_2']:.1f} | "
+                f"{first['dead_1']:.2f} → {last['dead_1']:.2f} | "
+                if peak
+                else "– | – | – | – | – | "
+            )
+            + ("yes, epoch " + str(int(run[-1]["epoch"])) if any(r["diverged"] for r in run) else "no")
+            + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -122,8 +175,11 @@ def plot(rows: list[dict], path: Path) -> bool:
         return False
 
     optimizers = list(dict.fromkeys(r["optimizer"] for r in rows))
-    panels = (("val_acc", "validation accuracy (%)"), ("angle_1", "layer 1: angle to backprop (°)"),
-              ("dead_1", "layer 1: dead ReLUs (share)"))
+    panels = (
+        ("val_acc", "validation accuracy (%)"),
+        ("angle_1", "layer 1: angle to backprop (°)"),
+        ("dead_1", "layer 1: dead ReLUs (share)"),
+    )
     figure, axes = plt.subplots(len(optimizers), 3, figsize=(16, 4 * len(optimizers)), squeeze=False)
     for row_axes, optimizer in zip(axes, optimizers):
         labels = list(dict.fromkeys(r["label"] for r in rows if r["optimizer"] == optimizer))
@@ -168,8 +224,10 @@ def main() -> None:
             with open(table, "a", newline="", encoding="utf-8") as file:
                 csv.DictWriter(file, COLUMNS).writerows(rows)
     with open(table, newline="", encoding="utf-8") as file:
-        rows = [{k: (v if k in ("optimizer", "label", "rule") else float(v)) for k, v in r.items()}
-                for r in csv.DictReader(file)]
+        rows = [
+            {k: (v if k in ("optimizer", "label", "rule") else float(v)) for k, v in r.items()}
+            for r in csv.DictReader(file)
+        ]
     (args.out / "dynamics.md").write_text(summary(rows), encoding="utf-8")
     if not plot(rows, args.out / "dynamics.png"):
         print("matplotlib is not installed; no dynamics.png written")

@@ -7,6 +7,7 @@ Accelerate owns ``backward()`` (mixed precision, gradient accumulation, several 
 hands it the Learner's surrogate objective, whose gradient is exactly the rule's update. Trains a
 64-128-10 MLP on scikit-learn's digits with DP⊤ in seconds and prints the test accuracy.
 """
+
 from __future__ import annotations
 
 import torch

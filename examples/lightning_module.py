@@ -8,6 +8,7 @@ Lightning owns ``backward()``, so the step hands it the Learner's surrogate obje
 Trains a 64-128-10 MLP on scikit-learn's digits with DP⊤ on the CPU in seconds and prints the test
 accuracy.
 """
+
 from __future__ import annotations
 
 import lightning
@@ -53,9 +54,16 @@ def main(epochs: int = 5, seed: int = 0, root: str = "lightning_runs") -> float:
     lightning.seed_everything(seed, verbose=False)
     digits = load_dataset("digits", validation_percent=0.0, flatten=True)
     module = DualPropClassifier([64, 128, 10], rule="dpT", alpha=0.5, beta=0.1)
-    trainer = lightning.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False,
-                                enable_checkpointing=False, enable_progress_bar=False,
-                                enable_model_summary=False, default_root_dir=root)
+    trainer = lightning.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=root,
+    )
     trainer.fit(module, DataLoader(digits.train, batch_size=32, shuffle=True))
     (result,) = trainer.test(module, DataLoader(digits.test, batch_size=256), verbose=False)
     print(f"test accuracy {100 * result['test_acc']:.1f} %")

@@ -7,6 +7,7 @@ the test accuracy. ``learner.step(x, y)`` puts the rule's update into ``.grad`` 
 would; it is ``learner.objective(x, y).objective.backward()``, the form to use when something else owns
 ``backward()`` (a ``GradScaler``, Lightning, Accelerate: see the other examples).
 """
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """Dead-unit fractions checked against units made dead (or alive) by hand."""
+
 from __future__ import annotations
 
 import pytest
@@ -14,7 +15,7 @@ def test_units_with_negative_bias_and_zero_weights_are_dead():
         model[0].weight.zero_()
         model[0].bias.copy_(torch.tensor([-1.0, 1, -1, 1, 1, 1, -1, 1]))  # 3 of 8 dead for every input
         model[2].weight.fill_(1.0)
-        model[2].bias.copy_(torch.tensor([0.0, -100, 0, 0]))            # 1 of 4 dead
+        model[2].bias.copy_(torch.tensor([0.0, -100, 0, 0]))  # 1 of 4 dead
     model.train()
     batches = [torch.randn(5, 3), torch.randn(7, 3)]
     assert dead_fractions(model, batches) == pytest.approx([3 / 8, 1 / 4])

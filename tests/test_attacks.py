@@ -45,8 +45,17 @@ def test_pgd_stays_in_ball_and_data_range(digits_model, norm):
     model, x, y = digits_model
     x, y = x[:64], y[:64]
     eps = 0.1 if norm == "linf" else 1.0
-    x_adv = pgd(model, F.cross_entropy, x, y, eps=eps, step_size=2 * eps, steps=5, norm=norm,
-                generator=torch.Generator().manual_seed(1))
+    x_adv = pgd(
+        model,
+        F.cross_entropy,
+        x,
+        y,
+        eps=eps,
+        step_size=2 * eps,
+        steps=5,
+        norm=norm,
+        generator=torch.Generator().manual_seed(1),
+    )
     delta = (x_adv - x).flatten(1)
     size = delta.abs().amax(dim=1) if norm == "linf" else delta.norm(dim=1)
     assert size.max() <= eps * (1 + 1e-5)
@@ -61,8 +70,17 @@ def test_attacks_lower_accuracy_of_trained_model(digits_model, norm, eps):
     assert clean > 0.95
 
     def attack_pgd(m, xb, yb):
-        return pgd(m, F.cross_entropy, xb, yb, eps=eps, step_size=eps / 4, steps=10, norm=norm,
-                   generator=torch.Generator().manual_seed(2))
+        return pgd(
+            m,
+            F.cross_entropy,
+            xb,
+            yb,
+            eps=eps,
+            step_size=eps / 4,
+            steps=10,
+            norm=norm,
+            generator=torch.Generator().manual_seed(2),
+        )
 
     def attack_fgsm(m, xb, yb):
         return fgsm(m, F.cross_entropy, xb, yb, eps=eps, norm=norm)
@@ -88,8 +106,20 @@ def test_zero_eps_and_determinism():
     model = nn.Linear(4, 3)
     x, y = torch.rand(5, 4), torch.tensor([0, 1, 2, 0, 1])
     torch.testing.assert_close(pgd(model, F.cross_entropy, x, y, eps=0.0, step_size=0.1, steps=2), x)
-    runs = [pgd(model, F.cross_entropy, x, y, eps=0.3, step_size=0.01, steps=2, norm="l2",
-                generator=torch.Generator().manual_seed(3)) for _ in range(2)]
+    runs = [
+        pgd(
+            model,
+            F.cross_entropy,
+            x,
+            y,
+            eps=0.3,
+            step_size=0.01,
+            steps=2,
+            norm="l2",
+            generator=torch.Generator().manual_seed(3),
+        )
+        for _ in range(2)
+    ]
     torch.testing.assert_close(runs[0], runs[1], rtol=0, atol=0)
 
 

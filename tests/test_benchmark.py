@@ -1,4 +1,5 @@
 """Benchmark structure (never timings), the cost model behind its predicted ratio, and memory vs passes."""
+
 from __future__ import annotations
 
 import json
@@ -6,11 +7,18 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from dualprop import Learner, models
-from dualprop.benchmark import (BenchSettings, _cpu_allocation_peak, build_model, default_variants, format_report,
-                                parse_variant, predicted_ratio, run_benchmark)
+from dualprop.benchmark import (
+    BenchSettings,
+    _cpu_allocation_peak,
+    build_model,
+    default_variants,
+    format_report,
+    parse_variant,
+    predicted_ratio,
+    run_benchmark,
+)
 from dualprop.network import Block
 
 
@@ -19,8 +27,12 @@ def test_parse_variant():
     fused = parse_variant("dpT-fused")
     assert (fused.rule, fused.schedule, fused.passes, fused.implementation) == ("dpT", "backward", 1, "fused")
     generic = parse_variant("dp-fwbw2")
-    assert (generic.rule, generic.schedule, generic.passes, generic.implementation) == \
-        ("dp", "forward-backward", 2, "generic")
+    assert (generic.rule, generic.schedule, generic.passes, generic.implementation) == (
+        "dp",
+        "forward-backward",
+        2,
+        "generic",
+    )
     for bad in ("bp-fw2", "dpT", "xx-fw2", "dpT-sideways3"):
         with pytest.raises(ValueError):
             parse_variant(bad)
@@ -73,8 +85,17 @@ def test_run_benchmark_reports_ratios_against_bp_of_the_same_run():
     data = json.loads(json.dumps(report.to_dict()))
     assert set(data) == {"settings", "environment", "depth", "results"}
     assert data["settings"]["batch_size"] == 4 and data["environment"]["torch_threads"] == 1
-    assert {"name", "median_step_s", "time_ratio", "peak_bytes", "memory_ratio", "predicted_ratio",
-            "layer_updates", "step_times_s", "error"} <= set(data["results"][0])
+    assert {
+        "name",
+        "median_step_s",
+        "time_ratio",
+        "peak_bytes",
+        "memory_ratio",
+        "predicted_ratio",
+        "layer_updates",
+        "step_times_s",
+        "error",
+    } <= set(data["results"][0])
     table = format_report(report)
     assert all(r.name in table for r in report.results) and "predicted" in table
     assert torch.get_num_threads() == threads and not math.isnan(bp.median_step_s)
@@ -108,8 +129,7 @@ def _count_calls(learner: Learner, monkeypatch) -> dict[str, int]:
 
 
 @pytest.mark.parametrize("schedule, passes", [("forward", 3), ("forward-backward", 2), ("backward", 1)])
-def test_generic_step_runs_one_block_forward_per_update_and_one_vjp_per_hidden_update(schedule, passes,
-                                                                                      monkeypatch):
+def test_generic_step_runs_one_block_forward_per_update_and_one_vjp_per_hidden_update(schedule, passes, monkeypatch):
     """Cost model of the predicted ratio: L feed-forward + at most U update forwards, one VJP
     per hidden-layer update, nothing recomputed: an update reuses its drive unless the layer below changed,
     and a visit is skipped when neither neighbour changed since the layer's last visit (the feed-forward
@@ -153,7 +173,7 @@ def test_generic_peak_memory_does_not_grow_with_passes():
     for passes in (4, 8):  # (by pass 4 the nudge has reached layer 1: fewer passes skip visits)
         learner = Learner(model, rule="dp", alpha=0.5, schedule="forward", passes=passes, implementation="generic")
         learner.step(x, y)  # allocate .grad once, so both measured steps start alike
-        peaks.append(_cpu_allocation_peak(lambda: learner.step(x, y)))
+        peaks.append(_cpu_allocation_peak(lambda learner=learner: learner.step(x, y)))
     state_bytes = 16 * 64 * 4
     assert peaks[0] > state_bytes
     assert abs(peaks[1] - peaks[0]) <= state_bytes

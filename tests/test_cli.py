@@ -1,4 +1,5 @@
 """The command line: quick start, exit codes, one-line errors, kill and --resume, --config precedence."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,9 @@ FAST = ["--hidden", "32", "--batch-size", "128", "--no-progress", "--no-tensorbo
 
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "dualprop", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "dualprop", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def test_quick_start_reports_the_accuracies_it_saved(tmp_path, capsys):
@@ -55,22 +57,25 @@ def test_text_output_names_both_networks(tmp_path, capsys):
     assert "epoch   1/1" in captured.err
 
 
-@pytest.mark.parametrize("args, message", [
-    (["train", "--alpha", "2"], "alpha must be a number in [0, 1], got 2.0"),
-    (["train", "--beta", "-1"], "beta must be a finite number > 0"),
-    (["train", "--rule", "hebbian"], "unknown rule 'hebbian'"),
-    (["train", "--schedule", "zigzag"], "unknown schedule 'zigzag'"),
-    (["train", "--passes", "0"], "passes must be an integer >= 1"),
-    (["train", "--compile", "turbo"], "unknown compile mode 'turbo'"),
-    (["bench", "--compile", "turbo"], "argument --compile: invalid choice: 'turbo'"),
-    (["train", "--dataset", "lsun"], "unknown dataset 'lsun'"),
-    (["train", "--epochs", "many"], "argument --epochs: invalid int value: 'many'"),
-    (["train", "--config", "/nonexistent/run.toml"], "cannot read config file /nonexistent/run.toml"),
-    (["train", "--resume", "/nonexistent/run"], "/nonexistent/run is not a run directory"),
-    (["experiment", "nature-2031"], "unknown experiment 'nature-2031'"),
-    (["frobnicate"], "invalid choice: 'frobnicate'"),
-    ([], "choose a command"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--alpha", "2"], "alpha must be a number in [0, 1], got 2.0"),
+        (["train", "--beta", "-1"], "beta must be a finite number > 0"),
+        (["train", "--rule", "hebbian"], "unknown rule 'hebbian'"),
+        (["train", "--schedule", "zigzag"], "unknown schedule 'zigzag'"),
+        (["train", "--passes", "0"], "passes must be an integer >= 1"),
+        (["train", "--compile", "turbo"], "unknown compile mode 'turbo'"),
+        (["bench", "--compile", "turbo"], "argument --compile: invalid choice: 'turbo'"),
+        (["train", "--dataset", "lsun"], "unknown dataset 'lsun'"),
+        (["train", "--epochs", "many"], "argument --epochs: invalid int value: 'many'"),
+        (["train", "--config", "/nonexistent/run.toml"], "cannot read config file /nonexistent/run.toml"),
+        (["train", "--resume", "/nonexistent/run"], "/nonexistent/run is not a run directory"),
+        (["experiment", "nature-2031"], "unknown experiment 'nature-2031'"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+        ([], "choose a command"),
+    ],
+)
 def test_bad_settings_exit_2_with_one_line(args, message, tmp_path, capsys):
     adds_out = args[:1] == ["train"] and "--resume" not in args
     assert main([*args, "--out", str(tmp_path)] if adds_out else args) == 2
@@ -88,8 +93,9 @@ def test_bad_setting_in_a_fresh_process_has_no_traceback(tmp_path):
 
 
 def test_missing_data_names_the_file(tmp_path, capsys):
-    status = main(["train", "--dataset", "mnist", "--data-dir", str(tmp_path / "data"), "--out",
-                   str(tmp_path / "runs"), *FAST])
+    status = main(
+        ["train", "--dataset", "mnist", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "runs"), *FAST]
+    )
     assert status == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "train-images-idx3-ubyte.gz" in err
@@ -103,10 +109,24 @@ def test_unknown_key_in_config_file(tmp_path, capsys):
 
 
 def test_flags_override_the_config_file(tmp_path, capsys):
-    (tmp_path / "c.toml").write_text('rule = "dp"\nalpha = 0.2\nbeta = 0.05\nepochs = 3\nbaseline = false\n'
-                                     'hidden = [16]\n')
-    status = main(["train", "--config", str(tmp_path / "c.toml"), "--epochs", "1", "--limit-batches", "1",
-                   "--out", str(tmp_path / "runs"), "--json", "--no-progress"])
+    (tmp_path / "c.toml").write_text(
+        'rule = "dp"\nalpha = 0.2\nbeta = 0.05\nepochs = 3\nbaseline = false\nhidden = [16]\n'
+    )
+    status = main(
+        [
+            "train",
+            "--config",
+            str(tmp_path / "c.toml"),
+            "--epochs",
+            "1",
+            "--limit-batches",
+            "1",
+            "--out",
+            str(tmp_path / "runs"),
+            "--json",
+            "--no-progress",
+        ]
+    )
     assert status == 0
     (run,) = json.loads(capsys.readouterr().out)["runs"]
     assert (run["rule"], run["alpha"], run["beta"], run["epochs_completed"]) == ("dp", 0.2, 0.05, 1)
@@ -115,8 +135,23 @@ def test_flags_override_the_config_file(tmp_path, capsys):
 
 
 def test_divergence_exits_3_and_records_where(tmp_path, capsys):
-    status = main(["train", "--rule", "bp", "--lr", "1e8", "--warmup-epochs", "0", "--epochs", "2",
-                   "--out", str(tmp_path), "--json", *FAST])
+    status = main(
+        [
+            "train",
+            "--rule",
+            "bp",
+            "--lr",
+            "1e8",
+            "--warmup-epochs",
+            "0",
+            "--epochs",
+            "2",
+            "--out",
+            str(tmp_path),
+            "--json",
+            *FAST,
+        ]
+    )
     assert status == 3
     (run,) = json.loads(capsys.readouterr().out)["runs"]
     summary = json.loads((Path(run["run_dir"]) / "summary.json").read_text())
@@ -129,9 +164,25 @@ def test_sigkill_then_resume_keeps_one_row_per_epoch(tmp_path):
     out = tmp_path / "runs"
     epochs = 40
     process = subprocess.Popen(
-        [sys.executable, "-m", "dualprop", "train", "--epochs", str(epochs), "--limit-batches", "4",
-         "--no-baseline", "--seed", "3", "--out", str(out), *FAST],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-m",
+            "dualprop",
+            "train",
+            "--epochs",
+            str(epochs),
+            "--limit-batches",
+            "4",
+            "--no-baseline",
+            "--seed",
+            "3",
+            "--out",
+            str(out),
+            *FAST,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 180  # generous: a loaded machine starts slowly
     checkpoint = None
     while time.monotonic() < deadline and process.poll() is None:

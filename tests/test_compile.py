@@ -1,5 +1,6 @@
 """The learning step under ``torch.compile``: one graph for a fixed deterministic schedule, and the same
 updates as the eager step."""
+
 import copy
 import logging
 import os
@@ -17,8 +18,10 @@ from dualprop.training import TrainConfig, load_config
 torch._logging.set_logs(dynamo=logging.ERROR)
 # torch's own tracing machinery calls a deprecated torch.jit entry point
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
-needs_compiler = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
-                                    reason="inductor's CPU code generation needs a C++ compiler")
+needs_compiler = pytest.mark.skipif(
+    shutil.which("c++") is None and shutil.which("g++") is None,
+    reason="inductor's CPU code generation needs a C++ compiler",
+)
 
 ONE_GRAPH = [
     dict(rule="dpT", alpha=0.5, schedule="fw3"),
@@ -100,8 +103,9 @@ def test_the_captured_step_updates_the_weights_exactly_as_the_eager_step(setting
 def test_the_captured_step_of_a_residual_network_keeps_running_statistics_exact(feedback):
     model, x, y = _residual_batch(2)
     torch._dynamo.reset()
-    eager, compiled, _ = _train_both(model.train(), x, y, dict(rule="dpT", schedule="fw2", feedback=feedback),
-                                     _trace_only)
+    eager, compiled, _ = _train_both(
+        model.train(), x, y, dict(rule="dpT", schedule="fw2", feedback=feedback), _trace_only
+    )
     _assert_same_training(eager, compiled, 0.0)
     norms = [m for m in compiled.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert norms and all(int(m.num_batches_tracked) == 3 for m in norms)  # one update per step
@@ -111,8 +115,9 @@ def test_the_captured_step_of_a_residual_network_keeps_running_statistics_exact(
 def test_compile_objective_generates_code_that_matches_the_eager_step():
     model, x, y = _mlp_batch(3)
     torch._dynamo.reset()
-    eager, compiled, _ = _train_both(model, x, y, dict(rule="dpT", schedule="fw3"),
-                                     lambda learner: learner.compile_objective("default"))
+    eager, compiled, _ = _train_both(
+        model, x, y, dict(rule="dpT", schedule="fw3"), lambda learner: learner.compile_objective("default")
+    )
     _assert_same_training(eager, compiled, 1e-5)
 
 
@@ -130,20 +135,64 @@ def test_a_copy_of_a_compiled_learner_steps_its_own_model():
 
 @needs_compiler
 def test_train_compiles_the_step_when_asked_and_records_the_mode(tmp_path, capsys):
-    assert main(["train", "--compile", "default", "--epochs", "1", "--limit-batches", "3", "--hidden", "16",
-                 "--no-baseline", "--no-progress", "--no-tensorboard", "--out", str(tmp_path), "--json"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--compile",
+                "default",
+                "--epochs",
+                "1",
+                "--limit-batches",
+                "3",
+                "--hidden",
+                "16",
+                "--no-baseline",
+                "--no-progress",
+                "--no-tensorboard",
+                "--out",
+                str(tmp_path),
+                "--json",
+            ]
+        )
+        == 0
+    )
     (run,) = tmp_path.iterdir()
     assert load_config(run / "config.toml").compile == "default"
     assert "test_acc" in capsys.readouterr().out
 
 
 def test_train_without_a_working_compiler_stops_with_one_line_before_writing_anything(tmp_path):
-    env = {**os.environ, "CXX": str(tmp_path / "no-such-compiler"),
-           "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor-cache")}  # nothing cached to fall back on
+    env = {
+        **os.environ,
+        "CXX": str(tmp_path / "no-such-compiler"),
+        "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor-cache"),
+    }  # nothing cached to fall back on
     out = tmp_path / "runs"
-    finished = subprocess.run([sys.executable, "-m", "dualprop", "train", "--compile", "default", "--epochs", "1",
-                               "--limit-batches", "2", "--hidden", "8", "--no-baseline", "--no-progress",
-                               "--out", str(out)], capture_output=True, text=True, env=env, timeout=300)
+    finished = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dualprop",
+            "train",
+            "--compile",
+            "default",
+            "--epochs",
+            "1",
+            "--limit-batches",
+            "2",
+            "--hidden",
+            "8",
+            "--no-baseline",
+            "--no-progress",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert finished.returncode == 2
     assert finished.stderr.count("\n") == 1 and finished.stderr.startswith("dualprop: error: torch.compile in mode")
     assert "train without compiling" in finished.stderr and "Traceback" not in finished.stderr

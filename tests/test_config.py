@@ -1,4 +1,5 @@
 """TrainConfig: TOML round trip, the hand-written TOML writer, and one clear sentence per bad setting."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,8 +16,18 @@ else:
 
 
 def test_round_trip_keeps_every_setting(tmp_path):
-    config = TrainConfig(rule="dp", alpha=0.25, beta=0.5, schedule="fwbw3", hidden=[7, 5], seeds=[3, 1],
-                         data_dir="/data/x y", name='quote"d', augment=False, lr=1e-3).resolved()
+    config = TrainConfig(
+        rule="dp",
+        alpha=0.25,
+        beta=0.5,
+        schedule="fwbw3",
+        hidden=[7, 5],
+        seeds=[3, 1],
+        data_dir="/data/x y",
+        name='quote"d',
+        augment=False,
+        lr=1e-3,
+    ).resolved()
     path = tmp_path / "config.toml"
     save_config(config, path)
     assert load_config(path) == config
@@ -24,7 +35,7 @@ def test_round_trip_keeps_every_setting(tmp_path):
 
 
 def test_writer_matches_a_standard_toml_parser():
-    values = {"a": 1, "b": 0.1, "c": True, "d": "back\\slash \"q\"\n", "e": [1, 2], "f": 1e-300}
+    values = {"a": 1, "b": 0.1, "c": True, "d": 'back\\slash "q"\n', "e": [1, 2], "f": 1e-300}
     text = dumps_toml(values)
     assert tomllib.loads(text) == values
     assert text.splitlines()[0] == "a = 1"
@@ -51,25 +62,28 @@ def test_malformed_file_names_the_file(tmp_path):
         load_config(path)
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"alpha": 1.5}, "alpha must be a number in \\[0, 1\\]"),
-    ({"beta": 0.0}, "beta must be a finite number > 0"),
-    ({"rule": "hebb"}, "unknown rule 'hebb'"),
-    ({"schedule": "sideways"}, "unknown schedule 'sideways'"),
-    ({"passes": 0}, "passes must be an integer >= 1"),
-    ({"schedule": "fw3", "passes": 2}, "means 3 passes but passes=2"),
-    ({"dataset": "imagenet-21k"}, "unknown dataset 'imagenet-21k'"),
-    ({"model": "resnet"}, "unknown model 'resnet'"),
-    ({"loss": "hinge"}, "unknown loss 'hinge'"),
-    ({"epochs": 0}, "epochs must be >= 1"),
-    ({"lr": -1.0}, "lr must be a finite number >= 0"),
-    ({"optimizer": "lbfgs"}, "unknown optimizer 'lbfgs'"),
-    ({"seeds": []}, "seeds must list one or more distinct integers"),
-    ({"hidden": [10, "x"]}, "hidden must be a list of integers"),
-    ({"epochs": 2.5}, "epochs must be of type int"),
-    ({"warmup_epochs": 5, "epochs": 3}, "warmup_epochs \\(5\\) must not exceed epochs \\(3\\)"),
-    ({"validation_percent": 100}, "validation_percent must lie in \\[0, 100\\)"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"alpha": 1.5}, "alpha must be a number in \\[0, 1\\]"),
+        ({"beta": 0.0}, "beta must be a finite number > 0"),
+        ({"rule": "hebb"}, "unknown rule 'hebb'"),
+        ({"schedule": "sideways"}, "unknown schedule 'sideways'"),
+        ({"passes": 0}, "passes must be an integer >= 1"),
+        ({"schedule": "fw3", "passes": 2}, "means 3 passes but passes=2"),
+        ({"dataset": "imagenet-21k"}, "unknown dataset 'imagenet-21k'"),
+        ({"model": "resnet"}, "unknown model 'resnet'"),
+        ({"loss": "hinge"}, "unknown loss 'hinge'"),
+        ({"epochs": 0}, "epochs must be >= 1"),
+        ({"lr": -1.0}, "lr must be a finite number >= 0"),
+        ({"optimizer": "lbfgs"}, "unknown optimizer 'lbfgs'"),
+        ({"seeds": []}, "seeds must list one or more distinct integers"),
+        ({"hidden": [10, "x"]}, "hidden must be a list of integers"),
+        ({"epochs": 2.5}, "epochs must be of type int"),
+        ({"warmup_epochs": 5, "epochs": 3}, "warmup_epochs \\(5\\) must not exceed epochs \\(3\\)"),
+        ({"validation_percent": 100}, "validation_percent must lie in \\[0, 100\\)"),
+    ],
+)
 def test_bad_settings_raise_one_clear_sentence(changes, message):
     with pytest.raises(ValueError, match=message) as error:
         TrainConfig(**changes).resolved()

@@ -1,4 +1,5 @@
 """A user's own arrays: .npz files and torch Datasets, checked at load, prepared as one path."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -49,8 +50,9 @@ def test_float_features_are_used_as_given_and_x_val_is_the_validation_set(tmp_pa
     rng = np.random.default_rng(0)
     x = rng.normal(size=(30, 5)).astype(np.float64)
     y = np.arange(30) % 4
-    path = write_npz(tmp_path / "f.npz", x_train=x[:20], y_train=y[:20], x_test=x[20:25], y_test=y[20:25],
-                     x_val=x[25:], y_val=y[25:])
+    path = write_npz(
+        tmp_path / "f.npz", x_train=x[:20], y_train=y[:20], x_test=x[20:25], y_test=y[20:25], x_val=x[25:], y_val=y[25:]
+    )
     splits = load_dataset(path, validation_percent=50.0)  # ignored: the file brings its own validation set
     assert splits.input_shape == (5,) and splits.num_classes == 4
     np.testing.assert_array_equal(splits.train.tensors[0].numpy(), x[:20].astype(np.float32))
@@ -63,28 +65,41 @@ def test_channels_first_images_keep_per_channel_statistics(tmp_path):
     (x, y), (xt, yt) = images(20, 0, (2, 4, 4)), images(5, 1, (2, 4, 4))
     x[:, 1] //= 4  # a darker second channel
     y[:3] = [0, 1, 2]
-    splits = load_dataset(write_npz(tmp_path / "c.npz", x_train=x, y_train=y, x_test=xt, y_test=yt),
-                          validation_percent=0.0, flatten=True)
+    splits = load_dataset(
+        write_npz(tmp_path / "c.npz", x_train=x, y_train=y, x_test=xt, y_test=yt), validation_percent=0.0, flatten=True
+    )
     assert splits.input_shape == (32,)
     for c in range(2):
         assert splits.mean[c] == pytest.approx((x[:, c] / 255).mean(), abs=1e-6)
         assert splits.std[c] == pytest.approx((x[:, c] / 255).std(), abs=1e-6)
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda a: a.pop("y_test"), r"bad.npz: missing key 'y_test'; expected x_train, y_train, x_test, y_test"),
-    (lambda a: a.update(x_valid=a["x_test"]), r"bad.npz: unexpected key 'x_valid'"),
-    (lambda a: a.update(x_val=a["x_test"]), r"missing key 'y_val'"),
-    (lambda a: a.update(y_test=a["y_test"] + 7), r"y_test in .*bad.npz holds label 9, but the classes of y_train"),
-    (lambda a: a.update(y_train=a["y_train"].astype(np.float32)), r"y_train in .*has dtype torch.float32; expected integer"),
-    (lambda a: a.update(y_train=-a["y_train"]), r"y_train in .*holds the negative label -2"),
-    (lambda a: a.update(y_train=a["y_train"][:-1]), r"y_train in .*has shape \(39,\); expected \(40,\)"),
-    (lambda a: a.update(x_test=a["x_test"][:, :5]), r"x_test in .*holds torch.uint8 samples of shape \(1, 5, 6\), but x_train"),
-    (lambda a: a.update(x_train=a["x_train"].astype(np.int64)), r"x_train in .*has dtype torch.int64; expected floating point or uint8"),
-    (lambda a: a.update(x_train=np.full((40, 3), np.nan)), r"x_train in .*holds NaN or infinite values"),
-    (lambda a: a.update(y_train=np.zeros(40, dtype=np.int64)), r"y_train in .*holds only class 0"),
-    (lambda a: a.update(x_test=a["x_test"][:0], y_test=a["y_test"][:0]), r"x_test in .*has no samples"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda a: a.pop("y_test"), r"bad.npz: missing key 'y_test'; expected x_train, y_train, x_test, y_test"),
+        (lambda a: a.update(x_valid=a["x_test"]), r"bad.npz: unexpected key 'x_valid'"),
+        (lambda a: a.update(x_val=a["x_test"]), r"missing key 'y_val'"),
+        (lambda a: a.update(y_test=a["y_test"] + 7), r"y_test in .*bad.npz holds label 9, but the classes of y_train"),
+        (
+            lambda a: a.update(y_train=a["y_train"].astype(np.float32)),
+            r"y_train in .*has dtype torch.float32; expected integer",
+        ),
+        (lambda a: a.update(y_train=-a["y_train"]), r"y_train in .*holds the negative label -2"),
+        (lambda a: a.update(y_train=a["y_train"][:-1]), r"y_train in .*has shape \(39,\); expected \(40,\)"),
+        (
+            lambda a: a.update(x_test=a["x_test"][:, :5]),
+            r"x_test in .*holds torch.uint8 samples of shape \(1, 5, 6\), but x_train",
+        ),
+        (
+            lambda a: a.update(x_train=a["x_train"].astype(np.int64)),
+            r"x_train in .*has dtype torch.int64; expected floating point or uint8",
+        ),
+        (lambda a: a.update(x_train=np.full((40, 3), np.nan)), r"x_train in .*holds NaN or infinite values"),
+        (lambda a: a.update(y_train=np.zeros(40, dtype=np.int64)), r"y_train in .*holds only class 0"),
+        (lambda a: a.update(x_test=a["x_test"][:0], y_test=a["y_test"][:0]), r"x_test in .*has no samples"),
+    ],
+)
 def test_bad_arrays_get_one_clear_error_naming_the_key_and_file(image_file, tmp_path, change, message):
     arrays = dict(np.load(image_file))
     change(arrays)
@@ -121,8 +136,9 @@ class PairsDataset(Dataset):
 def test_datasets_and_npz_arrays_take_the_same_path(image_file):
     raw = np.load(image_file)
     x, y = torch.from_numpy(raw["x_train"]), torch.from_numpy(raw["y_train"])
-    from_python = from_datasets(PairsDataset(x, y), TensorDataset(torch.from_numpy(raw["x_test"]),
-                                                                  torch.from_numpy(raw["y_test"])))
+    from_python = from_datasets(
+        PairsDataset(x, y), TensorDataset(torch.from_numpy(raw["x_test"]), torch.from_numpy(raw["y_test"]))
+    )
     a = array_splits(from_python, 25.0, seed=1)
     b = load_dataset(image_file, validation_percent=25.0, seed=1)
     for part in ("train", "validation", "test"):
@@ -156,8 +172,9 @@ def test_train_takes_torch_datasets_and_learns(tmp_path):
 
 def test_a_python_data_run_resumes_only_with_its_data(tmp_path):
     train_set, test_set = digits_datasets()
-    config = TrainConfig(epochs=1, hidden=[8], limit_batches=2, baseline=False, out=str(tmp_path),
-                         tensorboard=False, threads=1)
+    config = TrainConfig(
+        epochs=1, hidden=[8], limit_batches=2, baseline=False, out=str(tmp_path), tensorboard=False, threads=1
+    )
     summary = train(config, data=(train_set, test_set))[0]
     run_dir = summary["run_dir"]
     (tmp_path / "summary-saved.json").write_bytes((tmp_path / run_dir / "summary.json").read_bytes())
@@ -172,19 +189,42 @@ def test_command_line_trains_on_an_npz_file_and_rejects_a_bad_one(tmp_path, caps
 
     bunch = load_digits()
     x = (bunch.images * 255 / 16).round().astype(np.uint8)
-    path = write_npz(tmp_path / "digits.npz", x_train=x[:1400], y_train=bunch.target[:1400],
-                     x_test=x[1400:], y_test=bunch.target[1400:])
-    status = main(["train", "--dataset", path, "--epochs", "2", "--hidden", "32", "--no-baseline",
-                   "--out", str(tmp_path / "runs"), "--no-progress", "--no-tensorboard", "--json"])
+    path = write_npz(
+        tmp_path / "digits.npz",
+        x_train=x[:1400],
+        y_train=bunch.target[:1400],
+        x_test=x[1400:],
+        y_test=bunch.target[1400:],
+    )
+    status = main(
+        [
+            "train",
+            "--dataset",
+            path,
+            "--epochs",
+            "2",
+            "--hidden",
+            "32",
+            "--no-baseline",
+            "--out",
+            str(tmp_path / "runs"),
+            "--no-progress",
+            "--no-tensorboard",
+            "--json",
+        ]
+    )
     assert status == 0
     import json
+
     run = json.loads(capsys.readouterr().out)["runs"][0]
     assert run["test_acc"] > 85.0 and run["run_dir"].endswith("digits-mlp-dpT-a0.5-b0.1-seed0")
     bad = write_npz(tmp_path / "bad.npz", x_train=x[:10], y_train=bunch.target[:10], x_test=x[10:20])
     assert main(["train", "--dataset", bad, "--out", str(tmp_path / "runs2")]) == 2
     error = capsys.readouterr().err
-    assert error.strip().splitlines() == [f"dualprop: error: {bad}: missing key 'y_test'; expected x_train, "
-                                          "y_train, x_test, y_test and optionally x_val, y_val"]
+    assert error.strip().splitlines() == [
+        f"dualprop: error: {bad}: missing key 'y_test'; expected x_train, "
+        "y_train, x_test, y_test and optionally x_val, y_val"
+    ]
     assert not (tmp_path / "runs2").exists()
 
 

@@ -74,7 +74,10 @@ def test_split_sizes_and_determinism() -> None:
     # train and validation partition the official training images
     raw_train = read_digits()["train"].images.reshape(1438, -1)
     spec = get_spec("digits")
-    restore = lambda t: np.rint((t.numpy().reshape(len(t), -1) * spec.std[0] + spec.mean[0]) * 16)
+
+    def restore(t):
+        return np.rint((t.numpy().reshape(len(t), -1) * spec.std[0] + spec.mean[0]) * 16)
+
     together = np.concatenate([restore(first.train.tensors[0]), restore(first.validation.tensors[0])])
     assert sorted(map(bytes, together.astype(np.uint8))) == sorted(map(bytes, raw_train))
 
@@ -113,9 +116,13 @@ def test_crop_flip_keeps_shape_and_draws_from_padded_image() -> None:
     padded = torch.nn.functional.pad(images, (padding,) * 4)
     found = set()
     for k in range(n):
-        matches = [(dy, dx, mirror) for dy in range(2 * padding + 1) for dx in range(2 * padding + 1)
-                   for mirror in (False, True)
-                   if torch.equal(out[k], (lambda c: c.flip(-1) if mirror else c)(padded[k, :, dy:dy + 5, dx:dx + 5]))]
+        matches = [
+            (dy, dx, mirror)
+            for dy in range(2 * padding + 1)
+            for dx in range(2 * padding + 1)
+            for mirror in (False, True)
+            if torch.equal(out[k], (lambda c: c.flip(-1) if mirror else c)(padded[k, :, dy : dy + 5, dx : dx + 5]))
+        ]
         assert len(matches) == 1, k
         found.add(matches[0])
     assert {m for _, _, m in found} == {False, True} and len({(dy, dx) for dy, dx, _ in found}) > 10
@@ -150,8 +157,9 @@ def test_batch_loader_epochs_and_shards() -> None:
     loader.set_epoch(0)
     assert torch.equal(torch.cat([y for _, y in loader]), epoch0) and not torch.equal(epoch0, epoch1)
     assert sorted(epoch0.tolist()) == list(range(10)) and len(loader) == 4
-    shards = [torch.cat([y for _, y in BatchLoader(dataset, 2, shuffle=True, seed=5, rank=r, world_size=3)])
-              for r in range(3)]
+    shards = [
+        torch.cat([y for _, y in BatchLoader(dataset, 2, shuffle=True, seed=5, rank=r, world_size=3)]) for r in range(3)
+    ]
     assert [len(s) for s in shards] == [3, 3, 3]
     assert len(set(torch.cat(shards).tolist())) == 9
 

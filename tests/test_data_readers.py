@@ -13,7 +13,14 @@ import pytest
 import scipy.io
 
 from dualprop.data import (
-    DataError, read_cifar10, read_cifar100, read_digits, read_idx, read_imagenet32, read_mnist, read_svhn,
+    DataError,
+    read_cifar10,
+    read_cifar100,
+    read_digits,
+    read_idx,
+    read_imagenet32,
+    read_mnist,
+    read_svhn,
 )
 from dualprop.data.cifar import load_data_pickle
 from dualprop.data.imagenet32 import read_imagenet32_batch
@@ -240,8 +247,9 @@ def test_digits_split_is_fixed_and_disjoint() -> None:
     np.testing.assert_array_equal(first["test"].labels, second["test"].labels)
     assert first["train"].images.max() == 16
     reference = load_digits()
-    rows = {row.tobytes() + bytes([label]) for row, label in
-            zip(reference.images.astype(np.uint8), reference.target.astype(np.uint8))}
-    seen = [img[0].tobytes() + bytes([lab])
-            for part in first.values() for img, lab in zip(part.images, part.labels)]
+    rows = {
+        row.tobytes() + bytes([label])
+        for row, label in zip(reference.images.astype(np.uint8), reference.target.astype(np.uint8))
+    }
+    seen = [img[0].tobytes() + bytes([lab]) for part in first.values() for img, lab in zip(part.images, part.labels)]
     assert set(seen) == rows and len(seen) == 1797

@@ -13,17 +13,31 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dualprop.data import (DataError, Resource, data_root, data_roots, download, fetch_verified, file_md5, find_dataset_dir,
-                           get_spec, verify_dataset)
 import dualprop.data.fetch as fetch_module
 import dualprop.data.paths as paths_module
+from dualprop.data import (
+    DataError,
+    Resource,
+    data_root,
+    data_roots,
+    download,
+    fetch_verified,
+    file_md5,
+    find_dataset_dir,
+    get_spec,
+    verify_dataset,
+)
 from dualprop.data.fetch import extract_members
 
 
 def write_idx_set(directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    shapes = {"train-images-idx3-ubyte": (2, 28, 28), "train-labels-idx1-ubyte": (2,),
-              "t10k-images-idx3-ubyte": (1, 28, 28), "t10k-labels-idx1-ubyte": (1,)}
+    shapes = {
+        "train-images-idx3-ubyte": (2, 28, 28),
+        "train-labels-idx1-ubyte": (2,),
+        "t10k-images-idx3-ubyte": (1, 28, 28),
+        "t10k-labels-idx1-ubyte": (1,),
+    }
     for name, shape in shapes.items():
         header = struct.pack(">BBBB", 0, 0, 8, len(shape)) + struct.pack(f">{len(shape)}I", *shape)
         (directory / f"{name}.gz").write_bytes(gzip.compress(header + bytes(int(np.prod(shape)))))
@@ -91,9 +105,12 @@ def test_verify_dataset_names_the_file_that_differs(tmp_path: Path, monkeypatch:
     write_idx_set(tmp_path / "fashion-mnist")
     with pytest.raises(DataError, match="train-images-idx3-ubyte.gz: md5 checksum is .*expected 8d4fb7e6"):
         verify_dataset("fashion-mnist", tmp_path)
-    resources = tuple(Resource(r.url, r.filename, r.md5,
-                                            content_md5=fetch_module.gzip_content_md5(tmp_path / "fashion-mnist" / r.filename))
-                      for r in get_spec("fashion-mnist").resources)
+    resources = tuple(
+        Resource(
+            r.url, r.filename, r.md5, content_md5=fetch_module.gzip_content_md5(tmp_path / "fashion-mnist" / r.filename)
+        )
+        for r in get_spec("fashion-mnist").resources
+    )
     spec = dataclasses.replace(get_spec("fashion-mnist"), resources=resources)
     monkeypatch.setattr(fetch_module, "get_spec", lambda name: spec)
     assert verify_dataset("fashion-mnist", tmp_path) == tmp_path / "fashion-mnist"

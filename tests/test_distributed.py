@@ -1,6 +1,7 @@
 """Data-parallel training on 2 CPU processes (gloo, localhost): the averaged update equals the update of
 the union of the ranks' batches, replicas stay bit-identical, the collectives agree across ranks, and a
 failing or hanging rank ends the job with one line and a non-zero status instead of a hang."""
+
 from __future__ import annotations
 
 import os
@@ -15,8 +16,16 @@ import torch
 import torch.multiprocessing as mp
 
 from dualprop import Learner, models
-from dualprop.training.distributed import (DistributedContext, any_rank, broadcast_from_main, current_context,
-                                           data_parallel, launched_distributed, process_group, sum_across_ranks)
+from dualprop.training.distributed import (
+    DistributedContext,
+    any_rank,
+    broadcast_from_main,
+    current_context,
+    data_parallel,
+    launched_distributed,
+    process_group,
+    sum_across_ranks,
+)
 
 WORLD_SIZE = 2
 STEPS = 3
@@ -39,8 +48,13 @@ def free_port() -> int:
 
 
 def rank_environment(rank: int, port: int) -> dict[str, str]:
-    return {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
-            "WORLD_SIZE": str(WORLD_SIZE), "LOCAL_RANK": str(rank)}
+    return {
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "RANK": str(rank),
+        "WORLD_SIZE": str(WORLD_SIZE),
+        "LOCAL_RANK": str(rank),
+    }
 
 
 def network(seed: int) -> torch.nn.Sequential:
@@ -52,8 +66,13 @@ def global_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
     """``STEPS`` batches of ``WORLD_SIZE · PER_RANK`` samples; rank r takes rows ``r·PER_RANK …``."""
     generator = torch.Generator().manual_seed(11)
     size = WORLD_SIZE * PER_RANK
-    return [(torch.randn(size, 6, generator=generator, dtype=torch.float64),
-             torch.randint(0, 4, (size,), generator=generator)) for _ in range(STEPS)]
+    return [
+        (
+            torch.randn(size, 6, generator=generator, dtype=torch.float64),
+            torch.randint(0, 4, (size,), generator=generator),
+        )
+        for _ in range(STEPS)
+    ]
 
 
 def _worker(rank: int, port: int, directory: str) -> None:
@@ -64,9 +83,11 @@ def _worker(rank: int, port: int, directory: str) -> None:
     out = Path(directory)
     with process_group("cpu", timeout_s=30) as context:
         assert context == current_context() == DistributedContext(rank, WORLD_SIZE, torch.device("cpu"))
-        collectives = {"broadcast": broadcast_from_main(f"run-of-rank-{rank}"),
-                       "sum": sum_across_ranks([rank + 1.0, 10.0, 0.5]),
-                       "any": any_rank([rank == 1, False])}
+        collectives = {
+            "broadcast": broadcast_from_main(f"run-of-rank-{rank}"),
+            "sum": sum_across_ranks([rank + 1.0, 10.0, 0.5]),
+            "any": any_rank([rank == 1, False]),
+        }
         torch.save(collectives, out / f"collectives-{rank}.pt")
         differently_seeded = data_parallel(network(seed=100 + rank), context)
         torch.save([p.detach().clone() for p in differently_seeded.parameters()], out / f"wrapped-{rank}.pt")
@@ -87,8 +108,7 @@ def _worker(rank: int, port: int, directory: str) -> None:
 @pytest.fixture(scope="module")
 def two_rank_results(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("ranks")
-    mp.start_processes(_worker, args=(free_port(), str(directory)), nprocs=WORLD_SIZE, join=True,
-                       start_method="spawn")
+    mp.start_processes(_worker, args=(free_port(), str(directory)), nprocs=WORLD_SIZE, join=True, start_method="spawn")
     return directory
 
 
@@ -147,13 +167,28 @@ def test_without_a_launcher_there_is_no_process_group():
 
 def cli(rank: int, port: int, *args: str) -> subprocess.Popen:
     environment = {**os.environ, **rank_environment(rank, port), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "dualprop", "train", *args], env=environment,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "dualprop", "train", *args],
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def train_flags(out: Path) -> list[str]:
-    return ["--epochs", "1", "--limit-batches", "2", "--no-baseline", "--no-progress", "--device", "cpu",
-            "--out", str(out)]
+    return [
+        "--epochs",
+        "1",
+        "--limit-batches",
+        "2",
+        "--no-baseline",
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
 
 
 def test_a_rank_that_fails_ends_the_job_on_every_rank(tmp_path):
@@ -161,8 +196,17 @@ def test_a_rank_that_fails_ends_the_job_on_every_rank(tmp_path):
     port = free_port()
     started = time.monotonic()
     main = cli(0, port, *train_flags(tmp_path / "runs"), "--dist-timeout", "20")
-    failing = cli(1, port, *train_flags(tmp_path / "runs"), "--dist-timeout", "20", "--dataset", "mnist",
-                  "--data-dir", str(tmp_path / "no-data"))
+    failing = cli(
+        1,
+        port,
+        *train_flags(tmp_path / "runs"),
+        "--dist-timeout",
+        "20",
+        "--dataset",
+        "mnist",
+        "--data-dir",
+        str(tmp_path / "no-data"),
+    )
     _, failing_err = failing.communicate(timeout=60)
     _, main_err = main.communicate(timeout=60)
     assert time.monotonic() - started < 50
@@ -175,9 +219,8 @@ def test_a_rank_that_fails_ends_the_job_on_every_rank(tmp_path):
 def test_a_rank_that_hangs_ends_the_job_after_the_timeout(tmp_path):
     """Rank 1 joins the job and then never takes part: rank 0 gives up after --dist-timeout."""
     port = free_port()
-    hanging_code = ("import time, torch.distributed as dist; dist.init_process_group('gloo'); time.sleep(120)")
-    hanging = subprocess.Popen([sys.executable, "-c", hanging_code],
-                               env={**os.environ, **rank_environment(1, port)})
+    hanging_code = "import time, torch.distributed as dist; dist.init_process_group('gloo'); time.sleep(120)"
+    hanging = subprocess.Popen([sys.executable, "-c", hanging_code], env={**os.environ, **rank_environment(1, port)})
     try:
         started = time.monotonic()
         main = cli(0, port, *train_flags(tmp_path / "runs"), "--dist-timeout", "3")

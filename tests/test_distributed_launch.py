@@ -1,6 +1,7 @@
 """``torchrun --nproc_per_node=2 -m dualprop train`` end to end on digits (gloo, localhost): one run
 directory written by rank 0 alone, one metrics row per epoch, equal step counts on both ranks, one
 result line, and ``--resume`` continuing the run from rank 0's checkpoint on both ranks."""
+
 from __future__ import annotations
 
 import csv
@@ -22,9 +23,22 @@ def free_port() -> int:
 
 
 def torchrun(*args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-               "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", "dualprop", "train", *args,
-               "--no-progress", "--dist-timeout", "60"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes=1",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={free_port()}",
+        "-m",
+        "dualprop",
+        "train",
+        *args,
+        "--no-progress",
+        "--dist-timeout",
+        "60",
+    ]
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(command, capture_output=True, text=True, timeout=120, env=environment)
 
@@ -36,8 +50,9 @@ def metrics(run_dir: Path) -> list[dict[str, str]]:
 
 def test_torchrun_trains_on_two_ranks_and_resumes(tmp_path):
     out = tmp_path / "runs"
-    first = torchrun("--epochs", "2", "--limit-batches", str(LIMIT_BATCHES), "--no-baseline", "--device", "cpu",
-                     "--out", str(out))
+    first = torchrun(
+        "--epochs", "2", "--limit-batches", str(LIMIT_BATCHES), "--no-baseline", "--device", "cpu", "--out", str(out)
+    )
     assert first.returncode == 0, first.stderr
     (run_dir,) = out.iterdir()
     rows = metrics(run_dir)

@@ -1,5 +1,6 @@
 """The examples run and learn: each trains on the digits for three epochs and must beat 85 % test
 accuracy (chance: 10 %). An example whose framework is not installed is skipped."""
+
 from __future__ import annotations
 
 import importlib.util

@@ -1,5 +1,6 @@
 """Shipped experiment configs: all parse and validate, hold the papers' grids, and one runs small on
 tiny MNIST files written in the official IDX format."""
+
 from __future__ import annotations
 
 import gzip
@@ -13,12 +14,26 @@ import pytest
 
 from dualprop.cli import main
 from dualprop.training.config import TrainConfig
-from dualprop.training.experiments import (experiment_names, experiment_runs, load_experiment, parse_experiment,
-                                           run_experiment)
+from dualprop.training.experiments import (
+    experiment_names,
+    experiment_runs,
+    load_experiment,
+    parse_experiment,
+    run_experiment,
+)
 
-EXPECTED = {"icml2023-cifar10", "icml2023-cifar100", "icml2023-imagenet32", "icml2024-cifar10",
-            "icml2024-cifar100", "icml2024-imagenet32", "icml2024-mnist-cnn", "icml2024-fashion-mnist-mlp",
-            "icml2024-fashion-mnist-cnn", "fashion-mnist-resnet8"}
+EXPECTED = {
+    "icml2023-cifar10",
+    "icml2023-cifar100",
+    "icml2023-imagenet32",
+    "icml2024-cifar10",
+    "icml2024-cifar100",
+    "icml2024-imagenet32",
+    "icml2024-mnist-cnn",
+    "icml2024-fashion-mnist-mlp",
+    "icml2024-fashion-mnist-cnn",
+    "fashion-mnist-resnet8",
+}
 
 
 def test_every_shipped_experiment_parses_and_validates():
@@ -38,8 +53,15 @@ def test_icml2024_cifar_grid_and_recipe(name):
     assert dpt == grid and len(configs) == len(grid) + 1
     assert [c.rule for c in configs].count("bp") == 1
     for c in configs:
-        assert (c.model, c.epochs, c.batch_size, c.lr, c.warmup_epochs, c.warmup_lr, c.final_lr) == \
-            ("vgg16", 130, 100, 0.025, 10, 1e-3, 2e-6)
+        assert (c.model, c.epochs, c.batch_size, c.lr, c.warmup_epochs, c.warmup_lr, c.final_lr) == (
+            "vgg16",
+            130,
+            100,
+            0.025,
+            10,
+            1e-3,
+            2e-6,
+        )
         assert (c.momentum, c.weight_decay, c.validation_percent, c.seeds) == (0.9, 5e-4, 10.0, [1988, 1542, 8697])
         assert (c.schedule, c.passes, c.loss, c.activation) == ("forward", 16, "cross_entropy", "relu")
 
@@ -65,20 +87,32 @@ def test_fashion_mnist_mlp_study_grid():
         assert (c.optimizer, c.lr, c.final_lr, c.warmup_epochs, c.weight_decay) == ("adam", 1e-3, 1e-3, 0, 0.0)
         assert (c.validation_percent, c.seeds, c.augment) == (10.0, [1988, 1542, 8697], False)
     cnn = load_experiment("icml2024-fashion-mnist-cnn").configs
-    assert [(c.rule, c.model, c.dataset) for c in cnn] == [("bp", "mini_cnn", "fashion-mnist"),
-                                                          ("dpT", "mini_cnn", "fashion-mnist")]
+    assert [(c.rule, c.model, c.dataset) for c in cnn] == [
+        ("bp", "mini_cnn", "fashion-mnist"),
+        ("dpT", "mini_cnn", "fashion-mnist"),
+    ]
     assert (cnn[1].alpha, cnn[1].beta, cnn[1].schedule, cnn[1].passes) == (1.0, 0.5, "backward", 1)
     resnet = load_experiment("fashion-mnist-resnet8").configs
     assert [(c.rule, c.alpha, c.schedule, c.passes) for c in resnet] == [
-        ("bp", 0.5, "backward", 1), ("dpT", 1.0, "backward", 1), ("dpT", 0.5, "forward-backward", 2)]
+        ("bp", 0.5, "backward", 1),
+        ("dpT", 1.0, "backward", 1),
+        ("dpT", 0.5, "forward-backward", 2),
+    ]
     assert all((c.model, c.dataset, c.seeds) == ("resnet8", "fashion-mnist", [1988, 1542, 8697]) for c in resnet)
 
 
 def test_runs_go_seed_by_seed_with_baselines():
     configs = [TrainConfig(rule="dpT", seeds=[1, 2], baseline=True), TrainConfig(rule="bp", seeds=[1, 2, 3])]
     runs = experiment_runs(configs)
-    assert [(r.rule, r.seeds) for r in runs] == [("dpT", [1]), ("bp", [1]), ("bp", [1]), ("dpT", [2]),
-                                                 ("bp", [2]), ("bp", [2]), ("bp", [3])]
+    assert [(r.rule, r.seeds) for r in runs] == [
+        ("dpT", [1]),
+        ("bp", [1]),
+        ("bp", [1]),
+        ("dpT", [2]),
+        ("bp", [2]),
+        ("bp", [2]),
+        ("bp", [3]),
+    ]
     assert not any(r.baseline for r in runs)
 
 
@@ -105,13 +139,13 @@ def test_parallel_jobs_equal_one_process_and_resume_keeps_finished_runs(tmp_path
     assert main(["experiment", str(experiment), "--jobs", "2", "--out", str(tmp_path / "parallel"), "--json"]) == 0
     parallel = json.loads(capsys.readouterr().out)["runs"]
     assert [(r["rule"], r["seed"]) for r in parallel] == [("bp", 1), ("dpT", 1), ("bp", 2), ("dpT", 2)]
-    assert [(r["rule"], r["seed"], r["test_acc"]) for r in parallel] == \
-        [(r["rule"], r["seed"], r["test_acc"]) for r in serial]
+    assert [(r["rule"], r["seed"], r["test_acc"]) for r in parallel] == [
+        (r["rule"], r["seed"], r["test_acc"]) for r in serial
+    ]
     # An interrupted experiment: one run of the four is missing; resuming trains only that one.
     kept = {Path(r["run_dir"]).name: (Path(r["run_dir"]) / "summary.json").read_text() for r in parallel[:3]}
     shutil.rmtree(parallel[3]["run_dir"])
-    assert main(["experiment", str(experiment), "--resume", str(tmp_path / "parallel"), "--json",
-                 "--no-progress"]) == 0
+    assert main(["experiment", str(experiment), "--resume", str(tmp_path / "parallel"), "--json", "--no-progress"]) == 0
     resumed = json.loads(capsys.readouterr().out)["runs"]
     assert sorted(p.name for p in (tmp_path / "parallel").iterdir()) == sorted(Path(r["run_dir"]).name for r in resumed)
     assert {name: (tmp_path / "parallel" / name / "summary.json").read_text() for name in kept} == kept
@@ -148,13 +182,30 @@ def test_mnist_cnn_experiment_runs_one_epoch_on_tiny_idx_files(tmp_path, capsys)
     for prefix, count in (("train", 120), ("t10k", 20)):
         write_idx(mnist / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (count, 28, 28)))
         write_idx(mnist / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, count))
-    status = main(["experiment", "icml2024-mnist-cnn", "--epochs", "1", "--limit-batches", "1", "--seeds", "7",
-                   "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "runs"), "--json",
-                   "--no-progress"])
+    status = main(
+        [
+            "experiment",
+            "icml2024-mnist-cnn",
+            "--epochs",
+            "1",
+            "--limit-batches",
+            "1",
+            "--seeds",
+            "7",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--out",
+            str(tmp_path / "runs"),
+            "--json",
+            "--no-progress",
+        ]
+    )
     assert status == 0
     runs = json.loads(capsys.readouterr().out)["runs"]
     assert [(r["rule"], r["alpha"], r["beta"], r["seed"], r["status"]) for r in runs] == [
-        ("bp", None, None, 7, "finished"), ("dpT", 1.0, 0.5, 7, "finished")]
+        ("bp", None, None, 7, "finished"),
+        ("dpT", 1.0, 0.5, 7, "finished"),
+    ]
     for run in runs:
         summary = json.loads((Path(run["run_dir"]) / "summary.json").read_text())
         assert summary["epochs_completed"] == 1 and summary["steps"] == 1

@@ -1,5 +1,6 @@
 """Faults a user can cause, end to end: each ends in one clear line (or a ValueError saying what to change)
 and nothing the user owns is lost or half-written. Tiny runs: digits, a 16-unit MLP, two batches."""
+
 from __future__ import annotations
 
 import errno
@@ -32,14 +33,24 @@ from dualprop.training.rundir import read_metrics, read_summary
 from dualprop.training.runlock import LOCK_FILE, run_directory_lock
 
 SOURCE = Path(dualprop.__file__).resolve().parents[1]
-TINY = ["--hidden", "16", "--batch-size", "64", "--limit-batches", "2", "--no-progress", "--no-tensorboard",
-        "--no-baseline"]
+TINY = [
+    "--hidden",
+    "16",
+    "--batch-size",
+    "64",
+    "--limit-batches",
+    "2",
+    "--no-progress",
+    "--no-tensorboard",
+    "--no-baseline",
+]
 
 
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(SOURCE), "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "dualprop", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "dualprop", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def one_error_line(err: str) -> str:
@@ -114,10 +125,15 @@ def test_a_lock_left_by_a_killed_process_is_stale_and_its_temporary_files_go(kil
 # -- 2. resume against an edited config.toml --------------------------------------------------------
 
 
-@pytest.mark.parametrize("old, new, key", [("hidden = [16]", "hidden = [24]", "hidden"),
-                                           ('rule = "dpT"', 'rule = "dp"', "rule"),
-                                           ("alpha = 0.5", "alpha = 0.25", "alpha"),
-                                           ('activation = "relu"', 'activation = "tanh"', "activation")])
+@pytest.mark.parametrize(
+    "old, new, key",
+    [
+        ("hidden = [16]", "hidden = [24]", "hidden"),
+        ('rule = "dpT"', 'rule = "dp"', "rule"),
+        ("alpha = 0.5", "alpha = 0.25", "alpha"),
+        ('activation = "relu"', 'activation = "tanh"', "activation"),
+    ],
+)
 def test_resume_refuses_changed_settings_naming_the_key(killed_run, capsys, old, new, key):
     edit_config(killed_run, old, new)
     assert main(["train", "--resume", str(killed_run)]) == 2
@@ -154,8 +170,24 @@ def test_a_checkpoint_without_saved_settings_that_does_not_fit_is_one_line(kille
 
 
 def test_a_finite_blow_up_ends_as_diverged_with_exit_3(tmp_path, capsys):
-    args = ["--rule", "dp", "--alpha", "1", "--beta", "20", "--epochs", "2", "--hidden", "16", "--batch-size", "64",
-            "--no-progress", "--no-tensorboard", "--no-baseline", "--json"]
+    args = [
+        "--rule",
+        "dp",
+        "--alpha",
+        "1",
+        "--beta",
+        "20",
+        "--epochs",
+        "2",
+        "--hidden",
+        "16",
+        "--batch-size",
+        "64",
+        "--no-progress",
+        "--no-tensorboard",
+        "--no-baseline",
+        "--json",
+    ]
     assert main(["train", "--out", str(tmp_path / "on"), *args]) == 3
     (record,) = json.loads(capsys.readouterr().out)["runs"]
     summary = read_summary(record["run_dir"])
@@ -182,15 +214,18 @@ def test_divergence_factor_is_a_checked_setting():
 # -- 4. output that cannot be written --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("args, message", [
-    (["train", "--out", "/proc/dualprop-runs"], "cannot write in /proc"),
-    (["train", "--out", "{file}"], "is not a directory"),
-    (["train", "--out", "{file}/runs"], "is not a directory"),
-    (["train", "--name", "n" * 300, "--out", "{tmp}/runs"], "choose a shorter name"),
-    (["report", "{tmp}", "--output", "{tmp}/missing/table.md"], "does not exist"),
-    (["bench", "--model", "mlp:4-4-2", "--output", "{tmp}/missing/bench.json"], "does not exist"),
-    (["diagnose", "--output-dir", "{file}/diagnose"], "is not a directory"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--out", "/proc/dualprop-runs"], "cannot write in /proc"),
+        (["train", "--out", "{file}"], "is not a directory"),
+        (["train", "--out", "{file}/runs"], "is not a directory"),
+        (["train", "--name", "n" * 300, "--out", "{tmp}/runs"], "choose a shorter name"),
+        (["report", "{tmp}", "--output", "{tmp}/missing/table.md"], "does not exist"),
+        (["bench", "--model", "mlp:4-4-2", "--output", "{tmp}/missing/bench.json"], "does not exist"),
+        (["diagnose", "--output-dir", "{file}/diagnose"], "is not a directory"),
+    ],
+)
 def test_unwritable_outputs_are_one_line_before_any_work(tmp_path, capsys, args, message):
     a_file = tmp_path / "a-file"
     a_file.write_text("mine\n")
@@ -220,9 +255,12 @@ def test_a_full_disk_during_training_is_one_line_and_leaves_no_temporary_file(tm
 
 def test_a_closed_pipe_lets_the_run_finish_quietly(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(SOURCE), "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "dualprop", "train", "--out", str(tmp_path), *TINY,
-                                "--epochs", "2", "--baseline"],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dualprop", "train", "--out", str(tmp_path), *TINY, "--epochs", "2", "--baseline"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     first = process.stdout.readline()  # like `dualprop train 2>&1 | head -1`
     process.stdout.close()
     assert process.wait(timeout=120) == 0
@@ -247,10 +285,13 @@ def mnist_files(directory: Path, test_size: int = 28, test_label: int = 3) -> No
     idx_file(directory / "t10k-labels-idx1-ubyte.gz", np.full(4, test_label))
 
 
-@pytest.mark.parametrize("test_size, test_label, message", [
-    (32, 3, "test images are 1 x 32 x 32 (C x H x W), expected 1 x 28 x 28"),
-    (28, 12, "test labels must lie in 0..9, found 12..12"),
-])
+@pytest.mark.parametrize(
+    "test_size, test_label, message",
+    [
+        (32, 3, "test images are 1 x 32 x 32 (C x H x W), expected 1 x 28 x 28"),
+        (28, 12, "test labels must lie in 0..9, found 12..12"),
+    ],
+)
 def test_a_test_split_that_does_not_fit_is_found_when_read(tmp_path, capsys, test_size, test_label, message):
     mnist_files(tmp_path / "data" / "mnist", test_size, test_label)
     args = ["train", "--dataset", "mnist", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "runs")]
@@ -282,8 +323,9 @@ def test_a_protocol_2_cifar_pickle_is_data(tmp_path):
     assert splits.test.tensors[1].tolist() == [4, 5] and len(splits.train) == 10
 
 
-@pytest.mark.parametrize("test_labels, message", [([10, 1], "labels must lie in 0..9"),
-                                                  ([1.5, 2.0], "expected integer class labels")])
+@pytest.mark.parametrize(
+    "test_labels, message", [([10, 1], "labels must lie in 0..9"), ([1.5, 2.0], "expected integer class labels")]
+)
 def test_cifar_labels_are_refused_not_cast(tmp_path, test_labels, message):
     cifar10_files(tmp_path, test_labels)
     with pytest.raises(DataError, match=message) as error:
@@ -291,10 +333,13 @@ def test_cifar_labels_are_refused_not_cast(tmp_path, test_labels, message):
     assert "test_batch" in str(error.value)
 
 
-@pytest.mark.parametrize("x, y, message", [
-    (np.full((32, 32, 3, 2), 300.0), np.array([[1], [2]]), "integers in 0..255, found float64 values 300.0..300.0"),
-    (np.zeros((32, 32, 3, 2)), np.array([[1.5], [2.0]]), "expected integer class labels"),
-])
+@pytest.mark.parametrize(
+    "x, y, message",
+    [
+        (np.full((32, 32, 3, 2), 300.0), np.array([[1], [2]]), "integers in 0..255, found float64 values 300.0..300.0"),
+        (np.zeros((32, 32, 3, 2)), np.array([[1.5], [2.0]]), "expected integer class labels"),
+    ],
+)
 def test_svhn_values_are_refused_not_cast(tmp_path, x, y, message):
     directory = tmp_path / "svhn"
     directory.mkdir()
@@ -320,14 +365,17 @@ def test_unreadable_config_and_metrics_files_are_named(tmp_path, finished_run, c
 # -- 6. settings -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("args, toml, message", [
-    (["--seed", "-1"], "", "seeds must be integers in [0, 2^63), got [-1]"),
-    ([], "seeds = 3\n", "seeds must be a list of integers, got 3"),
-    (["--momentum", "5"], "", "momentum must lie in [0, 1), got 5.0"),
-    (["--optimizer", "adam", "--momentum", "0.5"], "", "momentum is a setting of optimizer 'sgd'"),
-    (["--optimizer", "adam"], "momentum = 0.5\n", "momentum is a setting of optimizer 'sgd'"),
-    (["--optimizer", "adam", "--momentum", "0.9"], "", "--momentum is a setting of optimizer 'sgd'"),
-])
+@pytest.mark.parametrize(
+    "args, toml, message",
+    [
+        (["--seed", "-1"], "", "seeds must be integers in [0, 2^63), got [-1]"),
+        ([], "seeds = 3\n", "seeds must be a list of integers, got 3"),
+        (["--momentum", "5"], "", "momentum must lie in [0, 1), got 5.0"),
+        (["--optimizer", "adam", "--momentum", "0.5"], "", "momentum is a setting of optimizer 'sgd'"),
+        (["--optimizer", "adam"], "momentum = 0.5\n", "momentum is a setting of optimizer 'sgd'"),
+        (["--optimizer", "adam", "--momentum", "0.9"], "", "--momentum is a setting of optimizer 'sgd'"),
+    ],
+)
 def test_bad_settings_are_one_line_before_anything_is_written(tmp_path, capsys, args, toml, message):
     config = tmp_path / "settings.toml"
     config.write_text(toml)
@@ -337,8 +385,17 @@ def test_bad_settings_are_one_line_before_anything_is_written(tmp_path, capsys, 
 
 
 def test_adam_trains_without_momentum_and_sgd_gets_its_default(tmp_path):
-    adam = train(TrainConfig(optimizer="adam", hidden=[16], epochs=1, limit_batches=1, baseline=False,
-                             tensorboard=False, out=str(tmp_path)))
+    adam = train(
+        TrainConfig(
+            optimizer="adam",
+            hidden=[16],
+            epochs=1,
+            limit_batches=1,
+            baseline=False,
+            tensorboard=False,
+            out=str(tmp_path),
+        )
+    )
     assert adam[0]["status"] == "finished"
     assert "momentum" not in (Path(adam[0]["run_dir"]) / "config.toml").read_text()
     assert TrainConfig().resolved().momentum == 0.9
@@ -357,9 +414,10 @@ def test_robustness_counts_below_one_are_one_line(finished_run, capsys, flag):
 def fake_run(root: Path, name: str, seed: int, status: str, test_acc: float | None) -> None:
     run_dir = root / name
     run_dir.mkdir(parents=True)
-    (run_dir / "config.toml").write_text(f"rule = \"dpT\"\nseeds = [{seed}]\n")
-    (run_dir / "summary.json").write_text(json.dumps({"status": status, "seed": seed, "test_acc": test_acc,
-                                                      "best_val_acc": test_acc}))
+    (run_dir / "config.toml").write_text(f'rule = "dpT"\nseeds = [{seed}]\n')
+    (run_dir / "summary.json").write_text(
+        json.dumps({"status": status, "seed": seed, "test_acc": test_acc, "best_val_acc": test_acc})
+    )
 
 
 def test_report_averages_finished_seeds_only_and_flags_a_repeated_seed(tmp_path, capsys):
@@ -389,14 +447,17 @@ def test_report_keeps_runs_of_earlier_versions_with_their_setting(tmp_path, caps
 # -- 7. library ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("x, y, message", [
-    (torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), "the batch is empty"),
-    (torch.zeros(3, 4, dtype=torch.long), None, "not floating point: convert them with x.to(torch.float32)"),
-    (torch.zeros(3, 4, dtype=torch.float64), None, "convert them with x.to(torch.float32)"),
-    (torch.zeros(3, 4, device="meta"), None, "inputs are on meta but the network is on cpu"),
-    (torch.zeros(3, 4), torch.zeros(2, dtype=torch.long), "there are 2 targets for 3 samples"),
-    ([[0.0] * 4] * 3, None, "inputs must be a torch.Tensor"),
-])
+@pytest.mark.parametrize(
+    "x, y, message",
+    [
+        (torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), "the batch is empty"),
+        (torch.zeros(3, 4, dtype=torch.long), None, "not floating point: convert them with x.to(torch.float32)"),
+        (torch.zeros(3, 4, dtype=torch.float64), None, "convert them with x.to(torch.float32)"),
+        (torch.zeros(3, 4, device="meta"), None, "inputs are on meta but the network is on cpu"),
+        (torch.zeros(3, 4), torch.zeros(2, dtype=torch.long), "there are 2 targets for 3 samples"),
+        ([[0.0] * 4] * 3, None, "inputs must be a torch.Tensor"),
+    ],
+)
 def test_check_batch_says_what_to_change(x, y, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         check_batch(nn.Linear(4, 2), x, y)
@@ -444,17 +505,36 @@ def test_train_help_shows_the_real_defaults(capsys):
     assert main(["train", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "None" not in text and "[256, 256]" not in text and "(default: True)" not in text
-    for shown in ("hidden widths of the MLP (default: 256 256)", "(default: 0.9 with sgd)",
-                  "passes of the inference schedule (default: 1, or the number in an alias such as fw3)",
-                  "(default: on)", "(default: 10.0)"):
+    for shown in (
+        "hidden widths of the MLP (default: 256 256)",
+        "(default: 0.9 with sgd)",
+        "passes of the inference schedule (default: 1, or the number in an alias such as fw3)",
+        "(default: on)",
+        "(default: 10.0)",
+    ):
         assert shown in text
 
 
 def test_a_training_run_shows_users_no_warnings(tmp_path):
-    result = subprocess.run([sys.executable, "-W", "always::DeprecationWarning", "-W", "always::FutureWarning",
-                             "-m", "dualprop", "train", "--out", str(tmp_path), *TINY],
-                            capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "PYTHONPATH": str(SOURCE)})
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-W",
+            "always::DeprecationWarning",
+            "-W",
+            "always::FutureWarning",
+            "-m",
+            "dualprop",
+            "train",
+            "--out",
+            str(tmp_path),
+            *TINY,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(SOURCE)},
+    )
     assert result.returncode == 0, result.stderr
     assert "Warning" not in result.stderr and "jit" not in result.stderr
 

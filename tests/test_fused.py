@@ -1,4 +1,5 @@
 """The fused single sweep against the generic backward sweep, a hand-written version, and its settings."""
+
 from __future__ import annotations
 
 import copy
@@ -71,8 +72,12 @@ def test_fused_matches_hand_written_finite_difference_backprop():
     u1 = g2 @ w2
     g1 = (torch.tanh(a1 + c1 * beta * u1) - torch.tanh(a1 - c2 * beta * u1)) / beta
     batch = x.shape[0]
-    expected = torch.cat([t.flatten() for t in (g1.T @ x / batch, g1.mean(0), g2.T @ s1 / batch, g2.mean(0),
-                                                g3.T @ s2 / batch, g3.mean(0))])
+    expected = torch.cat(
+        [
+            t.flatten()
+            for t in (g1.T @ x / batch, g1.mean(0), g2.T @ s1 / batch, g2.mean(0), g3.T @ s2 / batch, g3.mean(0))
+        ]
+    )
     torch.testing.assert_close(fused, expected, rtol=1e-10, atol=1e-12)
 
 
@@ -119,33 +124,40 @@ def test_finite_difference_weights():
         finite_difference_weights("bp", 0.2)
 
 
-@pytest.mark.parametrize("settings, expected", [
-    (dict(rule="dpT", alpha=0.0, schedule="backward"), "fused"),
-    (dict(rule="dpT", alpha=1.0, schedule="bw1"), "fused"),
-    (dict(rule="dpT", alpha=0.5, schedule="backward"), "generic"),
-    (dict(rule="dp", alpha=0.0, schedule="backward"), "generic"),
-    (dict(rule="dpT", alpha=0.0, schedule="backward", passes=2), "generic"),
-    (dict(rule="dpT", alpha=0.0, schedule="forward"), "generic"),
-    (dict(rule="bp"), "generic"),
-])
+@pytest.mark.parametrize(
+    "settings, expected",
+    [
+        (dict(rule="dpT", alpha=0.0, schedule="backward"), "fused"),
+        (dict(rule="dpT", alpha=1.0, schedule="bw1"), "fused"),
+        (dict(rule="dpT", alpha=0.5, schedule="backward"), "generic"),
+        (dict(rule="dp", alpha=0.0, schedule="backward"), "generic"),
+        (dict(rule="dpT", alpha=0.0, schedule="backward", passes=2), "generic"),
+        (dict(rule="dpT", alpha=0.0, schedule="forward"), "generic"),
+        (dict(rule="bp"), "generic"),
+    ],
+)
 def test_auto_picks_fused_only_where_exact(settings, expected):
     assert Learner(models.mlp([4, 5, 3]), implementation="auto", **settings).implementation == expected
 
 
-@pytest.mark.parametrize("settings, message", [
-    (dict(rule="dpT", schedule="forward"), "schedule='backward'"),
-    (dict(rule="dpT", schedule="backward", passes=2), "passes=1"),
-    (dict(rule="dp", schedule="fwbw2"), "schedule='backward'"),
-    (dict(rule="bp", schedule="backward"), "rules dp, dpT"),
-])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (dict(rule="dpT", schedule="forward"), "schedule='backward'"),
+        (dict(rule="dpT", schedule="backward", passes=2), "passes=1"),
+        (dict(rule="dp", schedule="fwbw2"), "schedule='backward'"),
+        (dict(rule="bp", schedule="backward"), "rules dp, dpT"),
+    ],
+)
 def test_fused_rejects_settings_it_cannot_run(settings, message):
     with pytest.raises(ValueError, match=message):
         Learner(models.mlp([4, 5, 3]), implementation="fused", **settings)
 
 
 def test_fused_step_runs_through_the_callers_module_and_restores_its_activations():
-    model = nn.Sequential(nn.Linear(4, 5), nn.Sequential(nn.ReLU(inplace=True), nn.Linear(5, 5)),
-                          nn.Tanh(), nn.Linear(5, 3))
+    model = nn.Sequential(
+        nn.Linear(4, 5), nn.Sequential(nn.ReLU(inplace=True), nn.Linear(5, 5)), nn.Tanh(), nn.Linear(5, 3)
+    )
     before = list(model.modules())
     calls = []
     model.register_forward_hook(lambda module, inputs, output: calls.append(output.shape))

@@ -8,8 +8,8 @@ from torch import nn
 from dualprop import Learner
 from dualprop.analysis import GradientAngleLog
 from dualprop.analysis.gradient_angles import cosine_angle, epoch_matrix, gradient_angles
-from dualprop.training.rundir import DiagnosticsLog, read_diagnostics
 from dualprop.training import TrainConfig, train
+from dualprop.training.rundir import DiagnosticsLog, read_diagnostics
 
 
 def make_batch(seed: int = 0) -> tuple[nn.Sequential, torch.Tensor, torch.Tensor]:
@@ -99,35 +99,61 @@ def test_callers_grad_is_untouched():
 def test_angle_log_truncates_to_a_resumed_epoch(tmp_path):
     log = DiagnosticsLog(tmp_path)
     from dualprop.analysis.gradient_angles import LayerAngle
+
     for epoch, step in ((1, 5), (2, 10), (3, 15)):
         log.append(epoch, step, [LayerAngle("block 1", 0.5, 60.0), LayerAngle("block 2", 1.0, 0.0)])
     log.truncate_to(2)
     rows = read_diagnostics(tmp_path / "diagnostics.csv")
-    assert [(r["epoch"], r["layer"]) for r in rows] == [(1, "block 1"), (1, "block 2"), (2, "block 1"),
-                                                         (2, "block 2")]
+    assert [(r["epoch"], r["layer"]) for r in rows] == [(1, "block 1"), (1, "block 2"), (2, "block 1"), (2, "block 2")]
     layers, epochs, matrix = epoch_matrix(rows)
     assert layers == ["block 1", "block 2"] and epochs == [1, 2]
     assert matrix == [[60.0, 60.0], [0.0, 0.0]]
 
 
 def test_training_writes_diagnostics_every_n_steps(tmp_path):
-    config = TrainConfig(rule="dpT", alpha=0.5, beta=0.1, schedule="backward", epochs=2, hidden=[16],
-                         limit_batches=4, diagnose_every=2, baseline=False, out=str(tmp_path),
-                         tensorboard=False, threads=1)
+    config = TrainConfig(
+        rule="dpT",
+        alpha=0.5,
+        beta=0.1,
+        schedule="backward",
+        epochs=2,
+        hidden=[16],
+        limit_batches=4,
+        diagnose_every=2,
+        baseline=False,
+        out=str(tmp_path),
+        tensorboard=False,
+        threads=1,
+    )
     summary = train(config, GradientAngleLog())[0]
     with open(f"{summary['run_dir']}/diagnostics.csv", newline="") as file:
         rows = list(csv.DictReader(file))
     assert [(int(r["epoch"]), int(r["step"]), r["layer"]) for r in rows] == [
-        (1, 2, "block 1"), (1, 2, "block 2"), (1, 4, "block 1"), (1, 4, "block 2"),
-        (2, 6, "block 1"), (2, 6, "block 2"), (2, 8, "block 1"), (2, 8, "block 2")]
+        (1, 2, "block 1"),
+        (1, 2, "block 2"),
+        (1, 4, "block 1"),
+        (1, 4, "block 2"),
+        (2, 6, "block 1"),
+        (2, 6, "block 2"),
+        (2, 8, "block 1"),
+        (2, 8, "block 2"),
+    ]
     for row in rows:
         assert math.cos(math.radians(float(row["angle"]))) == pytest.approx(float(row["cosine"]), abs=1e-5)
         assert float(row["angle"]) < 90.0
 
 
 def test_diagnose_every_without_an_observer_that_carries_it_out_is_refused(tmp_path):
-    config = TrainConfig(epochs=1, hidden=[8], limit_batches=2, diagnose_every=1, baseline=False,
-                         out=str(tmp_path), tensorboard=False, threads=1)
+    config = TrainConfig(
+        epochs=1,
+        hidden=[8],
+        limit_batches=2,
+        diagnose_every=1,
+        baseline=False,
+        out=str(tmp_path),
+        tensorboard=False,
+        threads=1,
+    )
     with pytest.raises(ValueError, match="diagnose_every is carried out by an observer"):
         train(config)
     assert not any(tmp_path.iterdir())  # refused before any run directory was made
@@ -147,8 +173,27 @@ def test_the_angle_log_of_a_resumed_run_drops_the_rows_after_its_checkpoint(tmp_
 def test_command_line_writes_diagnostics(tmp_path, capsys):
     from dualprop.cli import main
 
-    assert main(["train", "--epochs", "1", "--limit-batches", "4", "--hidden", "8", "--diagnose-every", "2",
-                 "--no-baseline", "--no-tensorboard", "--no-progress", "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--epochs",
+                "1",
+                "--limit-batches",
+                "4",
+                "--hidden",
+                "8",
+                "--diagnose-every",
+                "2",
+                "--no-baseline",
+                "--no-tensorboard",
+                "--no-progress",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     (run_dir,) = tmp_path.iterdir()
     rows = read_diagnostics(run_dir / "diagnostics.csv")
     assert [(r["epoch"], r["step"]) for r in rows] == [(1, 2), (1, 2), (1, 4), (1, 4)]

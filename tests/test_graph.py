@@ -1,4 +1,5 @@
 """Graph capture of any nn.Module and dual propagation on it, against autograd of the same model."""
+
 import copy
 
 import pytest
@@ -114,8 +115,11 @@ class ResidualCNN(nn.Module):
         return self.head(h.flatten(1))
 
 
-@pytest.mark.parametrize("make, shape", [(NormalisedConcatMLP, (10, 5)), (ResidualCNN, (6, 2, 12, 12))],
-                         ids=["residual-mlp-bn-concat", "residual-cnn-bn2d"])
+@pytest.mark.parametrize(
+    "make, shape",
+    [(NormalisedConcatMLP, (10, 5)), (ResidualCNN, (6, 2, 12, 12))],
+    ids=["residual-mlp-bn-concat", "residual-cnn-bn2d"],
+)
 @pytest.mark.parametrize("mode", ["train", "eval"])
 @pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
 def test_dpT_at_small_beta_is_autograd_of_the_same_model_in_the_same_mode(make, shape, mode, alpha):
@@ -125,8 +129,7 @@ def test_dpT_at_small_beta_is_autograd_of_the_same_model_in_the_same_mode(make, 
     x = torch.randn(shape, dtype=torch.float64)
     y = torch.randint(0, 3, (shape[0],))
     reference = _autograd_grads(copy.deepcopy(model), x, y)
-    grads = _rule_grads(model, x, y, rule="dpT", alpha=alpha, beta=1e-5, schedule="fwbw3",
-                        implementation="generic")
+    grads = _rule_grads(model, x, y, rule="dpT", alpha=alpha, beta=1e-5, schedule="fwbw3", implementation="generic")
     _assert_parameterwise_aligned(model, grads, reference)
 
 
@@ -205,8 +208,9 @@ def test_resnet_trains_with_fused_dpT_and_every_parameter_gets_an_update():
     assert result.states_finite and all(p.grad is not None for p in model.parameters())
     reference = _autograd_grads(copy.deepcopy(model), x, y)
     grads = [p.grad for p in model.parameters()]
-    total = float(F.cosine_similarity(torch.cat([g.flatten() for g in grads]),
-                                      torch.cat([r.flatten() for r in reference]), dim=0))
+    total = float(
+        F.cosine_similarity(torch.cat([g.flatten() for g in grads]), torch.cat([r.flatten() for r in reference]), dim=0)
+    )
     assert total > 0.9
 
 
@@ -286,12 +290,15 @@ class Attention(nn.Module):
         return self.q(x) * self.k(x)
 
 
-@pytest.mark.parametrize("model, fragments", [
-    (ControlFlow(), ["control flow", "test_graph.py", "if x.sum() > 0"]),
-    (Softmaxed(), ["softmax", "not elementwise", "test_graph.py", "torch.softmax(self.a(x), dim=1)"]),
-    (TwoOutputs(), ["several outputs"]),
-    (Attention(), ["multiplies or divides two signals", "self.q(x) * self.k(x)"]),
-])
+@pytest.mark.parametrize(
+    "model, fragments",
+    [
+        (ControlFlow(), ["control flow", "test_graph.py", "if x.sum() > 0"]),
+        (Softmaxed(), ["softmax", "not elementwise", "test_graph.py", "torch.softmax(self.a(x), dim=1)"]),
+        (TwoOutputs(), ["several outputs"]),
+        (Attention(), ["multiplies or divides two signals", "self.q(x) * self.k(x)"]),
+    ],
+)
 def test_constructs_that_cannot_be_expressed_are_refused_naming_the_operation_and_line(model, fragments):
     with pytest.raises(ValueError) as error:
         Learner(model)
@@ -322,13 +329,25 @@ def test_a_residual_network_trains_and_is_diagnosed_and_attacked_from_the_comman
     from dualprop.cli import main
     from dualprop.training import TrainConfig, train
 
-    config = TrainConfig(model="resnet8", rule="dpT", alpha=0.5, beta=0.1, epochs=1, limit_batches=4,
-                         baseline=False, out=str(tmp_path), tensorboard=False, threads=1)
+    config = TrainConfig(
+        model="resnet8",
+        rule="dpT",
+        alpha=0.5,
+        beta=0.1,
+        epochs=1,
+        limit_batches=4,
+        baseline=False,
+        out=str(tmp_path),
+        tensorboard=False,
+        threads=1,
+    )
     (summary,) = train(config)
     assert summary["status"] == "finished" and summary["test_acc"] > 0
     run_dir = summary["run_dir"]
-    assert main(["robustness", run_dir, "--eps", "0.1", "--pgd-steps", "2", "--lipschitz-samples", "4",
-                 "--limit", "16"]) == 0
+    assert (
+        main(["robustness", run_dir, "--eps", "0.1", "--pgd-steps", "2", "--lipschitz-samples", "4", "--limit", "16"])
+        == 0
+    )
     report = capsys.readouterr().out
     assert "spectral norms per block input" in report and "product bound" in report
     assert main(["diagnose", run_dir, "--batches", "1", "--output-dir", str(tmp_path / "angles")]) == 0

@@ -1,5 +1,6 @@
 """Noisy, low-precision and asynchronous dyadic neurons: the perturbation against independent statistics,
 its wiring into the Learner's state loop and into backprop, the random schedule, and the settings."""
+
 import math
 
 import pytest
@@ -30,6 +31,7 @@ def _step_grads(model, x, y, **settings):
 
 # -- the perturbation itself -------------------------------------------------------------------------------
 
+
 def test_off_returns_the_input_itself_and_draws_nothing():
     s = torch.randn(5, 3)
     for quantum in (0.0, None):
@@ -57,15 +59,15 @@ def test_stochastic_rounding_lands_on_the_grid_next_to_the_value():
     s = torch.randn(10_000, dtype=torch.float64) * 3
     rounded = CompartmentPerturbation(state_quantum=q, noise_seed=1)(s)
     steps = rounded / q
-    assert torch.allclose(steps, steps.round(), atol=1e-9)           # multiples of q
-    assert bool(((rounded - s).abs() < q).all())                       # one of the two neighbours
+    assert torch.allclose(steps, steps.round(), atol=1e-9)  # multiples of q
+    assert bool(((rounded - s).abs() < q).all())  # one of the two neighbours
     assert torch.equal(torch.floor(s / q) * q <= rounded, torch.ones_like(s, dtype=torch.bool))
-    exact = torch.tensor([0.5, -0.75, 1.0], dtype=torch.float64)       # values on the grid stay put
+    exact = torch.tensor([0.5, -0.75, 1.0], dtype=torch.float64)  # values on the grid stay put
     assert torch.equal(CompartmentPerturbation(state_quantum=q)(exact), exact)
 
 
 def test_stochastic_rounding_is_unbiased():
-    q, value, draws = 0.1, 0.03, 400_000                               # 0.3 of the way from 0 to q
+    q, value, draws = 0.1, 0.03, 400_000  # 0.3 of the way from 0 to q
     rounded = CompartmentPerturbation(state_quantum=q, noise_seed=2)(torch.full((draws,), value, dtype=torch.float64))
     up = float((rounded > value).double().mean())
     assert torch.unique(rounded).tolist() == pytest.approx([0.0, q])
@@ -74,12 +76,18 @@ def test_stochastic_rounding_is_unbiased():
     assert float(rounded.mean()) == pytest.approx(value, abs=4 * q * math.sqrt(0.21 / draws))
 
 
-@pytest.mark.parametrize("name, kwargs", [
-    ("state_noise", {"state_noise": -0.1}), ("state_noise", {"state_noise": float("nan")}),
-    ("state_noise", {"state_noise": True}), ("state_quantum", {"state_quantum": -1.0}),
-    ("state_quantum", {"state_quantum": float("inf")}), ("noise_seed", {"noise_seed": -1}),
-    ("noise_seed", {"noise_seed": 1.5}),
-])
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [
+        ("state_noise", {"state_noise": -0.1}),
+        ("state_noise", {"state_noise": float("nan")}),
+        ("state_noise", {"state_noise": True}),
+        ("state_quantum", {"state_quantum": -1.0}),
+        ("state_quantum", {"state_quantum": float("inf")}),
+        ("noise_seed", {"noise_seed": -1}),
+        ("noise_seed", {"noise_seed": 1.5}),
+    ],
+)
 def test_bad_settings_name_the_setting(name, kwargs):
     with pytest.raises(ValueError, match=name):
         CompartmentPerturbation(**kwargs)
@@ -89,12 +97,12 @@ def test_bad_settings_name_the_setting(name, kwargs):
 
 # -- the state loop -----------------------------------------------------------------------------------------
 
+
 def test_zero_noise_is_bit_identical_to_no_noise():
     x, y = _batch()
     for rule in ("dp", "dpT", "dp-damped", "bp"):
         plain = _step_grads(_mlp(), x, y, rule=rule, schedule="fwbw2")
-        zero = _step_grads(_mlp(), x, y, rule=rule, schedule="fwbw2", state_noise=0.0, state_quantum=0.0,
-                           noise_seed=9)
+        zero = _step_grads(_mlp(), x, y, rule=rule, schedule="fwbw2", state_noise=0.0, state_quantum=0.0, noise_seed=9)
         assert all(torch.equal(a, b) for a, b in zip(plain, zero)), rule
 
 
@@ -114,8 +122,9 @@ def test_measured_compartment_noise_on_a_fixed_network():
     x, y = _batch(n=4000)
     model, sigma = _mlp(), 0.02
     clean = Learner(model, rule="dpT", alpha=0.5, beta=0.3, schedule="backward", implementation="generic").infer(x, y)
-    noisy = Learner(model, rule="dpT", alpha=0.5, beta=0.3, schedule="backward", state_noise=sigma,
-                    noise_seed=1).infer(x, y)
+    noisy = Learner(model, rule="dpT", alpha=0.5, beta=0.3, schedule="backward", state_noise=sigma, noise_seed=1).infer(
+        x, y
+    )
     plus, minus = noisy.plus[-1] - clean.plus[-1], noisy.minus[-1] - clean.minus[-1]
     n = plus.numel()
     assert float(plus.std()) == pytest.approx(sigma, rel=0.03)
@@ -156,6 +165,7 @@ def test_adversarial_refuses_noise():
 
 # -- backprop with the same noise ----------------------------------------------------------------------------
 
+
 def test_noisy_neuron_perturbs_value_and_per_sample_gradient():
     batch, sigma = 50, 0.1
     s = torch.randn(batch, 2000, dtype=torch.float64, requires_grad=True)
@@ -173,17 +183,18 @@ def test_bp_noise_hits_every_activation_site_and_is_removed_afterwards():
     x, y = _batch()
     clean = model(x).detach()
     with noisy_backprop(CompartmentPerturbation(0.5), [model[1], model[3]], batch=len(x)):
-        hidden_noisy = model(x).detach()                                # the sites alone, logits untouched
+        hidden_noisy = model(x).detach()  # the sites alone, logits untouched
     with noisy_backprop(CompartmentPerturbation(0.0), [model[1], model[3]], batch=len(x)) as neuron:
-        assert torch.equal(neuron(model(x)).detach(), clean)            # inactive: nothing registered
+        assert torch.equal(neuron(model(x)).detach(), clean)  # inactive: nothing registered
     assert not torch.equal(hidden_noisy, clean)
-    assert torch.equal(model(x).detach(), clean)                        # no hook stays registered
+    assert torch.equal(model(x).detach(), clean)  # no hook stays registered
     noisy_bp = _step_grads(_mlp(), x, y, rule="bp", state_noise=0.05)
     clean_bp = _step_grads(_mlp(), x, y, rule="bp")
     assert not any(torch.equal(a, b) for a, b in zip(noisy_bp, clean_bp))
 
 
 # -- the random schedule ---------------------------------------------------------------------------------
+
 
 def test_random_order_visits_every_neuron_uniformly():
     depth, passes, steps = 5, 3, 4000
@@ -197,7 +208,7 @@ def test_random_order_visits_every_neuron_uniformly():
     # Each count is Binomial(visits, 1/L): a per-neuron average of K visits per step.
     for count in counts[1:].tolist():
         assert abs(count - expected) < 4 * math.sqrt(visits * (1 / depth) * (1 - 1 / depth))
-    assert len({tuple(o) for o in orders[:50]}) > 40                  # a new order every step
+    assert len({tuple(o) for o in orders[:50]}) > 40  # a new order every step
     assert random_order(depth, passes, torch.Generator().manual_seed(0)) == orders[0]
 
 
@@ -215,10 +226,11 @@ def test_learner_draws_a_new_random_order_every_step():
     learner = Learner(_mlp(), rule="dp", alpha=1.0, beta=0.5, schedule="random", passes=1, noise_seed=2)
     results = [learner.infer(x, y) for _ in range(12)]
     distinct = {tuple(bool(torch.equal(r.plus[k], r.minus[k])) for k in (1, 2, 3)) for r in results}
-    assert len(distinct) > 1   # which neurons moved differs between steps
+    assert len(distinct) > 1  # which neurons moved differs between steps
 
 
 # -- settings of a training run ---------------------------------------------------------------------------
+
 
 def test_config_and_flags_carry_the_hardware_settings(tmp_path, capsys):
     from dualprop.cli import main
@@ -228,16 +240,46 @@ def test_config_and_flags_carry_the_hardware_settings(tmp_path, capsys):
     save_config(config, tmp_path / "c.toml")
     assert load_config(tmp_path / "c.toml") == config
     assert (config.schedule, config.passes) == ("random", 3)
-    assert {k: config.learner_settings()[k] for k in ("state_noise", "state_quantum", "noise_seed")} == \
-        {"state_noise": 0.02, "state_quantum": 0.05, "noise_seed": 7}
-    status = main(["train", "--state-noise", "0.01", "--state-quantum", "0.125", "--noise-seed", "4",
-                   "--schedule", "random", "--passes", "2", "--hidden", "8", "--epochs", "1", "--limit-batches", "2",
-                   "--no-baseline", "--out", str(tmp_path / "runs"), "--no-progress"])
+    assert {k: config.learner_settings()[k] for k in ("state_noise", "state_quantum", "noise_seed")} == {
+        "state_noise": 0.02,
+        "state_quantum": 0.05,
+        "noise_seed": 7,
+    }
+    status = main(
+        [
+            "train",
+            "--state-noise",
+            "0.01",
+            "--state-quantum",
+            "0.125",
+            "--noise-seed",
+            "4",
+            "--schedule",
+            "random",
+            "--passes",
+            "2",
+            "--hidden",
+            "8",
+            "--epochs",
+            "1",
+            "--limit-batches",
+            "2",
+            "--no-baseline",
+            "--out",
+            str(tmp_path / "runs"),
+            "--no-progress",
+        ]
+    )
     assert status == 0
     (saved,) = (tmp_path / "runs").glob("*/config.toml")
     loaded = load_config(saved)
-    assert (loaded.state_noise, loaded.state_quantum, loaded.noise_seed, loaded.schedule, loaded.passes) == \
-        (0.01, 0.125, 4, "random", 2)
+    assert (loaded.state_noise, loaded.state_quantum, loaded.noise_seed, loaded.schedule, loaded.passes) == (
+        0.01,
+        0.125,
+        4,
+        "random",
+        2,
+    )
     capsys.readouterr()
     assert main(["train", "--state-noise", "-0.5", "--out", str(tmp_path / "bad")]) == 2
     err = capsys.readouterr().err

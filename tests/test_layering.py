@@ -1,5 +1,6 @@
 """Imports flow one way: cli → analysis → training → learner → graph, network, rules, schedules, losses;
 data knows nothing of learning."""
+
 from __future__ import annotations
 
 import ast
@@ -26,15 +27,21 @@ def imported_modules(path: Path) -> set[str]:
     return {name for name in found if name.startswith("dualprop")}
 
 
-@pytest.mark.parametrize("layer, forbidden", [
-    ("training", ("dualprop.analysis", "dualprop.cli")),
-    ("analysis", ("dualprop.cli",)),
-    ("data", ("dualprop.training", "dualprop.analysis", "dualprop.cli", "dualprop.learner")),
-])
+@pytest.mark.parametrize(
+    "layer, forbidden",
+    [
+        ("training", ("dualprop.analysis", "dualprop.cli")),
+        ("analysis", ("dualprop.cli",)),
+        ("data", ("dualprop.training", "dualprop.analysis", "dualprop.cli", "dualprop.learner")),
+    ],
+)
 def test_a_layer_imports_nothing_above_it(layer, forbidden):
-    offenders = {f"{path.name} imports {name}"
-                 for path in (PACKAGE / layer).glob("*.py")
-                 for name in imported_modules(path) if name.startswith(forbidden)}
+    offenders = {
+        f"{path.name} imports {name}"
+        for path in (PACKAGE / layer).glob("*.py")
+        for name in imported_modules(path)
+        if name.startswith(forbidden)
+    }
     assert not offenders
 
 

@@ -1,5 +1,6 @@
 """The Learner against independent computations: a scalar case worked by hand, a NumPy re-derivation of
 the state loop, autograd of the plain network (β → 0) and the known facts of DESIGN §1."""
+
 import copy
 import math
 
@@ -30,11 +31,14 @@ def _cosine(a, b):
 
 # -- a scalar network worked by hand -------------------------------------------------------------------
 
+
 def _scalar_net():
     model = nn.Sequential(nn.Linear(1, 1), nn.ReLU(), nn.Linear(1, 1)).double()
     with torch.no_grad():
-        model[0].weight.fill_(2.0); model[0].bias.zero_()
-        model[2].weight.fill_(1.5); model[2].bias.zero_()
+        model[0].weight.fill_(2.0)
+        model[0].bias.zero_()
+        model[2].weight.fill_(1.5)
+        model[2].bias.zero_()
     return model
 
 
@@ -62,6 +66,7 @@ def test_scalar_network_by_hand(rule):
 
 
 # -- a NumPy re-derivation of the state loop ----------------------------------------------------------
+
 
 def _numpy_states(weights, biases, act, x, y, rule, alpha, beta, order, loss):
     """States by the table of DESIGN §1, written out with explicit matrices."""
@@ -104,9 +109,18 @@ def test_states_match_numpy_derivation(rule, loss, schedule):
     learner = Learner(model, rule=rule, alpha=alpha, beta=beta, schedule=schedule, loss=loss)
     states = learner.infer(x, labels)
     linears = [m for m in model if isinstance(m, nn.Linear)]
-    plus, minus = _numpy_states([m.weight.detach().numpy() for m in linears],
-                                [m.bias.detach().numpy() for m in linears], np.tanh, x.numpy(),
-                                np.eye(3)[labels.numpy()], rule, alpha, beta, learner.order, loss)
+    plus, minus = _numpy_states(
+        [m.weight.detach().numpy() for m in linears],
+        [m.bias.detach().numpy() for m in linears],
+        np.tanh,
+        x.numpy(),
+        np.eye(3)[labels.numpy()],
+        rule,
+        alpha,
+        beta,
+        learner.order,
+        loss,
+    )
     for k in range(4):
         np.testing.assert_allclose(states.plus[k].numpy(), plus[k], rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(states.minus[k].numpy(), minus[k], rtol=1e-10, atol=1e-12)
@@ -168,14 +182,23 @@ def test_drives_are_recomputed_only_after_the_layer_below_changed():
 
 # -- β → 0 recovers backprop ------------------------------------------------------------------------------
 
+
 def _conv_net():
-    return nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.MaxPool2d(2), nn.ReLU(),
-                         nn.Conv2d(4, 4, 3, padding=1), nn.MaxPool2d(2), nn.Tanh(),
-                         nn.Flatten(), nn.Linear(4 * 2 * 2, 6), nn.Sigmoid(), nn.Linear(6, 3))
+    return nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1),
+        nn.MaxPool2d(2),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.MaxPool2d(2),
+        nn.Tanh(),
+        nn.Flatten(),
+        nn.Linear(4 * 2 * 2, 6),
+        nn.Sigmoid(),
+        nn.Linear(6, 3),
+    )
 
 
-@pytest.mark.parametrize("make, shape", [(lambda: models.mlp([6, 8, 7, 3], "tanh"), (9, 6)),
-                                         (_conv_net, (9, 2, 8, 8))])
+@pytest.mark.parametrize("make, shape", [(lambda: models.mlp([6, 8, 7, 3], "tanh"), (9, 6)), (_conv_net, (9, 2, 8, 8))])
 @pytest.mark.parametrize("rule, alpha", [("dp", 0.5), ("dp", 1.0), ("dpT", 0.0), ("dpT", 0.5), ("dpT", 1.0)])
 @pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
 def test_small_beta_recovers_backprop(make, shape, rule, alpha, loss):
@@ -185,9 +208,10 @@ def test_small_beta_recovers_backprop(make, shape, rule, alpha, loss):
     y = torch.randint(0, 3, (shape[0],))
     reference = _rule_grads(model, x, y, rule="bp", loss=loss)
     plain = model(x)  # independent check: the bp rule is autograd of the plain batch-mean loss
-    manual = torch.autograd.grad(F.cross_entropy(plain, y) if loss == "cross_entropy"
-                                 else 0.5 * ((plain - F.one_hot(y, 3)) ** 2).sum(1).mean(),
-                                 list(model.parameters()))
+    manual = torch.autograd.grad(
+        F.cross_entropy(plain, y) if loss == "cross_entropy" else 0.5 * ((plain - F.one_hot(y, 3)) ** 2).sum(1).mean(),
+        list(model.parameters()),
+    )
     for a, b in zip(reference, manual):
         torch.testing.assert_close(a, b)
     update = _rule_grads(model, x, y, rule=rule, alpha=alpha, beta=1e-4, schedule="fw4", loss=loss)
@@ -197,6 +221,7 @@ def test_small_beta_recovers_backprop(make, shape, rule, alpha, loss):
 
 
 # -- known facts ----------------------------------------------------------------------------------------
+
 
 def test_half_alpha_dp_and_dpT_share_states():
     torch.manual_seed(4)
@@ -260,21 +285,33 @@ def test_float_targets_equal_class_indices():
     model = models.mlp([4, 5, 3]).double()
     x, y = torch.randn(6, 4, dtype=torch.float64), torch.randint(0, 3, (6,))
     by_index = _rule_grads(model, x, y, rule="dp", alpha=0.2, beta=0.3, schedule="fw2", loss="mse")
-    by_vector = _rule_grads(model, x, F.one_hot(y, 3).double(), rule="dp", alpha=0.2, beta=0.3,
-                            schedule="fw2", loss="mse")
+    by_vector = _rule_grads(
+        model, x, F.one_hot(y, 3).double(), rule="dp", alpha=0.2, beta=0.3, schedule="fw2", loss="mse"
+    )
     for a, b in zip(by_index, by_vector):
         torch.testing.assert_close(a, b)
 
 
 # -- bad settings -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kwargs, fragment", [
-    ({"alpha": 1.5}, "alpha"), ({"alpha": -0.1}, "alpha"), ({"alpha": float("nan")}, "alpha"),
-    ({"beta": 0.0}, "beta"), ({"beta": -1.0}, "beta"), ({"beta": float("inf")}, "beta"),
-    ({"beta": float("nan")}, "beta"), ({"passes": 0}, "passes"), ({"rule": "hebb"}, "unknown rule"),
-    ({"schedule": "diagonal"}, "unknown schedule"), ({"loss": "hinge"}, "unknown loss"),
-    ({"implementation": "magic"}, "unknown implementation"),
-])
+
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"alpha": 1.5}, "alpha"),
+        ({"alpha": -0.1}, "alpha"),
+        ({"alpha": float("nan")}, "alpha"),
+        ({"beta": 0.0}, "beta"),
+        ({"beta": -1.0}, "beta"),
+        ({"beta": float("inf")}, "beta"),
+        ({"beta": float("nan")}, "beta"),
+        ({"passes": 0}, "passes"),
+        ({"rule": "hebb"}, "unknown rule"),
+        ({"schedule": "diagonal"}, "unknown schedule"),
+        ({"loss": "hinge"}, "unknown loss"),
+        ({"implementation": "magic"}, "unknown implementation"),
+    ],
+)
 def test_bad_settings_raise_value_error(kwargs, fragment):
     with pytest.raises(ValueError, match=fragment):
         Learner(models.mlp([3, 4, 2]), **kwargs)
@@ -290,12 +327,15 @@ def test_bad_targets_raise_value_error_for_every_rule():
 
 def test_public_interface_example_runs():
     model = dualprop.models.mlp([64, 32, 10])
-    learner = dualprop.Learner(model, rule="dpT", alpha=0.0, beta=0.1, schedule="forward-backward",
-                               passes=3, loss="cross_entropy")
+    learner = dualprop.Learner(
+        model, rule="dpT", alpha=0.0, beta=0.1, schedule="forward-backward", passes=3, loss="cross_entropy"
+    )
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     x, y = torch.randn(8, 64), torch.randint(0, 10, (8,))
     before = [p.detach().clone() for p in model.parameters()]
-    opt.zero_grad(); result = learner.step(x, y); opt.step()
+    opt.zero_grad()
+    result = learner.step(x, y)
+    opt.step()
     assert isinstance(result.loss, float) and result.logits.shape == (8, 10)
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     states = learner.infer(x, y)
@@ -331,8 +371,16 @@ def test_a_step_whose_compartments_overflow_reports_them_non_finite_though_its_l
 
 def test_blocks_whose_neurons_never_move_get_exactly_zero_updates_without_running_again():
     torch.manual_seed(10)
-    model = nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(),
-                          nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)).double()
+    model = nn.Sequential(
+        nn.Linear(6, 8),
+        nn.LayerNorm(8),
+        nn.ReLU(),
+        nn.Linear(8, 8),
+        nn.ReLU(),
+        nn.Linear(8, 8),
+        nn.ReLU(),
+        nn.Linear(8, 3),
+    ).double()
     x, y = torch.randn(5, 6, dtype=torch.float64), torch.randint(0, 3, (5,))
     learner = Learner(model, rule="dpT", alpha=0.5, beta=0.1, schedule="fw2")
     states = learner.infer(x, y)  # forward ×2 moves only the output and the neuron below it

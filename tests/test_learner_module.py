@@ -1,5 +1,6 @@
 """The Learner as a PyTorch citizen: ``objective()`` for external ``backward()``, registered state,
 wrapped models (DDP, ``torch.compile``)."""
+
 import copy
 
 import pytest
@@ -152,14 +153,17 @@ def test_data_parallel_wrapper_is_refused_with_a_clear_error():
 
 
 @pytest.mark.parametrize("rule", ["bp", "dpT", "dp"])
-@pytest.mark.parametrize("x, y, message", [
-    (torch.zeros(0, 5), torch.zeros(0, dtype=torch.long), "empty"),
-    (torch.zeros(4, 5, dtype=torch.float64), torch.zeros(4, dtype=torch.long), "float64"),
-    (torch.zeros(4, 5, dtype=torch.long), torch.zeros(4, dtype=torch.long), "floating point"),
-    (torch.zeros(4, 5), torch.zeros(4, dtype=torch.bool), "boolean"),
-    (torch.zeros(4, 5), torch.zeros(4), "class indices"),
-    (torch.zeros(4, 5), torch.zeros(3, dtype=torch.long), "one target per sample"),
-])
+@pytest.mark.parametrize(
+    "x, y, message",
+    [
+        (torch.zeros(0, 5), torch.zeros(0, dtype=torch.long), "empty"),
+        (torch.zeros(4, 5, dtype=torch.float64), torch.zeros(4, dtype=torch.long), "float64"),
+        (torch.zeros(4, 5, dtype=torch.long), torch.zeros(4, dtype=torch.long), "floating point"),
+        (torch.zeros(4, 5), torch.zeros(4, dtype=torch.bool), "boolean"),
+        (torch.zeros(4, 5), torch.zeros(4), "class indices"),
+        (torch.zeros(4, 5), torch.zeros(3, dtype=torch.long), "one target per sample"),
+    ],
+)
 def test_a_batch_that_does_not_fit_is_a_value_error_saying_what_to_change(rule, x, y, message):
     learner = Learner(models.mlp([5, 6, 3]), rule=rule, schedule="fw2")
     with pytest.raises(ValueError, match=message):
@@ -180,7 +184,7 @@ def test_noise_and_random_order_generators_are_saved_so_a_resumed_step_draws_the
         for p in each.parameters():
             p.grad = None
         each.step(x, y)
-    for a, b, c in zip(_grads(learner), _grads(resumed), _grads(fresh)):
+    for a, b in zip(_grads(learner), _grads(resumed)):
         assert torch.equal(a, b)
     assert not all(torch.equal(a, c) for a, c in zip(_grads(learner), _grads(fresh)))
     assert "noise_generator_cpu" not in Learner(copy.deepcopy(model)).state_dict()
@@ -192,10 +196,12 @@ def test_settings_are_checked_and_resolved_without_a_model():
     settings = LearnerSettings(rule="dp", alpha=1, schedule="fwbw2")
     assert (settings.schedule, settings.passes, settings.alpha) == ("forward-backward", 2, 1.0)
     assert LearnerSettings(schedule="fwbw").one_sweep and not settings.one_sweep
-    for bad, fragment in [(dict(rule="bp", feedback="kolen-pollack"), "dual-propagation rule"),
-                          (dict(implementation="fused", schedule="fw2"), "single backward sweep"),
-                          (dict(rule="adversarial", state_noise=0.1), "adversarial"),
-                          (dict(state_quantum=-1.0), "state_quantum")]:
+    for bad, fragment in [
+        (dict(rule="bp", feedback="kolen-pollack"), "dual-propagation rule"),
+        (dict(implementation="fused", schedule="fw2"), "single backward sweep"),
+        (dict(rule="adversarial", state_noise=0.1), "adversarial"),
+        (dict(state_quantum=-1.0), "state_quantum"),
+    ]:
         with pytest.raises(ValueError, match=fragment):
             LearnerSettings(**bad)
 

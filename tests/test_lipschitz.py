@@ -35,7 +35,9 @@ def test_below_product_of_layer_norms(mlp):
     inputs = torch.randn(32, 4, dtype=torch.float64)
     estimate = empirical_lipschitz(mlp, inputs, iterations=50, generator=torch.Generator().manual_seed(2))
     linears = [m for m in mlp if isinstance(m, nn.Linear)]
-    norms = layer_spectral_norms(linears, [(4,), (8,), (8,)], iterations=100, generator=torch.Generator().manual_seed(3))
+    norms = layer_spectral_norms(
+        linears, [(4,), (8,), (8,)], iterations=100, generator=torch.Generator().manual_seed(3)
+    )
     assert 0 < estimate.max <= product_bound(norms)
 
 

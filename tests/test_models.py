@@ -10,13 +10,18 @@ def _count(model, kind):
     return sum(isinstance(m, kind) for m in model.modules())
 
 
-@pytest.mark.parametrize("name, convs, pools, linears", [
-    ("vgg16", 13, 5, 3), ("vgg_like", 4, 4, 1), ("cnn", 5, 5, 2), ("mini_cnn", 2, 2, 1),
-])
+@pytest.mark.parametrize(
+    "name, convs, pools, linears",
+    [
+        ("vgg16", 13, 5, 3),
+        ("vgg_like", 4, 4, 1),
+        ("cnn", 5, 5, 2),
+        ("mini_cnn", 2, 2, 1),
+    ],
+)
 def test_conv_models_have_the_papers_layout(name, convs, pools, linears):
     model = models.CONV_MODELS[name](num_classes=7, in_channels=1)
-    assert (_count(model, nn.Conv2d), _count(model, nn.MaxPool2d), _count(model, nn.Linear)) == \
-        (convs, pools, linears)
+    assert (_count(model, nn.Conv2d), _count(model, nn.MaxPool2d), _count(model, nn.Linear)) == (convs, pools, linears)
     net = capture_graph(model)
     assert net.depth == convs + linears
     with torch.no_grad():

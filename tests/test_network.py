@@ -9,8 +9,14 @@ from dualprop.graph import capture_graph
 
 
 def test_split_at_activations_including_nested_sequentials():
-    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.MaxPool2d(2), nn.ReLU(),
-                          nn.Sequential(nn.Flatten(), nn.Linear(8, 5)), nn.Tanh(), nn.Linear(5, 3))
+    model = nn.Sequential(
+        nn.Conv2d(1, 2, 3, padding=1),
+        nn.MaxPool2d(2),
+        nn.ReLU(),
+        nn.Sequential(nn.Flatten(), nn.Linear(8, 5)),
+        nn.Tanh(),
+        nn.Linear(5, 3),
+    )
     net = capture_graph(model)
     assert net.depth == 3
     assert [type(m).__name__ for m in net.blocks[0].parts] == ["Conv2d", "MaxPool2d"]
@@ -25,13 +31,16 @@ def test_split_at_activations_including_nested_sequentials():
     torch.testing.assert_close(s, model(x))
 
 
-@pytest.mark.parametrize("model, fragment", [
-    (nn.Sequential(nn.Linear(3, 3), nn.ReLU()), "ends with activation"),
-    (nn.Sequential(nn.ReLU(), nn.Linear(3, 3)), "no block before it"),
-    (nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Tanh(), nn.Linear(3, 3)), "no block before it"),
-    (nn.Sequential(nn.Linear(3, 3), nn.Softmax(dim=1), nn.Linear(3, 2)), "Softmax"),
-    (nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.RNN(3, 3)), "RNN"),
-])
+@pytest.mark.parametrize(
+    "model, fragment",
+    [
+        (nn.Sequential(nn.Linear(3, 3), nn.ReLU()), "ends with activation"),
+        (nn.Sequential(nn.ReLU(), nn.Linear(3, 3)), "no block before it"),
+        (nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Tanh(), nn.Linear(3, 3)), "no block before it"),
+        (nn.Sequential(nn.Linear(3, 3), nn.Softmax(dim=1), nn.Linear(3, 2)), "Softmax"),
+        (nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.RNN(3, 3)), "RNN"),
+    ],
+)
 def test_non_layered_models_are_rejected_with_the_module_named(model, fragment):
     with pytest.raises(ValueError, match=fragment):
         capture_graph(model)
@@ -54,14 +63,17 @@ def _autograd_vjp(block, s, v):
     return torch.autograd.grad(block(point), point, v)[0]
 
 
-@pytest.mark.parametrize("modules, shape", [
-    ([nn.Linear(6, 4)], (3, 6)),
-    ([nn.Flatten(), nn.Linear(18, 4)], (3, 2, 3, 3)),
-    ([nn.Conv2d(2, 3, 3, padding=1, stride=2)], (3, 2, 5, 5)),
-    ([nn.Conv1d(2, 3, 3, padding=1)], (3, 2, 7)),
-    ([nn.Conv2d(2, 3, 3, padding=1), nn.MaxPool2d(2)], (3, 2, 4, 4)),
-    ([nn.Conv2d(2, 3, 3, padding=1, padding_mode="circular")], (3, 2, 4, 4)),
-])
+@pytest.mark.parametrize(
+    "modules, shape",
+    [
+        ([nn.Linear(6, 4)], (3, 6)),
+        ([nn.Flatten(), nn.Linear(18, 4)], (3, 2, 3, 3)),
+        ([nn.Conv2d(2, 3, 3, padding=1, stride=2)], (3, 2, 5, 5)),
+        ([nn.Conv1d(2, 3, 3, padding=1)], (3, 2, 7)),
+        ([nn.Conv2d(2, 3, 3, padding=1), nn.MaxPool2d(2)], (3, 2, 4, 4)),
+        ([nn.Conv2d(2, 3, 3, padding=1, padding_mode="circular")], (3, 2, 4, 4)),
+    ],
+)
 def test_block_vjp_equals_autograd_at_the_point(modules, shape):
     torch.manual_seed(0)
     block = dualprop.network.Block([m.double() for m in modules])
@@ -71,15 +83,19 @@ def test_block_vjp_equals_autograd_at_the_point(modules, shape):
     torch.testing.assert_close(block.vjp(s, v), _autograd_vjp(block, s, v))
 
 
-@pytest.mark.parametrize("modules, shape", [
-    ([nn.Linear(6, 4)], (3, 6)),
-    ([nn.Flatten(), nn.Linear(18, 4)], (3, 2, 3, 3)),
-    ([nn.Conv2d(2, 3, 3, padding=1, stride=2)], (3, 2, 5, 5)),
-    ([nn.Conv1d(2, 3, 3, padding=1, bias=False)], (3, 2, 7)),
-])
+@pytest.mark.parametrize(
+    "modules, shape",
+    [
+        ([nn.Linear(6, 4)], (3, 6)),
+        ([nn.Flatten(), nn.Linear(18, 4)], (3, 2, 3, 3)),
+        ([nn.Conv2d(2, 3, 3, padding=1, stride=2)], (3, 2, 5, 5)),
+        ([nn.Conv1d(2, 3, 3, padding=1, bias=False)], (3, 2, 7)),
+    ],
+)
 @pytest.mark.parametrize("with_feedback", [False, True])
 def test_hebbian_term_writes_the_autograd_update_without_running_the_block(modules, shape, with_feedback):
     from dualprop.network import hebbian_term
+
     torch.manual_seed(1)
     block = dualprop.network.Block([copy.deepcopy(m).double() for m in modules])
     s = torch.randn(shape, dtype=torch.float64)
@@ -102,6 +118,7 @@ def test_hebbian_term_writes_the_autograd_update_without_running_the_block(modul
 
 def test_hebbian_term_declines_blocks_it_cannot_write_in_closed_form():
     from dualprop.network import hebbian_term
+
     block = dualprop.network.Block([nn.Conv2d(1, 2, 3, padding=1), nn.MaxPool2d(2)])
     s = torch.randn(2, 1, 4, 4)
     assert hebbian_term(block, [s], torch.randn(2, 2, 2, 2), None) is None

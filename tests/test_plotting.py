@@ -1,4 +1,5 @@
 """The optional-matplotlib guard: without matplotlib every plot function writes nothing and says so."""
+
 from __future__ import annotations
 
 import sys

@@ -1,4 +1,5 @@
 """Damped DP, adversarial training and Kolen–Pollack feedback against independent computations."""
+
 import pytest
 import torch
 from torch import nn
@@ -10,8 +11,9 @@ F = torch.nn.functional
 
 def _expanding_net():
     """Every block scales by 3 (spectral norm 3): plain DP at α = 1 and β = 1 feeds back ever larger Δ."""
-    model = nn.Sequential(nn.Linear(4, 4), nn.LeakyReLU(0.5), nn.Linear(4, 4), nn.LeakyReLU(0.5),
-                          nn.Linear(4, 3)).double()
+    model = nn.Sequential(
+        nn.Linear(4, 4), nn.LeakyReLU(0.5), nn.Linear(4, 4), nn.LeakyReLU(0.5), nn.Linear(4, 3)
+    ).double()
     with torch.no_grad():
         for linear in (model[0], model[2], model[4]):
             linear.weight.copy_(3 * torch.eye(*linear.weight.shape))
@@ -37,8 +39,9 @@ def test_damping_follows_the_largest_singular_value_and_vanishes_below_one():
     model = models.mlp([5, 6, 4, 3]).double()
     learner = Learner(model, rule="dp-damped", power_iterations=200)
     states = learner.feed_forward(torch.randn(2, 5, dtype=torch.float64))
-    expected = [max(0.0, (float(torch.linalg.matrix_norm(m.weight.detach(), 2)) ** 2 - 1) / 2)
-                for m in (model[2], model[4])]
+    expected = [
+        max(0.0, (float(torch.linalg.matrix_norm(m.weight.detach(), 2)) ** 2 - 1) / 2) for m in (model[2], model[4])
+    ]
     assert learner.dampings(states) == pytest.approx(expected, rel=1e-6)
     with torch.no_grad():
         model[2].weight.mul_(0.01)
@@ -68,8 +71,9 @@ def test_adversarial_rule_is_backprop_at_the_moved_input(loss):
         point = xi.clone().requires_grad_(True)
         moved.append(xi + beta * torch.autograd.grad(sample_loss(point, yi), point)[0])
     moved = torch.stack(moved)
-    expected = torch.autograd.grad(torch.stack([sample_loss(m, yi) for m, yi in zip(moved, y)]).mean(),
-                                   list(model.parameters()))
+    expected = torch.autograd.grad(
+        torch.stack([sample_loss(m, yi) for m, yi in zip(moved, y)]).mean(), list(model.parameters())
+    )
     model.zero_grad()
     result = Learner(model, rule="adversarial", beta=beta, loss=loss).step(x, y)
     for p, g in zip(model.parameters(), expected):
@@ -101,8 +105,15 @@ def test_kolen_pollack_with_matching_feedback_equals_symmetric_dp():
 
 def test_kolen_pollack_feedback_with_conv_block_uses_feedback_kernel():
     torch.manual_seed(4)
-    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Conv2d(2, 2, 3, padding=1),
-                          nn.MaxPool2d(2), nn.ReLU(), nn.Flatten(), nn.Linear(8, 3)).double()
+    model = nn.Sequential(
+        nn.Conv2d(1, 2, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(2, 2, 3, padding=1),
+        nn.MaxPool2d(2),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8, 3),
+    ).double()
     x, y = torch.randn(3, 1, 4, 4, dtype=torch.float64), torch.randint(0, 3, (3,))
     kp = Learner(model, rule="dpT", alpha=0.5, beta=0.5, schedule="backward", feedback="kolen-pollack")
     symmetric = Learner(model, rule="dpT", alpha=0.5, beta=0.5, schedule="backward")
@@ -122,8 +133,9 @@ def test_kolen_pollack_feedback_converges_to_forward_weights():
     y = teacher(x).argmax(1).detach()
     model = models.mlp([6, 16, 16, 3], "tanh")
     learner = Learner(model, rule="dpT", alpha=0.5, beta=0.1, schedule="backward", feedback="kolen-pollack")
-    opt = torch.optim.SGD(list(model.parameters()) + learner.feedback_parameters(), lr=0.1,
-                          momentum=0.9, weight_decay=0.01)
+    opt = torch.optim.SGD(
+        list(model.parameters()) + learner.feedback_parameters(), lr=0.1, momentum=0.9, weight_decay=0.01
+    )
 
     def misalignment():
         pairs = zip(learner.feedback_parameters(), (model[2].weight, model[4].weight))
@@ -133,7 +145,7 @@ def test_kolen_pollack_feedback_converges_to_forward_weights():
     for _ in range(150):
         for i in range(0, 256, 64):
             opt.zero_grad()
-            learner.step(x[i:i + 64], y[i:i + 64])
+            learner.step(x[i : i + 64], y[i : i + 64])
             opt.step()
     end = misalignment()
     assert all(e < 0.3 * s for s, e in zip(start, end)), (start, end)
@@ -141,11 +153,14 @@ def test_kolen_pollack_feedback_converges_to_forward_weights():
     assert accuracy > 0.8
 
 
-@pytest.mark.parametrize("kwargs, fragment", [
-    ({"rule": "bp", "feedback": "kolen-pollack"}, "dual-propagation rule"),
-    ({"feedback": "random"}, "unknown feedback"),
-    ({"rule": "dp-damped", "power_iterations": 0}, "power_iterations"),
-])
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"rule": "bp", "feedback": "kolen-pollack"}, "dual-propagation rule"),
+        ({"feedback": "random"}, "unknown feedback"),
+        ({"rule": "dp-damped", "power_iterations": 0}, "power_iterations"),
+    ],
+)
 def test_bad_related_settings(kwargs, fragment):
     with pytest.raises(ValueError, match=fragment):
         Learner(models.mlp([3, 4, 2]), **kwargs)
@@ -154,7 +169,6 @@ def test_bad_related_settings(kwargs, fragment):
 def test_fused_is_refused_and_never_chosen_with_kolen_pollack():
     model = models.mlp([3, 4, 2])
     with pytest.raises(ValueError, match="feedback"):
-        Learner(model, rule="dpT", alpha=0.0, schedule="backward", implementation="fused",
-                feedback="kolen-pollack")
+        Learner(model, rule="dpT", alpha=0.0, schedule="backward", implementation="fused", feedback="kolen-pollack")
     auto = Learner(model, rule="dpT", alpha=0.0, schedule="backward", feedback="kolen-pollack")
     assert auto.implementation == "generic"

@@ -1,4 +1,5 @@
 """The Markdown report: grouping by setting, mean ± std over seeds computed by hand, curves as PNG."""
+
 from __future__ import annotations
 
 import json
@@ -12,15 +13,29 @@ from dualprop.training.config import TrainConfig, save_config
 from dualprop.training.rundir import MetricsLog
 
 
-def fake_run(root: Path, name: str, seed: int, test_acc: float | None, status: str = "finished",
-             seconds: tuple[float, ...] = (), **settings) -> None:
+def fake_run(
+    root: Path,
+    name: str,
+    seed: int,
+    test_acc: float | None,
+    status: str = "finished",
+    seconds: tuple[float, ...] = (),
+    **settings,
+) -> None:
     run_dir = root / name
     run_dir.mkdir(parents=True)
     config = TrainConfig(seeds=[seed], baseline=False, **settings).resolved()
     save_config(config, run_dir / "config.toml")
-    (run_dir / "summary.json").write_text(json.dumps(
-        {"status": status, "test_acc": test_acc, "test_top5": None if test_acc is None else 100.0,
-         "best_val_acc": test_acc}))
+    (run_dir / "summary.json").write_text(
+        json.dumps(
+            {
+                "status": status,
+                "test_acc": test_acc,
+                "test_top5": None if test_acc is None else 100.0,
+                "best_val_acc": test_acc,
+            }
+        )
+    )
     log = MetricsLog(run_dir)
     log.start()
     for epoch, epoch_seconds in enumerate(seconds or (float("nan"),) * 2, start=1):
@@ -48,8 +63,9 @@ def test_mean_and_std_over_seeds_per_setting(tmp_path):
 
 def test_report_command_and_plot(tmp_path, capsys):
     fake_run(tmp_path / "runs", "a", 0, 90.0)
-    status = main(["report", str(tmp_path / "runs"), "--output", str(tmp_path / "t.md"),
-                   "--plot", str(tmp_path / "curves.png")])
+    status = main(
+        ["report", str(tmp_path / "runs"), "--output", str(tmp_path / "t.md"), "--plot", str(tmp_path / "curves.png")]
+    )
     assert status == 0
     out = capsys.readouterr().out
     assert out == (tmp_path / "t.md").read_text() and "| 90.00 |" in out
@@ -75,9 +91,9 @@ def test_report_never_overwrites_a_users_file(tmp_path, capsys):
 
 def test_time_per_epoch_against_backprop(tmp_path):
     # Median epoch time per run (a slow epoch does not count), mean over seeds, divided by backprop's.
-    fake_run(tmp_path, "p0", 0, 90.0, seconds=(10.0, 30.0, 12.0), rule="bp")   # median 12
-    fake_run(tmp_path, "p1", 1, 91.0, seconds=(8.0, 8.0, 8.0), rule="bp")      # median 8 -> mean 10
-    fake_run(tmp_path, "d0", 0, 89.0, seconds=(25.0, 26.0, 24.0), alpha=1.0)   # 25
+    fake_run(tmp_path, "p0", 0, 90.0, seconds=(10.0, 30.0, 12.0), rule="bp")  # median 12
+    fake_run(tmp_path, "p1", 1, 91.0, seconds=(8.0, 8.0, 8.0), rule="bp")  # median 8 -> mean 10
+    fake_run(tmp_path, "d0", 0, 89.0, seconds=(25.0, 26.0, 24.0), alpha=1.0)  # 25
     fake_run(tmp_path, "d1", 1, 88.0, seconds=(24.0, 23.0, 100.0), alpha=1.0)  # 24 -> mean 24.5
     fake_run(tmp_path, "o0", 0, 80.0, seconds=(5.0,), alpha=1.0, optimizer="adam")  # no backprop twin
     lines = markdown_table(collect_runs([tmp_path])).strip().splitlines()

@@ -14,8 +14,19 @@ from dualprop.training.trainer import load_splits
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    config = TrainConfig(rule="dpT", alpha=0.5, beta=0.1, epochs=2, hidden=[24], limit_batches=8, diagnose_every=4,
-                         baseline=False, out=str(out), tensorboard=False, threads=1)
+    config = TrainConfig(
+        rule="dpT",
+        alpha=0.5,
+        beta=0.1,
+        epochs=2,
+        hidden=[24],
+        limit_batches=8,
+        diagnose_every=4,
+        baseline=False,
+        out=str(out),
+        tensorboard=False,
+        threads=1,
+    )
     return train(config, GradientAngleLog())[0]
 
 
@@ -41,8 +52,24 @@ def test_robustness_command_writes_json_without_overwriting(trained_run, capsys)
     run_dir = trained_run["run_dir"]
     config = load_config(f"{run_dir}/config.toml")
     tested = len(load_splits(config, config.seeds[0]).test)  # the trainer's test samples under limit_batches
-    assert main(["robustness", run_dir, "--eps", "0.02", "0.2", "--pgd-steps", "5", "--lipschitz-samples", "64",
-                 "--limit", str(tested)]) == 0
+    assert (
+        main(
+            [
+                "robustness",
+                run_dir,
+                "--eps",
+                "0.02",
+                "0.2",
+                "--pgd-steps",
+                "5",
+                "--lipschitz-samples",
+                "64",
+                "--limit",
+                str(tested),
+            ]
+        )
+        == 0
+    )
     first = json.loads(open(f"{run_dir}/robustness.json").read())
     # the clean accuracy in the data range equals the trainer's test accuracy of the best checkpoint
     assert first["clean_acc"] == pytest.approx(trained_run["test_acc"])
@@ -67,8 +94,7 @@ def test_robustness_command_bad_settings(trained_run, tmp_path, capsys):
 
 def test_diagnose_command_on_a_run(trained_run, tmp_path, capsys):
     out = tmp_path / "diag"
-    assert main(["diagnose", trained_run["run_dir"], "--rule", "bp", "--batches", "2",
-                 "--output-dir", str(out)]) == 0
+    assert main(["diagnose", trained_run["run_dir"], "--rule", "bp", "--batches", "2", "--output-dir", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "block 1" in printed and "block 2" in printed
     rows = (out / "diagnose.csv").read_text().splitlines()
@@ -85,10 +111,22 @@ def test_float_arrays_are_attacked_in_their_own_range(tmp_path):
 
     bunch = load_digits()
     x = (bunch.data / 16 * 6 - 3).astype(np.float32)  # features in [-3, 3], used as given
-    np.savez(tmp_path / "wide.npz", x_train=x[:1400], y_train=bunch.target[:1400], x_test=x[1400:1600],
-             y_test=bunch.target[1400:1600])
-    config = TrainConfig(dataset=str(tmp_path / "wide.npz"), epochs=1, hidden=[16], baseline=False,
-                         out=str(tmp_path / "runs"), tensorboard=False, threads=1)
+    np.savez(
+        tmp_path / "wide.npz",
+        x_train=x[:1400],
+        y_train=bunch.target[:1400],
+        x_test=x[1400:1600],
+        y_test=bunch.target[1400:1600],
+    )
+    config = TrainConfig(
+        dataset=str(tmp_path / "wide.npz"),
+        epochs=1,
+        hidden=[16],
+        baseline=False,
+        out=str(tmp_path / "runs"),
+        tensorboard=False,
+        threads=1,
+    )
     summary = train(config)[0]
     run = load_trained_run(summary["run_dir"])
     assert run.data.value_range == (-3.0, 3.0)

@@ -1,4 +1,5 @@
 """Atomic checkpoints, the safe loader, RNG state round trip, run directories and metrics.csv."""
+
 from __future__ import annotations
 
 import pickle
@@ -8,8 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from dualprop.training.checkpoint import (CheckpointError, atomic_save, load_checkpoint, model_state, rng_state,
-                                          set_rng_state)
+from dualprop.training.checkpoint import (
+    CheckpointError,
+    atomic_save,
+    load_checkpoint,
+    model_state,
+    rng_state,
+    set_rng_state,
+)
 from dualprop.training.rundir import METRIC_COLUMNS, MetricsLog, create_run_directory, read_metrics
 
 
@@ -19,8 +26,15 @@ def test_atomic_save_round_trips_through_the_safe_loader(tmp_path):
     model(torch.ones(1, 3)).sum().backward()
     optimizer.step()
     path = tmp_path / "ckpt.pt"
-    atomic_save({"learner": {"model.weight": model.weight.detach()}, "optimizer": optimizer.state_dict(), "epoch": 4,
-                 "rng": rng_state()}, path)
+    atomic_save(
+        {
+            "learner": {"model.weight": model.weight.detach()},
+            "optimizer": optimizer.state_dict(),
+            "epoch": 4,
+            "rng": rng_state(),
+        },
+        path,
+    )
     loaded = load_checkpoint(path)
     assert torch.equal(model_state(loaded)["weight"], model.weight.detach())
     assert loaded["epoch"] == 4
@@ -32,7 +46,7 @@ def test_atomic_save_round_trips_through_the_safe_loader(tmp_path):
 def test_failed_save_leaves_the_previous_checkpoint_intact(tmp_path):
     path = tmp_path / "ckpt.pt"
     atomic_save({"learner": {"w": torch.zeros(2)}, "epoch": 1}, path)
-    with pytest.raises(Exception):
+    with pytest.raises(pickle.PicklingError):
         atomic_save({"learner": {"w": torch.ones(2)}, "epoch": lambda: 2}, path)  # lambdas cannot be pickled
     assert load_checkpoint(path)["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]

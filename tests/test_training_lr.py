@@ -1,4 +1,5 @@
 """The warm-up + cosine learning-rate schedule against values worked out by hand."""
+
 from __future__ import annotations
 
 import math
@@ -10,8 +11,7 @@ from dualprop.training.lr_schedule import learning_rate
 
 def lr(step: int) -> float:
     # 2 steps per epoch, 4 epochs (8 steps), 1 warm-up epoch (2 steps) from 0.1 to 1.0, decay to 0.
-    return learning_rate(step, steps_per_epoch=2, epochs=4, lr=1.0, final_lr=0.0, warmup_epochs=1,
-                         warmup_lr=0.1)
+    return learning_rate(step, steps_per_epoch=2, epochs=4, lr=1.0, final_lr=0.0, warmup_epochs=1, warmup_lr=0.1)
 
 
 def test_warm_up_is_linear_from_warmup_lr():

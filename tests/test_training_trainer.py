@@ -1,4 +1,5 @@
 """The training loop in-process: resume equals an uninterrupted run, divergence stops cleanly."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,17 @@ from dualprop.training.rundir import read_metrics
 
 
 def tiny(tmp_path, **changes) -> TrainConfig:
-    settings = dict(hidden=[32], epochs=4, batch_size=128, lr=0.05, warmup_epochs=1, out=str(tmp_path),
-                    baseline=False, tensorboard=False, seeds=[5])
+    settings = dict(
+        hidden=[32],
+        epochs=4,
+        batch_size=128,
+        lr=0.05,
+        warmup_epochs=1,
+        out=str(tmp_path),
+        baseline=False,
+        tensorboard=False,
+        seeds=[5],
+    )
     settings.update(changes)
     return TrainConfig(**settings).resolved()
 
@@ -85,8 +95,12 @@ def test_non_finite_states_stop_the_run_and_keep_the_best_checkpoint(tmp_path, m
     monkeypatch.setattr(Learner, "step", failing_step)
     summary = start_run(tiny(tmp_path), 5)
     assert summary["status"] == "diverged"
-    assert summary["diverged_at"] == {"epoch": 3, "step": 2 * steps_per_epoch + 3, "step_in_epoch": 3,
-                                      "reason": "non-finite dyadic states"}
+    assert summary["diverged_at"] == {
+        "epoch": 3,
+        "step": 2 * steps_per_epoch + 3,
+        "step_in_epoch": 3,
+        "reason": "non-finite dyadic states",
+    }
     run_dir = summary["run_dir"]
     assert json.loads(open(f"{run_dir}/summary.json").read()) == summary
     assert load_checkpoint(f"{run_dir}/checkpoint-last.pt")["epoch"] == 2
@@ -99,8 +113,10 @@ def test_two_runs_with_one_name_get_two_directories(tmp_path):
     first = start_run(tiny(tmp_path, epochs=1, limit_batches=1), 5)
     second = start_run(tiny(tmp_path, epochs=1, limit_batches=1), 5)
     assert first["run_dir"] != second["run_dir"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["digits-mlp-dpT-a0.5-b0.1-seed5",
-                                                           "digits-mlp-dpT-a0.5-b0.1-seed5-2"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "digits-mlp-dpT-a0.5-b0.1-seed5",
+        "digits-mlp-dpT-a0.5-b0.1-seed5-2",
+    ]
 
 
 def test_kolen_pollack_feedback_weights_are_trained_and_resumed(tmp_path):

@@ -1,8 +1,19 @@
 """dualprop: single-phase contrastive Hebbian learning (dual propagation, DP and DP⊤) for PyTorch."""
+
 from dualprop import models
-from dualprop.learner import DyadicStates, Learner, LearnerSettings, StepResult
 from dualprop.graph import NeuronGraph, capture_graph, register_activation, register_block_module
+from dualprop.learner import DyadicStates, Learner, LearnerSettings, StepResult
 
 __version__ = "0.1.0"
-__all__ = ["Learner", "LearnerSettings", "DyadicStates", "StepResult", "models", "register_activation",
-           "register_block_module", "capture_graph", "NeuronGraph", "__version__"]
+__all__ = [
+    "Learner",
+    "LearnerSettings",
+    "DyadicStates",
+    "StepResult",
+    "models",
+    "register_activation",
+    "register_block_module",
+    "capture_graph",
+    "NeuronGraph",
+    "__version__",
+]

@@ -1,4 +1,5 @@
 """``python -m dualprop``: the command line."""
+
 from dualprop.cli import main
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Atomic file writes: a temporary file in the target's directory, flushed, fsynced, then renamed over
 the target with ``os.replace``, so a reader sees the old file or the new one, never half of one."""
+
 from __future__ import annotations
 
 import os
@@ -24,7 +25,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[Any]], None], text: bool 
     path = Path(path)
     handle, temporary = _create_temporary(path)
     try:
-        with (os.fdopen(handle, "w", encoding="utf-8", newline="") if text else os.fdopen(handle, "wb")) as file:
+        with os.fdopen(handle, "w", encoding="utf-8", newline="") if text else os.fdopen(handle, "wb") as file:
             write(file)
             file.flush()
             os.fsync(file.fileno())

@@ -17,6 +17,7 @@ initial model on the same random batch.
   products of its step over backprop's ``3L`` (one forward and two backward per block), counted by
   :func:`predicted_ratio` from the visits the schedule makes. The fused sweep and ``bp`` predict ``1``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -37,8 +38,8 @@ import torch
 from torch import Tensor, nn
 
 from dualprop import models
-from dualprop.learner import COMPILE_MODES, Learner
 from dualprop.graph import capture_graph
+from dualprop.learner import COMPILE_MODES, Learner
 from dualprop.schedules import layer_order, parse_schedule
 
 MODELS: dict[str, tuple[Callable[[], nn.Sequential], tuple[int, ...]]] = {
@@ -70,16 +71,24 @@ class Variant:
 
     def learner(self, model: nn.Module, alpha: float, beta: float) -> Learner:
         """A ``Learner`` for this variant on ``model``."""
-        return Learner(model, rule=self.rule, alpha=alpha, beta=beta, schedule=self.schedule,
-                       passes=self.passes, implementation=self.implementation)
+        return Learner(
+            model,
+            rule=self.rule,
+            alpha=alpha,
+            beta=beta,
+            schedule=self.schedule,
+            passes=self.passes,
+            implementation=self.implementation,
+        )
 
 
 def parse_variant(name: str) -> Variant:
     """``bp``; ``dpT-fused`` / ``dp-fused`` (one backward sweep); ``<rule>-<schedule alias>`` (generic)."""
     match = _VARIANT_PATTERN.fullmatch(name)
     if match is None or (match.group(1) == "bp") != (match.group(2) is None):
-        raise ValueError(f"unknown variant {name!r}; use bp, dpT-fused, dp-fused or <rule>-<schedule> "
-                         f"such as dpT-fw3, dp-fwbw2")
+        raise ValueError(
+            f"unknown variant {name!r}; use bp, dpT-fused, dp-fused or <rule>-<schedule> such as dpT-fw3, dp-fwbw2"
+        )
     rule, how = match.groups()
     if rule == "bp":
         return Variant(name, "bp", "backward", 1, "generic")
@@ -214,8 +223,12 @@ class BenchReport:
 
     def to_dict(self) -> dict:
         """Plain data for JSON."""
-        return {"settings": self.settings, "environment": self.environment, "depth": self.depth,
-                "results": [asdict(r) for r in self.results]}
+        return {
+            "settings": self.settings,
+            "environment": self.environment,
+            "depth": self.depth,
+            "results": [asdict(r) for r in self.results],
+        }
 
     def result(self, name: str) -> VariantResult:
         """The result of the variant called ``name``."""
@@ -238,8 +251,7 @@ class _Runner:
         self.x, self.y = batch
         device_type = torch.device(settings.device).type
         autocast_dtype = AUTOCAST_DTYPES[settings.autocast]
-        self._autocast = (lambda: torch.autocast(device_type, dtype=autocast_dtype)) if autocast_dtype \
-            else nullcontext
+        self._autocast = (lambda: torch.autocast(device_type, dtype=autocast_dtype)) if autocast_dtype else nullcontext
 
     def step(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -327,8 +339,13 @@ def _peak_step_bytes(runner: _Runner, device: torch.device) -> int:
 
 
 def _environment(device: torch.device) -> dict:
-    env = {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
-           "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    env = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
     if hasattr(os, "getloadavg"):
         env["load_average_1min_start"] = os.getloadavg()[0]
     if device.type == "cuda":
@@ -363,10 +380,18 @@ def _run(settings: BenchSettings) -> BenchReport:
     classes = [m for m in initial.modules() if isinstance(m, nn.Linear)][-1].out_features
     x = torch.randn((settings.batch_size, *input_shape), generator=generator).to(device, DTYPES[settings.dtype])
     y = torch.randint(0, classes, (settings.batch_size,), generator=generator).to(device)
-    results = {v.name: VariantResult(v.name, v.rule, v.schedule, v.passes, v.implementation,
-                                     len(layer_order(v.schedule, depth, v.passes)) if v.rule != "bp" else 0,
-                                     predicted_ratio(v, depth) if graph.is_chain or v.rule == "bp"
-                                     or v.implementation == "fused" else math.nan) for v in variants}
+    results = {
+        v.name: VariantResult(
+            v.name,
+            v.rule,
+            v.schedule,
+            v.passes,
+            v.implementation,
+            len(layer_order(v.schedule, depth, v.passes)) if v.rule != "bp" else 0,
+            predicted_ratio(v, depth) if graph.is_chain or v.rule == "bp" or v.implementation == "fused" else math.nan,
+        )
+        for v in variants
+    }
     environment = _environment(device)
 
     for variant in variants:  # memory: each variant alone
@@ -414,19 +439,26 @@ def format_report(report: BenchReport) -> str:
     """A plain-text table of the results."""
     s = report.settings
     env = report.environment
-    lines = [f"model {s['model']} (L={report.depth}), batch {s['batch_size']}, {s['device']} {s['dtype']}, "
-             f"autocast {s['autocast']}, compile {s['compile']}, {s['repeats']} repeats; torch {env['torch']}, "
-             f"{env['torch_threads']} threads on {env['cpu_count']} CPUs"
-             + (f", load {env['load_average_1min_start']:.2f}→{env.get('load_average_1min_end', math.nan):.2f}"
-                if "load_average_1min_start" in env else "")
-             + (f", {env['device_name']}" if "device_name" in env else ""),
-             f"{'variant':<14}{'U':>4}{'median ms':>11}{'spread':>8}{'time/bp':>9}{'predicted':>10}"
-             f"{'peak MB':>10}{'mem/bp':>8}"]
+    lines = [
+        f"model {s['model']} (L={report.depth}), batch {s['batch_size']}, {s['device']} {s['dtype']}, "
+        f"autocast {s['autocast']}, compile {s['compile']}, {s['repeats']} repeats; torch {env['torch']}, "
+        f"{env['torch_threads']} threads on {env['cpu_count']} CPUs"
+        + (
+            f", load {env['load_average_1min_start']:.2f}→{env.get('load_average_1min_end', math.nan):.2f}"
+            if "load_average_1min_start" in env
+            else ""
+        )
+        + (f", {env['device_name']}" if "device_name" in env else ""),
+        f"{'variant':<14}{'U':>4}{'median ms':>11}{'spread':>8}{'time/bp':>9}{'predicted':>10}"
+        f"{'peak MB':>10}{'mem/bp':>8}",
+    ]
     for r in report.results:
         if r.error is not None:
             lines.append(f"{r.name:<14} failed: {r.error}")
             continue
-        lines.append(f"{r.name:<14}{r.layer_updates:>4}{r.median_step_s * 1e3:>11.2f}{spread(r.step_times_s):>8.2f}"
-                     f"{r.time_ratio:>9.3f}{r.predicted_ratio:>10.3f}{r.peak_bytes / 2**20:>10.1f}"
-                     f"{r.memory_ratio:>8.3f}")
+        lines.append(
+            f"{r.name:<14}{r.layer_updates:>4}{r.median_step_s * 1e3:>11.2f}{spread(r.step_times_s):>8.2f}"
+            f"{r.time_ratio:>9.3f}{r.predicted_ratio:>10.3f}{r.peak_bytes / 2**20:>10.1f}"
+            f"{r.memory_ratio:>8.3f}"
+        )
     return "\n".join(lines)

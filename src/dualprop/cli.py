@@ -5,6 +5,7 @@ diverged, 4 a distributed job failed on another rank or timed out. Each subcomma
 ``_add_<name>_parser(subparsers)`` / ``_run_<name>(args)`` pair listed in ``COMMANDS``; adding a command
 is one pair and one table entry.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -151,8 +152,14 @@ def _progress_observer(show_bar: bool = True) -> Any:
 
         def epoch_started(self, epoch: int, steps: int) -> None:
             if show_bar:
-                self.bar = tqdm(total=steps, desc=f"epoch {epoch}/{self.epochs}", file=sys.stderr,
-                                leave=False, dynamic_ncols=True, disable=None)
+                self.bar = tqdm(
+                    total=steps,
+                    desc=f"epoch {epoch}/{self.epochs}",
+                    file=sys.stderr,
+                    leave=False,
+                    dynamic_ncols=True,
+                    disable=None,
+                )
 
         def step_finished(self, epoch: int, step: int, loss: float) -> None:
             if self.bar is not None:
@@ -168,16 +175,19 @@ def _progress_observer(show_bar: bool = True) -> Any:
         def epoch_finished(self, row: dict[str, Any]) -> None:
             self._close_bar()
             val = f"  val {row['val_acc']:.2f}%" if row["val_acc"] is not None else ""
-            tqdm.write(f"  epoch {row['epoch']:>3}/{self.epochs}  loss {row['train_loss']:.4f}  "
-                       f"train {row['train_acc']:.2f}%{val}  lr {row['lr']:.3g}  {row['seconds']:.1f}s",
-                       file=sys.stderr)
+            tqdm.write(
+                f"  epoch {row['epoch']:>3}/{self.epochs}  loss {row['train_loss']:.4f}  "
+                f"train {row['train_acc']:.2f}%{val}  lr {row['lr']:.3g}  {row['seconds']:.1f}s",
+                file=sys.stderr,
+            )
 
         def run_finished(self, summary: dict[str, Any]) -> None:
             self._close_bar()
             if summary["status"] == "diverged":
                 where = summary["diverged_at"]
-                tqdm.write(f"  diverged: {where['reason']} at epoch {where['epoch']}, step {where['step']}",
-                           file=sys.stderr)
+                tqdm.write(
+                    f"  diverged: {where['reason']} at epoch {where['epoch']}, step {where['step']}", file=sys.stderr
+                )
 
     return ProgressObserver()
 
@@ -190,8 +200,20 @@ def _network_label(rule: str, alpha: float | None, beta: float | None) -> str:
 
 def _run_record(summary: dict[str, Any]) -> dict[str, Any]:
     """The per-network entry of ``--json`` output."""
-    keys = ("rule", "alpha", "beta", "seed", "status", "test_acc", "test_top5", "best_val_acc",
-            "epochs_completed", "seconds", "run_dir", "diverged_at")
+    keys = (
+        "rule",
+        "alpha",
+        "beta",
+        "seed",
+        "status",
+        "test_acc",
+        "test_top5",
+        "best_val_acc",
+        "epochs_completed",
+        "seconds",
+        "run_dir",
+        "diverged_at",
+    )
     return {key: summary.get(key) for key in keys}
 
 
@@ -214,6 +236,7 @@ def _report_runs(summaries: list[dict[str, Any]], as_json: bool) -> int:
 
 # -- train ----------------------------------------------------------------------------------------------
 
+
 def _add_setting_flags(group: Any, names: Sequence[str] | None = None, show_defaults: bool = True) -> None:
     """One flag per ``TrainConfig`` setting (or per setting in ``names``), typed and documented by the
     setting itself; unset flags stay absent so config files keep their values."""
@@ -229,8 +252,9 @@ def _add_setting_flags(group: Any, names: Sequence[str] | None = None, show_defa
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
         else:
             metavar = {int: "N", float: "X"}.get(setting.kind, "VALUE")
-            group.add_argument(flag, type=setting.kind, metavar=metavar,
-                               nargs="+" if setting.is_list else None, **common)
+            group.add_argument(
+                flag, type=setting.kind, metavar=metavar, nargs="+" if setting.is_list else None, **common
+            )
 
 
 def _default_text(setting: Setting) -> str:
@@ -249,8 +273,9 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     """Every ``TrainConfig`` setting as a flag, plus ``--seed``."""
     group = parser.add_argument_group("settings (also keys of a --config TOML file)")
     _add_setting_flags(group)
-    group.add_argument("--seed", type=int, dest="seed", default=argparse.SUPPRESS,
-                       help="a single random seed (same as --seeds N)")
+    group.add_argument(
+        "--seed", type=int, dest="seed", default=argparse.SUPPRESS, help="a single random seed (same as --seeds N)"
+    )
 
 
 def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -266,18 +291,25 @@ def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _add_train_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "train", help="train a network (no arguments: the digits quick start)",
+        "train",
+        help="train a network (no arguments: the digits quick start)",
         description="Train a network with a dual-propagation rule (and, with --baseline, backprop). "
-                    "Without arguments: an MLP on scikit-learn's digits with DP⊤ and a backprop baseline.")
+        "Without arguments: an MLP on scikit-learn's digits with DP⊤ and a backprop baseline.",
+    )
     parser.add_argument("--config", metavar="FILE", help="TOML file of settings (flags override it)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (epoch lines remain)")
     from dualprop.training.distributed import DEFAULT_TIMEOUT_S
 
-    parser.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
-                        help="under torchrun: how long a rank waits for the others before the job fails "
-                             f"(default: {DEFAULT_TIMEOUT_S:g})")
+    parser.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        metavar="SECONDS",
+        help="under torchrun: how long a rank waits for the others before the job fails "
+        f"(default: {DEFAULT_TIMEOUT_S:g})",
+    )
     _add_config_flags(parser)
 
 
@@ -316,51 +348,86 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def _add_experiment_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "experiment", help="run a paper's setting shipped as a config",
-        description="Run one of the papers' settings (all its configurations and seeds).")
+        "experiment",
+        help="run a paper's setting shipped as a config",
+        description="Run one of the papers' settings (all its configurations and seeds).",
+    )
     parser.add_argument("name", nargs="?", help="experiment name (see --list) or a TOML file of that form")
     parser.add_argument("--list", action="store_true", help="list the shipped experiments")
-    parser.add_argument("--only", type=int, nargs="+", metavar="I",
-                        help="run only these configurations (1-based, in the order of --show)")
+    parser.add_argument(
+        "--only",
+        type=int,
+        nargs="+",
+        metavar="I",
+        help="run only these configurations (1-based, in the order of --show)",
+    )
     parser.add_argument("--show", action="store_true", help="print the configurations, train nothing")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (epoch lines remain)")
-    _add_setting_flags(parser.add_argument_group("settings that override the experiment's"),
-                       _EXPERIMENT_OVERRIDES, show_defaults=False)
-    parser.add_argument("--jobs", type=int, default=1, metavar="N",
-                        help="train the runs (configurations × seeds) in N parallel processes, each with "
-                             "CPUs / N threads unless --threads says otherwise (default: 1)")
-    parser.add_argument("--resume", metavar="DIR", default=argparse.SUPPRESS,
-                        help="continue an interrupted experiment in its --out folder (runs that ended are "
-                             "kept, unfinished ones continue from their last checkpoint, missing ones start), "
-                             "or an interrupted study in its directory")
+    _add_setting_flags(
+        parser.add_argument_group("settings that override the experiment's"), _EXPERIMENT_OVERRIDES, show_defaults=False
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train the runs (configurations × seeds) in N parallel processes, each with "
+        "CPUs / N threads unless --threads says otherwise (default: 1)",
+    )
+    parser.add_argument(
+        "--resume",
+        metavar="DIR",
+        default=argparse.SUPPRESS,
+        help="continue an interrupted experiment in its --out folder (runs that ended are "
+        "kept, unfinished ones continue from their last checkpoint, missing ones start), "
+        "or an interrupted study in its directory",
+    )
     study = parser.add_argument_group("study options (robustness-mlp, noise-robustness)")
-    study.add_argument("--dataset", default=argparse.SUPPRESS,
-                       help="mnist, fashion-mnist or digits (default: mnist for robustness-mlp, fashion-mnist "
-                            "for noise-robustness, where its files exist, else digits)")
-    study.add_argument("--hidden", type=int, nargs="+", default=argparse.SUPPRESS, metavar="N",
-                       help="hidden widths of the MLP")
+    study.add_argument(
+        "--dataset",
+        default=argparse.SUPPRESS,
+        help="mnist, fashion-mnist or digits (default: mnist for robustness-mlp, fashion-mnist "
+        "for noise-robustness, where its files exist, else digits)",
+    )
+    study.add_argument(
+        "--hidden", type=int, nargs="+", default=argparse.SUPPRESS, metavar="N", help="hidden widths of the MLP"
+    )
     study.add_argument("--rules", nargs="+", default=argparse.SUPPRESS, help="rules of the grid")
     study.add_argument("--alphas", type=float, nargs="+", default=argparse.SUPPRESS, help="α values of the grid")
     study.add_argument("--betas", type=float, nargs="+", default=argparse.SUPPRESS, help="β values of the grid")
-    study.add_argument("--eps", type=float, nargs=2, default=argparse.SUPPRESS,
-                       help="the two PGD radii on the [0, 1] pixel scale")
+    study.add_argument(
+        "--eps", type=float, nargs=2, default=argparse.SUPPRESS, help="the two PGD radii on the [0, 1] pixel scale"
+    )
     study.add_argument("--lr", type=float, default=argparse.SUPPRESS, help="peak learning rate")
-    study.add_argument("--test-limit", type=int, default=argparse.SUPPRESS,
-                       help="test samples for the attacks (0: all)")
-    study.add_argument("--sigmas", type=float, nargs="+", default=argparse.SUPPRESS,
-                       help="compartment noise σ values of the grid (noise-robustness)")
-    study.add_argument("--quanta", type=float, nargs="+", default=argparse.SUPPRESS,
-                       help="stochastic-rounding resolutions q (noise-robustness)")
+    study.add_argument(
+        "--test-limit", type=int, default=argparse.SUPPRESS, help="test samples for the attacks (0: all)"
+    )
+    study.add_argument(
+        "--sigmas",
+        type=float,
+        nargs="+",
+        default=argparse.SUPPRESS,
+        help="compartment noise σ values of the grid (noise-robustness)",
+    )
+    study.add_argument(
+        "--quanta",
+        type=float,
+        nargs="+",
+        default=argparse.SUPPRESS,
+        help="stochastic-rounding resolutions q (noise-robustness)",
+    )
 
 
 _EXPERIMENT_OVERRIDES = ("epochs", "limit_batches", "data_dir", "out", "device", "seeds", "threads")
 _STUDY_ONLY_FLAGS = ("dataset", "hidden", "rules", "alphas", "betas", "eps", "lr", "test_limit", "sigmas", "quanta")
 _STUDY_SETTINGS = (*_STUDY_ONLY_FLAGS, "epochs", "limit_batches", "device", "data_dir")
-STUDIES = {"robustness-mlp": "ICML 2024 MLP study: bp, dp, dpT, dp-damped, adversarial over α and β; "
-                             "stability, Lipschitz estimates and PGD accuracy",
-           "noise-robustness": "DP⊤ and DP over β × compartment noise σ, asynchronous order and stochastic "
-                               "rounding, against backprop with the same noise"}
+STUDIES = {
+    "robustness-mlp": "ICML 2024 MLP study: bp, dp, dpT, dp-damped, adversarial over α and β; "
+    "stability, Lipschitz estimates and PGD accuracy",
+    "noise-robustness": "DP⊤ and DP over β × compartment noise σ, asynchronous order and stochastic "
+    "rounding, against backprop with the same noise",
+}
 
 
 def _study_kind(name: str) -> Any:
@@ -388,8 +455,10 @@ def _run_study(args: argparse.Namespace) -> int:
         except ValueError as error:
             raise UsageError(str(error)) from None
         if kind_name != args.name:
-            raise UsageError(f"{directory} holds a {kind_name} study; resume it with `dualprop experiment "
-                             f"{kind_name} --resume {directory}`")
+            raise UsageError(
+                f"{directory} holds a {kind_name} study; resume it with `dualprop experiment "
+                f"{kind_name} --resume {directory}`"
+            )
         kind, _ = _study_kind(kind_name)
     else:
         kind, preferred = _study_kind(args.name)
@@ -410,8 +479,11 @@ def _run_study(args: argparse.Namespace) -> int:
     observer = _training_observer(show_bar=not args.no_progress)
 
     def setting_done(setting: Any, record: dict[str, Any]) -> None:
-        status = record["status"] + (f" at epoch {record['diverged_at']['epoch']}, step "
-                                     f"{record['diverged_at']['step']}" if record["diverged_at"] else "")
+        status = record["status"] + (
+            f" at epoch {record['diverged_at']['epoch']}, step {record['diverged_at']['step']}"
+            if record["diverged_at"]
+            else ""
+        )
         accuracy = "–" if record["test_acc"] is None else f"{record['test_acc']:.2f} %"
         print(f"  {setting.key}: {status}, test accuracy {accuracy}", file=sys.stderr)
 
@@ -456,8 +528,9 @@ def _run_experiment(args: argparse.Namespace) -> int:
     if args.only:
         unknown = [i for i in args.only if not 1 <= i <= len(experiment.configs)]
         if unknown:
-            raise UsageError(f"experiment {experiment.name} has configurations 1..{len(experiment.configs)}, "
-                             f"not {unknown[0]}")
+            raise UsageError(
+                f"experiment {experiment.name} has configurations 1..{len(experiment.configs)}, not {unknown[0]}"
+            )
         selected = [(i, c) for i, c in selected if i in args.only]
     configs = []
     for index, config in selected:
@@ -467,21 +540,31 @@ def _run_experiment(args: argparse.Namespace) -> int:
         configs.append((index, config.replace(**changes).resolved()))
     if args.show:
         for index, config in configs:
-            print(f"{index:2d}  {config.dataset} {config.model} {_network_label(config.rule, config.alpha, config.beta)}"
-                  f" schedule={config.schedule} passes={config.passes} epochs={config.epochs} "
-                  f"seeds={config.seeds}")
+            print(
+                f"{index:2d}  {config.dataset} {config.model} {_network_label(config.rule, config.alpha, config.beta)}"
+                f" schedule={config.schedule} passes={config.passes} epochs={config.epochs} "
+                f"seeds={config.seeds}"
+            )
         return EXIT_OK
     observer = _training_observer(show_bar=not args.no_progress and args.jobs == 1)
 
     def run_done(summary: dict[str, Any]) -> None:
         if args.jobs > 1:
             accuracy = "–" if summary.get("test_acc") is None else f"{summary['test_acc']:.2f} %"
-            print(f"  {_network_label(summary['rule'], summary.get('alpha'), summary.get('beta'))}, seed "
-                  f"{summary['seed']}: {summary['status']}, test accuracy {accuracy}", file=sys.stderr)
+            print(
+                f"  {_network_label(summary['rule'], summary.get('alpha'), summary.get('beta'))}, seed "
+                f"{summary['seed']}: {summary['status']}, test accuracy {accuracy}",
+                file=sys.stderr,
+            )
 
-    summaries = run_experiment([config for _, config in configs], jobs=args.jobs,
-                               resume=hasattr(args, "resume"), observer=observer, run_done=run_done,
-                               worker_observer=GradientAngleLog())
+    summaries = run_experiment(
+        [config for _, config in configs],
+        jobs=args.jobs,
+        resume=hasattr(args, "resume"),
+        observer=observer,
+        run_done=run_done,
+        worker_observer=GradientAngleLog(),
+    )
     return _report_runs(summaries, args.json)
 
 
@@ -490,13 +573,18 @@ def _run_experiment(args: argparse.Namespace) -> int:
 
 def _add_report_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "report", help="mean ± std over seeds as a Markdown table, and training curves",
+        "report",
+        help="mean ± std over seeds as a Markdown table, and training curves",
         description="Summarise run directories (or folders of them): one Markdown table row per setting, "
-                    "mean ± std over seeds; training curves as PNG when matplotlib is installed.")
+        "mean ± std over seeds; training curves as PNG when matplotlib is installed.",
+    )
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories or folders holding them")
     parser.add_argument("--plot", metavar="PNG", help="write training curves to this PNG file")
-    parser.add_argument("--plot-beta", metavar="PNG",
-                        help="write test accuracy against β (one line per α, one panel per rule) to this PNG file")
+    parser.add_argument(
+        "--plot-beta",
+        metavar="PNG",
+        help="write test accuracy against β (one line per α, one panel per rule) to this PNG file",
+    )
     parser.add_argument("--output", metavar="FILE", help="also write the Markdown table to FILE")
 
 
@@ -513,9 +601,11 @@ def _run_report(args: argparse.Namespace) -> int:
         _write_new_file(args.output, table)
     for path, plot in ((args.plot, plot_curves), (args.plot_beta, plot_accuracy_against_beta)):
         if path and not plot(runs, path):
-            print(f"dualprop: no plot written to {path} (matplotlib is not installed"
-                  + (", or no run has both α and β)" if plot is plot_accuracy_against_beta else ")"),
-                  file=sys.stderr)
+            print(
+                f"dualprop: no plot written to {path} (matplotlib is not installed"
+                + (", or no run has both α and β)" if plot is plot_accuracy_against_beta else ")"),
+                file=sys.stderr,
+            )
     return EXIT_OK
 
 
@@ -524,33 +614,55 @@ def _run_report(args: argparse.Namespace) -> int:
 
 def _add_bench_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "bench", help="step time and peak memory of each rule against backprop",
+        "bench",
+        help="step time and peak memory of each rule against backprop",
         description="Time full training steps (inference, update, optimizer step) of bp, fused DP⊤ and the "
-                    "generic state loop, interleaved round-robin; report median step time, peak memory and "
-                    "their ratios to bp of the same run, next to the ratio the matrix products of a chain predict.")
-    parser.add_argument("--model", default="mnist-mlp",
-                        help="digits-mlp, mnist-mlp, vgg-like, vgg16, resnet20, or mlp:<sizes> such as mlp:64-32-10 "
-                             "(default: mnist-mlp)")
+        "generic state loop, interleaved round-robin; report median step time, peak memory and "
+        "their ratios to bp of the same run, next to the ratio the matrix products of a chain predict.",
+    )
+    parser.add_argument(
+        "--model",
+        default="mnist-mlp",
+        help="digits-mlp, mnist-mlp, vgg-like, vgg16, resnet20, or mlp:<sizes> such as mlp:64-32-10 "
+        "(default: mnist-mlp)",
+    )
     parser.add_argument("--batch-size", type=int, default=256, metavar="N", help="(default: 256)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default: cpu)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16"],
-                        help="parameter and input dtype (default: float32)")
-    parser.add_argument("--autocast", default="none", choices=["none", "bf16", "fp16"],
-                        help="mixed precision for the learner step (default: none)")
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "float64", "bfloat16"],
+        help="parameter and input dtype (default: float32)",
+    )
+    parser.add_argument(
+        "--autocast",
+        default="none",
+        choices=["none", "bf16", "fp16"],
+        help="mixed precision for the learner step (default: none)",
+    )
     from dualprop.learner import COMPILE_MODES
 
-    parser.add_argument("--compile", nargs="?", const="default", default="none", metavar="MODE",
-                        choices=COMPILE_MODES,
-                        help="torch.compile every variant's learning step (Learner.compile_objective) in MODE: "
-                             "default, reduce-overhead (CUDA graphs) or max-autotune; --compile alone is "
-                             "default (default: none)")
+    parser.add_argument(
+        "--compile",
+        nargs="?",
+        const="default",
+        default="none",
+        metavar="MODE",
+        choices=COMPILE_MODES,
+        help="torch.compile every variant's learning step (Learner.compile_objective) in MODE: "
+        "default, reduce-overhead (CUDA graphs) or max-autotune; --compile alone is "
+        "default (default: none)",
+    )
     parser.add_argument("--repeats", type=int, default=20, metavar="N", help="timed steps per rule (default: 20)")
     parser.add_argument("--warmup", type=int, default=3, metavar="N", help="untimed steps per rule (default: 3)")
-    parser.add_argument("--passes", type=int, default=3, metavar="K",
-                        help="passes K of the default generic variants (default: 3)")
-    parser.add_argument("--variants", metavar="LIST",
-                        help="comma-separated, e.g. bp,dpT-fused,dpT-fw3,dp-fwbw2 (default: bp, dpT-fused, "
-                             "dpT-fwK, dpT-fwbwK, dp-fwK)")
+    parser.add_argument(
+        "--passes", type=int, default=3, metavar="K", help="passes K of the default generic variants (default: 3)"
+    )
+    parser.add_argument(
+        "--variants",
+        metavar="LIST",
+        help="comma-separated, e.g. bp,dpT-fused,dpT-fw3,dp-fwbw2 (default: bp, dpT-fused, dpT-fwK, dpT-fwbwK, dp-fwK)",
+    )
     parser.add_argument("--alpha", type=float, default=0.5, help="(default: 0.5)")
     parser.add_argument("--beta", type=float, default=0.1, help="(default: 0.1)")
     parser.add_argument("--threads", type=int, metavar="N", help="torch intra-op threads (default: torch's)")
@@ -563,10 +675,22 @@ def _run_bench(args: argparse.Namespace) -> int:
     from dualprop.benchmark import BenchSettings, format_report, run_benchmark
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else []
-    settings = BenchSettings(model=args.model, batch_size=args.batch_size, device=args.device, dtype=args.dtype,
-                             autocast=args.autocast, compile=args.compile, repeats=args.repeats,
-                             warmup=args.warmup, passes=args.passes, alpha=args.alpha, beta=args.beta,
-                             seed=args.seed, threads=args.threads, variants=variants)
+    settings = BenchSettings(
+        model=args.model,
+        batch_size=args.batch_size,
+        device=args.device,
+        dtype=args.dtype,
+        autocast=args.autocast,
+        compile=args.compile,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        passes=args.passes,
+        alpha=args.alpha,
+        beta=args.beta,
+        seed=args.seed,
+        threads=args.threads,
+        variants=variants,
+    )
     if args.output:
         _check_new_file(args.output, "--output")
     report = run_benchmark(settings)
@@ -581,20 +705,27 @@ def _run_bench(args: argparse.Namespace) -> int:
 
 def _add_diagnose_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "diagnose", help="per-layer angle between a rule's update and backprop's gradient",
+        "diagnose",
+        help="per-layer angle between a rule's update and backprop's gradient",
         description="Compare a rule's weight update with backprop's gradient of the batch-mean loss, layer by "
-                    "layer, on the first training batches at fixed weights: a run's checkpoint (RUN_DIR) or a "
-                    "fresh network from the settings. Prints cosine and angle per layer, writes a CSV and "
-                    "heat maps (layer × batch; layer × epoch from a run's diagnostics.csv) with matplotlib.")
+        "layer, on the first training batches at fixed weights: a run's checkpoint (RUN_DIR) or a "
+        "fresh network from the settings. Prints cosine and angle per layer, writes a CSV and "
+        "heat maps (layer × batch; layer × epoch from a run's diagnostics.csv) with matplotlib.",
+    )
     parser.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="run directory (default: a fresh network)")
     parser.add_argument("--config", metavar="FILE", help="TOML file of settings for a fresh network")
     parser.add_argument("--checkpoint", default="best", help="best, last or a checkpoint file (default: best)")
     parser.add_argument("--batches", type=int, default=8, help="training batches to compare on (default: 8)")
-    parser.add_argument("--per", choices=("block", "parameter"), default="block",
-                        help="a layer is a block or a single parameter tensor (default: block)")
+    parser.add_argument(
+        "--per",
+        choices=("block", "parameter"),
+        default="block",
+        help="a layer is a block or a single parameter tensor (default: block)",
+    )
     parser.add_argument("--float64", action="store_true", help="compute in double precision")
-    parser.add_argument("--output-dir", metavar="DIR",
-                        help="where the CSV and heat maps go (default: RUN_DIR, else OUT/diagnose)")
+    parser.add_argument(
+        "--output-dir", metavar="DIR", help="where the CSV and heat maps go (default: RUN_DIR, else OUT/diagnose)"
+    )
     _add_config_flags(parser)
 
 
@@ -614,8 +745,9 @@ def _run_diagnose(args: argparse.Namespace) -> int:
     config = config.replace(**overrides).resolved()
     directory = args.output_dir or args.run_dir or str(Path(config.out) / "diagnose")
     _check_writable_directory(directory, "--output-dir" if args.output_dir else "output directory")
-    result = diagnose(config, args.run_dir, args.checkpoint, args.batches, args.per,
-                      torch.float64 if args.float64 else torch.float32)
+    result = diagnose(
+        config, args.run_dir, args.checkpoint, args.batches, args.per, torch.float64 if args.float64 else torch.float32
+    )
     print(f"{result.learner!r}: mean over {len(result.batches)} batches of {config.batch_size}")
     print(f"{'layer':24s} {'cosine':>10s} {'angle (°)':>10s}")
     for angle in result.mean_per_layer():
@@ -630,22 +762,33 @@ def _run_diagnose(args: argparse.Namespace) -> int:
 
 def _add_robustness_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "robustness", help="clean, FGSM and PGD accuracy; spectral norms and Lipschitz estimates",
+        "robustness",
+        help="clean, FGSM and PGD accuracy; spectral norms and Lipschitz estimates",
         description="Evaluate a run's checkpoint on the test set in the data range ([0, 1] pixel scale): clean "
-                    "accuracy, FGSM and PGD accuracy at each ε, per-layer spectral norms, their product bound "
-                    "and the empirical Lipschitz estimate. Writes robustness.json into RUN_DIR "
-                    "(robustness-2.json, … if it exists).")
+        "accuracy, FGSM and PGD accuracy at each ε, per-layer spectral norms, their product bound "
+        "and the empirical Lipschitz estimate. Writes robustness.json into RUN_DIR "
+        "(robustness-2.json, … if it exists).",
+    )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory")
-    parser.add_argument("--eps", type=float, nargs="+", default=[0.01, 0.03, 0.1],
-                        help="attack radii on the [0, 1] pixel scale (default: 0.01 0.03 0.1)")
+    parser.add_argument(
+        "--eps",
+        type=float,
+        nargs="+",
+        default=[0.01, 0.03, 0.1],
+        help="attack radii on the [0, 1] pixel scale (default: 0.01 0.03 0.1)",
+    )
     from dualprop.analysis.attacks import NORMS
 
     parser.add_argument("--norm", choices=NORMS, default="linf", help="attack norm (default: linf)")
     parser.add_argument("--checkpoint", default="best", help="best, last or a checkpoint file (default: best)")
     parser.add_argument("--limit", type=int, default=None, help="use the first N test samples")
     parser.add_argument("--pgd-steps", type=int, default=10, help="PGD steps (default: 10)")
-    parser.add_argument("--lipschitz-samples", type=int, default=256,
-                        help="test inputs for the empirical Lipschitz estimate (default: 256)")
+    parser.add_argument(
+        "--lipschitz-samples",
+        type=int,
+        default=256,
+        help="test inputs for the empirical Lipschitz estimate (default: 256)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of PGD starts and power iterations")
     parser.add_argument("--data-dir", help="data root directory (default: the run's)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
@@ -654,8 +797,11 @@ def _add_robustness_parser(subparsers: Any) -> None:
 def _run_robustness(args: argparse.Namespace) -> int:
     from dualprop.analysis.robustness import evaluate_run_robustness, write_robustness_json
 
-    for flag, value in (("--limit", args.limit), ("--pgd-steps", args.pgd_steps),
-                        ("--lipschitz-samples", args.lipschitz_samples)):
+    for flag, value in (
+        ("--limit", args.limit),
+        ("--pgd-steps", args.pgd_steps),
+        ("--lipschitz-samples", args.lipschitz_samples),
+    ):
         if value is not None and value < 1:
             raise UsageError(f"{flag} must be >= 1, got {value}")
     bad_eps = [eps for eps in args.eps if not 0 <= eps < float("inf")]
@@ -663,22 +809,37 @@ def _run_robustness(args: argparse.Namespace) -> int:
         raise UsageError(f"--eps must be finite radii >= 0, got {bad_eps[0]}")
     if Path(args.run_dir).is_dir():
         _check_writable_directory(args.run_dir, "RUN_DIR")
-    report = evaluate_run_robustness(args.run_dir, args.eps, args.norm, args.checkpoint, args.limit,
-                                     args.pgd_steps, args.lipschitz_samples, args.seed, args.data_dir)
+    report = evaluate_run_robustness(
+        args.run_dir,
+        args.eps,
+        args.norm,
+        args.checkpoint,
+        args.limit,
+        args.pgd_steps,
+        args.lipschitz_samples,
+        args.seed,
+        args.data_dir,
+    )
     path = write_robustness_json(args.run_dir, report)
     if args.json:
         print(json.dumps(report))
         return EXIT_OK
-    print(f"{_network_label(report['rule'], report['alpha'], report['beta'])} on {report['dataset']}, "
-          f"checkpoint epoch {report['checkpoint_epoch']}, {report['test_samples']} test samples")
+    print(
+        f"{_network_label(report['rule'], report['alpha'], report['beta'])} on {report['dataset']}, "
+        f"checkpoint epoch {report['checkpoint_epoch']}, {report['test_samples']} test samples"
+    )
     print(f"clean accuracy {report['clean_acc']:.2f} %")
-    print(f"{'eps':>8s} {'FGSM acc (%)':>13s} {'PGD acc (%)':>12s}   ({report['norm']}, PGD {report['pgd_steps']} steps)")
+    print(
+        f"{'eps':>8s} {'FGSM acc (%)':>13s} {'PGD acc (%)':>12s}   ({report['norm']}, PGD {report['pgd_steps']} steps)"
+    )
     for row in report["attacks"]:
         print(f"{row['eps']:8g} {row['fgsm_acc']:13.2f} {row['pgd_acc']:12.2f}")
     norms = ", ".join(f"{n:.3f}" for n in report["spectral_norms"])
     print(f"spectral norms per block input: {norms}")
-    print(f"Lipschitz: empirical max {report['lipschitz_max']:.3f} (mean {report['lipschitz_mean']:.3f}) "
-          f"<= product bound {report['product_bound']:.3f}  (data range)")
+    print(
+        f"Lipschitz: empirical max {report['lipschitz_max']:.3f} (mean {report['lipschitz_mean']:.3f}) "
+        f"<= product bound {report['product_bound']:.3f}  (data range)"
+    )
     print(f"wrote {path}")
     return EXIT_OK
 

@@ -28,6 +28,7 @@ own module: its ``forward`` is swapped for the fused graph during the call, so f
 forward and a ``DistributedDataParallel`` wrapper averages the gradients as usual. The replacement modules
 are built once and reused. The same holds on any graph: a residual network trains at backprop's cost.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -58,8 +59,13 @@ class DyadicActivationFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, drive: Tensor, activation: nn.Module, beta: float,  # type: ignore[override]
-                weights: tuple[float, float]) -> Tensor:
+    def forward(
+        ctx,
+        drive: Tensor,
+        activation: nn.Module,
+        beta: float,  # type: ignore[override]
+        weights: tuple[float, float],
+    ) -> Tensor:
         output = activation(drive)
         ctx.save_for_backward(drive, output if 0.0 in weights else None)
         ctx.activation, ctx.beta, ctx.weights = activation, beta, weights
@@ -100,8 +106,7 @@ class FusedSweep:
         self._fused = [FusedActivation(activation, 1.0, (0.5, 0.5)) for activation in graph.activations]
         self._forward = graph.with_activations(self._fused)
 
-    def objective(self, model: nn.Module, x: Tensor, y: Tensor, alpha: float,
-                  beta: float) -> tuple[Tensor, Tensor]:
+    def objective(self, model: nn.Module, x: Tensor, y: Tensor, alpha: float, beta: float) -> tuple[Tensor, Tensor]:
         """The batch-mean loss through the fused activations (its ``backward()`` accumulates the fused
         update), computed as the forward of ``model`` (or of its DDP wrapper), and the detached logits."""
         weights = finite_difference_weights(self.rule, alpha)

@@ -16,6 +16,7 @@ Anything the mathematics cannot express is refused with a ``ValueError`` naming 
 line of the model's code: data-dependent control flow, a nonlinearity that is not elementwise (softmax,
 attention, a product of two signals), several outputs, an activation as the output.
 """
+
 from __future__ import annotations
 
 import operator
@@ -31,53 +32,178 @@ from torch.nn.parallel import DistributedDataParallel
 from dualprop.network import WEIGHTED_TYPES, Block, GraphBlock, StepDropout
 
 _ACTIVATION_TYPES: set[type[nn.Module]] = {
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.Hardsigmoid, nn.Hardtanh, nn.GELU,
-    nn.SiLU, nn.ELU, nn.CELU, nn.SELU, nn.Softplus, nn.Mish, nn.Hardswish, nn.Softsign,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Hardsigmoid,
+    nn.Hardtanh,
+    nn.GELU,
+    nn.SiLU,
+    nn.ELU,
+    nn.CELU,
+    nn.SELU,
+    nn.Softplus,
+    nn.Mish,
+    nn.Hardswish,
+    nn.Softsign,
 }
 _BLOCK_TYPES: set[type[nn.Module]] = {
-    nn.Linear, nn.Conv1d, nn.Conv2d, nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
-    nn.Flatten, nn.Unflatten, nn.Identity, nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm,
+    nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.Flatten,
+    nn.Unflatten,
+    nn.Identity,
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.LayerNorm,
+    nn.GroupNorm,
     nn.Dropout,
 }
 # Block modules with a constant Jacobian (an affine map of their input, whatever the point).
-_AFFINE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d,
-                 nn.AdaptiveAvgPool2d, nn.Flatten, nn.Unflatten, nn.Identity, StepDropout)
+_AFFINE_TYPES = (
+    nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.Flatten,
+    nn.Unflatten,
+    nn.Identity,
+    StepDropout,
+)
 
 # Elementwise activation functions, each with its out-of-place form.
 _ACTIVATION_FUNCTIONS: dict[Callable[..., Tensor], Callable[..., Tensor]] = {
-    F.relu: F.relu, torch.relu: torch.relu, F.relu_: F.relu, torch.relu_: torch.relu,
-    F.relu6: F.relu6, F.leaky_relu: F.leaky_relu, F.leaky_relu_: F.leaky_relu,
-    torch.sigmoid: torch.sigmoid, F.sigmoid: torch.sigmoid, torch.sigmoid_: torch.sigmoid,
-    torch.tanh: torch.tanh, F.tanh: torch.tanh, torch.tanh_: torch.tanh,
-    F.hardsigmoid: F.hardsigmoid, F.hardtanh: F.hardtanh, F.hardtanh_: F.hardtanh, F.gelu: F.gelu,
-    F.silu: F.silu, F.elu: F.elu, F.elu_: F.elu, F.celu: F.celu, F.selu: F.selu, torch.selu: torch.selu,
-    F.softplus: F.softplus, F.mish: F.mish, F.hardswish: F.hardswish, F.softsign: F.softsign,
+    F.relu: F.relu,
+    torch.relu: torch.relu,
+    F.relu_: F.relu,
+    torch.relu_: torch.relu,
+    F.relu6: F.relu6,
+    F.leaky_relu: F.leaky_relu,
+    F.leaky_relu_: F.leaky_relu,
+    torch.sigmoid: torch.sigmoid,
+    F.sigmoid: torch.sigmoid,
+    torch.sigmoid_: torch.sigmoid,
+    torch.tanh: torch.tanh,
+    F.tanh: torch.tanh,
+    torch.tanh_: torch.tanh,
+    F.hardsigmoid: F.hardsigmoid,
+    F.hardtanh: F.hardtanh,
+    F.hardtanh_: F.hardtanh,
+    F.gelu: F.gelu,
+    F.silu: F.silu,
+    F.elu: F.elu,
+    F.elu_: F.elu,
+    F.celu: F.celu,
+    F.selu: F.selu,
+    torch.selu: torch.selu,
+    F.softplus: F.softplus,
+    F.mish: F.mish,
+    F.hardswish: F.hardswish,
+    F.softsign: F.softsign,
 }
-_ACTIVATION_METHODS = {"relu": torch.relu, "relu_": torch.relu, "sigmoid": torch.sigmoid,
-                       "sigmoid_": torch.sigmoid, "tanh": torch.tanh, "tanh_": torch.tanh}
+_ACTIVATION_METHODS = {
+    "relu": torch.relu,
+    "relu_": torch.relu,
+    "sigmoid": torch.sigmoid,
+    "sigmoid_": torch.sigmoid,
+    "tanh": torch.tanh,
+    "tanh_": torch.tanh,
+}
 
 # Affine (linear plus constant) operations of signals.
 _AFFINE_FUNCTIONS = {
-    operator.add, operator.sub, operator.neg, operator.pos, operator.getitem, torch.add, torch.sub,
-    torch.neg, torch.cat, torch.concat, torch.stack, torch.flatten, torch.reshape, torch.squeeze,
-    torch.unsqueeze, torch.transpose, torch.permute, torch.mean, torch.sum, F.linear, F.conv1d, F.conv2d,
-    F.avg_pool1d, F.avg_pool2d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.pad, getattr,
+    operator.add,
+    operator.sub,
+    operator.neg,
+    operator.pos,
+    operator.getitem,
+    torch.add,
+    torch.sub,
+    torch.neg,
+    torch.cat,
+    torch.concat,
+    torch.stack,
+    torch.flatten,
+    torch.reshape,
+    torch.squeeze,
+    torch.unsqueeze,
+    torch.transpose,
+    torch.permute,
+    torch.mean,
+    torch.sum,
+    F.linear,
+    F.conv1d,
+    F.conv2d,
+    F.avg_pool1d,
+    F.avg_pool2d,
+    F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d,
+    F.pad,
+    getattr,
 }
 # Products: affine as long as at most one factor is a signal (and a divisor is never one).
-_PRODUCT_FUNCTIONS = {operator.mul, operator.truediv, operator.matmul, torch.mul, torch.div,
-                      torch.matmul, torch.mm}
+_PRODUCT_FUNCTIONS = {operator.mul, operator.truediv, operator.matmul, torch.mul, torch.div, torch.matmul, torch.mm}
 # Piecewise-linear or normalising operations: allowed, with a Jacobian that depends on the point.
-_POINT_DEPENDENT_FUNCTIONS = {F.max_pool1d, F.max_pool2d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
-                              torch.max_pool1d, torch.max_pool2d, F.layer_norm, F.group_norm}
-_AFFINE_METHODS = {"view", "reshape", "flatten", "permute", "transpose", "contiguous", "size", "dim",
-                   "unsqueeze", "squeeze", "mean", "sum", "add", "sub", "neg", "expand", "expand_as", "t",
-                   "view_as", "reshape_as"}
+_POINT_DEPENDENT_FUNCTIONS = {
+    F.max_pool1d,
+    F.max_pool2d,
+    F.adaptive_max_pool1d,
+    F.adaptive_max_pool2d,
+    torch.max_pool1d,
+    torch.max_pool2d,
+    F.layer_norm,
+    F.group_norm,
+}
+_AFFINE_METHODS = {
+    "view",
+    "reshape",
+    "flatten",
+    "permute",
+    "transpose",
+    "contiguous",
+    "size",
+    "dim",
+    "unsqueeze",
+    "squeeze",
+    "mean",
+    "sum",
+    "add",
+    "sub",
+    "neg",
+    "expand",
+    "expand_as",
+    "t",
+    "view_as",
+    "reshape_as",
+}
 _PRODUCT_METHODS = {"mul", "div", "matmul", "__mul__", "__truediv__"}
 _DIVISIONS = {operator.truediv, torch.div, "div", "__truediv__"}
 _TORCH_DIR = torch.__file__.rsplit("/", 1)[0]
-_NON_ELEMENTWISE = {"softmax", "log_softmax", "softmin", "scaled_dot_product_attention", "normalize",
-                    "multi_head_attention_forward", "bmm", "einsum", "baddbmm"}
+_NON_ELEMENTWISE = {
+    "softmax",
+    "log_softmax",
+    "softmin",
+    "scaled_dot_product_attention",
+    "normalize",
+    "multi_head_attention_forward",
+    "bmm",
+    "einsum",
+    "baddbmm",
+}
 
 
 def register_activation(module_type: type[nn.Module]) -> type[nn.Module]:
@@ -107,11 +233,12 @@ def _wrapper_chain(model: nn.Module) -> Iterator[nn.Module]:
 def unwrap(model: nn.Module) -> nn.Module:
     """The plain module inside ``DistributedDataParallel`` and ``torch.compile`` wrappers (in any nesting),
     or the model itself. Other wrappers that hide the module (``nn.DataParallel``, FSDP) are refused."""
-    for model in _wrapper_chain(model):
-        pass
+    *_, model = _wrapper_chain(model)
     if isinstance(model, nn.DataParallel) or type(model).__name__ == "FullyShardedDataParallel":
-        raise ValueError(f"a model wrapped in {type(model).__name__} cannot be trained by a Learner; "
-                         f"pass the module itself, or wrap it in DistributedDataParallel")
+        raise ValueError(
+            f"a model wrapped in {type(model).__name__} cannot be trained by a Learner; "
+            f"pass the module itself, or wrap it in DistributedDataParallel"
+        )
     return model
 
 
@@ -247,9 +374,11 @@ def capture_graph(model: nn.Module) -> NeuronGraph:
     try:
         graph = tracer.trace(model)
     except Exception as error:  # fx raises TraceError, TypeError, … for constructs it cannot trace
-        raise ValueError(f"the model's forward cannot be captured as a graph of neurons"
-                         f"{_error_location(error)}: {_first_line(error)} (data-dependent control flow "
-                         f"cannot be expressed)") from None
+        raise ValueError(
+            f"the model's forward cannot be captured as a graph of neurons"
+            f"{_error_location(error)}: {_first_line(error)} (data-dependent control flow "
+            f"cannot be expressed)"
+        ) from None
     root = fx.GraphModule(tracer.root, graph)
     return _Capture(root).neuron_graph()
 
@@ -262,8 +391,9 @@ class _Tracer(fx.Tracer):
         self.record_stack_traces = True
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return type(m) in _ACTIVATION_TYPES or type(m) in _BLOCK_TYPES or \
-            super().is_leaf_module(m, module_qualified_name)
+        return (
+            type(m) in _ACTIVATION_TYPES or type(m) in _BLOCK_TYPES or super().is_leaf_module(m, module_qualified_name)
+        )
 
 
 class _Capture:
@@ -279,12 +409,14 @@ class _Capture:
     def neuron_graph(self) -> NeuronGraph:
         placeholders = [n for n in self.nodes if n.op == "placeholder"]
         if len(placeholders) != 1:
-            raise ValueError(f"the model's forward takes {len(placeholders)} inputs; a Learner needs "
-                             f"exactly one (the batch)")
+            raise ValueError(
+                f"the model's forward takes {len(placeholders)} inputs; a Learner needs exactly one (the batch)"
+            )
         (output,) = [n for n in self.nodes if n.op == "output"]
         if not isinstance(output.args[0], fx.Node):
-            raise ValueError(f"the model returns several outputs{_location(output)}; it must return one "
-                             f"tensor of logits")
+            raise ValueError(
+                f"the model returns several outputs{_location(output)}; it must return one tensor of logits"
+            )
         signals = self._signals(placeholders[0])
         activation_nodes = [n for n in self.nodes if n in signals and self._classify(n, signals)]
         self._make_dropouts_per_step(signals)
@@ -293,8 +425,10 @@ class _Capture:
         self.root.recompile()
         logits = output.args[0]
         if logits in activation_nodes:
-            raise ValueError(f"the model ends with activation {_describe(logits, self.root)}; the last block "
-                             f"must output logits, so remove the final activation")
+            raise ValueError(
+                f"the model ends with activation {_describe(logits, self.root)}; the last block "
+                f"must output logits, so remove the final activation"
+            )
         neurons = {placeholders[0]: 0, **{node: k for k, node in enumerate(activation_nodes, start=1)}}
         neurons[logits] = len(activation_nodes) + 1 if logits not in neurons else neurons[logits]
         if neurons[logits] == 0:
@@ -303,10 +437,13 @@ class _Capture:
         for node in activation_nodes + [logits]:
             drive = _drive_of(node) if node is not logits else logits
             if drive in neurons and node is not logits:
-                previous = "at the start" if neurons[drive] == 0 else \
-                    f"right after activation {_describe(drive, self.root)}"
-                raise ValueError(f"{_describe(node, self.root)} is an activation with no block before it "
-                                 f"({previous}); every activation must follow a Linear/Conv block")
+                previous = (
+                    "at the start" if neurons[drive] == 0 else f"right after activation {_describe(drive, self.root)}"
+                )
+                raise ValueError(
+                    f"{_describe(node, self.root)} is an activation with no block before it "
+                    f"({previous}); every activation must follow a Linear/Conv block"
+                )
             block, block_parents, is_affine = self._block(drive, neurons)
             blocks.append(block)
             parents.append(block_parents)
@@ -314,8 +451,9 @@ class _Capture:
         levels = [0]
         for block_parents in parents:
             levels.append(1 + max(levels[p] for p in block_parents))
-        return NeuronGraph(blocks, activations, parents, levels, affine, self.root, activation_nodes,
-                           self.dropouts, self.norms)
+        return NeuronGraph(
+            blocks, activations, parents, levels, affine, self.root, activation_nodes, self.dropouts, self.norms
+        )
 
     def _signals(self, source: fx.Node) -> set[fx.Node]:
         """The nodes whose value depends on the input."""
@@ -338,34 +476,51 @@ class _Capture:
                     self.norms.append(module)
                 return False
             kind = type(module).__name__
-            raise ValueError(f"module {node.target} ({kind}){_location(node)} is neither a supported block "
-                             f"part (Linear, Conv, pooling, Flatten, normalisation, Dropout) nor an "
-                             f"elementwise activation; if it acts elementwise, declare it with "
-                             f"dualprop.register_activation({kind})")
+            raise ValueError(
+                f"module {node.target} ({kind}){_location(node)} is neither a supported block "
+                f"part (Linear, Conv, pooling, Flatten, normalisation, Dropout) nor an "
+                f"elementwise activation; if it acts elementwise, declare it with "
+                f"dualprop.register_activation({kind})"
+            )
         name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
-        if node.op == "call_function" and node.target in _ACTIVATION_FUNCTIONS or \
-                node.op == "call_method" and node.target in _ACTIVATION_METHODS:
+        if (
+            node.op == "call_function"
+            and node.target in _ACTIVATION_FUNCTIONS
+            or node.op == "call_method"
+            and node.target in _ACTIVATION_METHODS
+        ):
             extra = [a for a in list(node.args[1:]) + list(node.kwargs.values()) if isinstance(a, fx.Node)]
             if extra:
-                raise ValueError(f"activation {name}{_location(node)} takes a tensor argument besides its "
-                                 f"input; only elementwise functions of one signal are neurons")
+                raise ValueError(
+                    f"activation {name}{_location(node)} takes a tensor argument besides its "
+                    f"input; only elementwise functions of one signal are neurons"
+                )
             return False if _drive_of(node) not in signals else True
         if name in _NON_ELEMENTWISE:
-            raise ValueError(f"operation {name}{_location(node)} is a nonlinearity that is not elementwise; "
-                             f"a dyadic network can only express elementwise activations between blocks")
-        known = node.target in _AFFINE_FUNCTIONS | _PRODUCT_FUNCTIONS | _POINT_DEPENDENT_FUNCTIONS \
-            if node.op == "call_function" else node.target in _AFFINE_METHODS | _PRODUCT_METHODS
+            raise ValueError(
+                f"operation {name}{_location(node)} is a nonlinearity that is not elementwise; "
+                f"a dyadic network can only express elementwise activations between blocks"
+            )
+        known = (
+            node.target in _AFFINE_FUNCTIONS | _PRODUCT_FUNCTIONS | _POINT_DEPENDENT_FUNCTIONS
+            if node.op == "call_function"
+            else node.target in _AFFINE_METHODS | _PRODUCT_METHODS
+        )
         if node.op == "call_function" and node.target is F.dropout:
             return False
         if not known:
-            raise ValueError(f"operation {name}{_location(node)} is not an elementwise activation nor an "
-                             f"affine or piecewise-linear block operation that dualprop can express")
+            raise ValueError(
+                f"operation {name}{_location(node)} is not an elementwise activation nor an "
+                f"affine or piecewise-linear block operation that dualprop can express"
+            )
         if node.target in _PRODUCT_FUNCTIONS or node.target in _PRODUCT_METHODS:
             operands = [a for a in node.args if isinstance(a, fx.Node) and a in signals]
             divisor_is_signal = node.target in _DIVISIONS and len(node.args) > 1 and node.args[1] in signals
             if len(operands) > 1 or divisor_is_signal:
-                raise ValueError(f"operation {name}{_location(node)} multiplies or divides two signals; a "
-                                 f"block must be affine or piecewise linear in its inputs")
+                raise ValueError(
+                    f"operation {name}{_location(node)} multiplies or divides two signals; a "
+                    f"block must be affine or piecewise linear in its inputs"
+                )
         return False
 
     def _make_dropouts_per_step(self, signals: set[fx.Node]) -> None:
@@ -441,8 +596,11 @@ class _Capture:
                 module = self.root.get_submodule(node.target)
                 if isinstance(module, WEIGHTED_TYPES) and all(module is not w for w in weighted):
                     weighted.append(module)
-        return GraphBlock(fx.GraphModule(self.root, graph), weighted), \
-            tuple(neurons[p] for p in ordered_parents), affine
+        return (
+            GraphBlock(fx.GraphModule(self.root, graph), weighted),
+            tuple(neurons[p] for p in ordered_parents),
+            affine,
+        )
 
     def _chain_modules(self, ordered: list[fx.Node], parents: list[fx.Node]) -> list[nn.Module] | None:
         """The modules of a block that is a plain chain of one-input module calls, else None."""
@@ -486,7 +644,7 @@ def _location(node: fx.Node) -> str:
         header = header.strip()
         if header.startswith("File "):
             parts = header.split(", ")
-            file = parts[0][len("File "):].strip('"')
+            file = parts[0][len("File ") :].strip('"')
             if not file.startswith(_TORCH_DIR):
                 frames.append(f" at {file}:{parts[1].replace('line ', '')} ({code.strip()})")
     where = frames[-1] if frames else ""
@@ -495,8 +653,10 @@ def _location(node: fx.Node) -> str:
         path, kind = list(stack.values())[-1]
         kind = kind if isinstance(kind, type) else None
         if kind is not None and not kind.__module__.startswith("torch."):
-            where += (f" inside module {path} ({kind.__name__}; if it acts elementwise, declare it with "
-                      f"dualprop.register_activation({kind.__name__}))")
+            where += (
+                f" inside module {path} ({kind.__name__}; if it acts elementwise, declare it with "
+                f"dualprop.register_activation({kind.__name__}))"
+            )
     return where
 
 

@@ -20,6 +20,7 @@ and the output — in both directions: the forward value ``s`` as above, and the
 per-sample scale a device would carry, ``u = B ∂ℓ̄/∂s`` (``ℓ̄`` the batch-mean loss, ``B`` the batch
 size), i.e. ``∂ℓ̄/∂s ← perturb(B ∂ℓ̄/∂s) / B``.
 """
+
 from __future__ import annotations
 
 import math
@@ -63,8 +64,9 @@ class CompartmentPerturbation:
         return self.noise > 0 or self.quantum > 0
 
     def __repr__(self) -> str:
-        return f"CompartmentPerturbation(state_noise={self.noise}, state_quantum={self.quantum}, " \
-               f"noise_seed={self.seed})"
+        return (
+            f"CompartmentPerturbation(state_noise={self.noise}, state_quantum={self.quantum}, noise_seed={self.seed})"
+        )
 
     def generator(self, device: torch.device) -> torch.Generator:
         """The generator for ``device``, seeded with ``noise_seed`` on first use."""
@@ -107,8 +109,9 @@ class _NoisyNeuron(torch.autograd.Function):
 
 
 @contextmanager
-def noisy_backprop(perturbation: CompartmentPerturbation, activation_sites: Iterable[nn.Module],
-                   batch: int) -> Iterator[Callable[[Tensor], Tensor]]:
+def noisy_backprop(
+    perturbation: CompartmentPerturbation, activation_sites: Iterable[nn.Module], batch: int
+) -> Iterator[Callable[[Tensor], Tensor]]:
     """While active, every output of ``activation_sites`` passes through the perturbation forward and
     backward (``∂ℓ̄/∂s ← perturb(B ∂ℓ̄/∂s)/B``); yields the same map for the output, ``logits = neuron(z)``.
 
@@ -121,8 +124,7 @@ def noisy_backprop(perturbation: CompartmentPerturbation, activation_sites: Iter
     def neuron(s: Tensor) -> Tensor:
         return _NoisyNeuron.apply(s, perturbation, batch)
 
-    handles = [site.register_forward_hook(lambda _module, _inputs, output: neuron(output))
-               for site in activation_sites]
+    handles = [site.register_forward_hook(lambda _module, _inputs, output: neuron(output)) for site in activation_sites]
     try:
         yield neuron
     finally:

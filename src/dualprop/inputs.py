@@ -5,6 +5,7 @@ torch (or, worse, as a silently wrong number) into one ``ValueError`` that says 
 empty batch, inputs that are not floating point, inputs whose dtype or device differ from the
 network's parameters, and targets that do not pair one with each sample or live on another device.
 """
+
 from __future__ import annotations
 
 import torch
@@ -26,32 +27,43 @@ def check_batch(model: nn.Module, x: Tensor, y: Tensor | None = None) -> None:
     :func:`dualprop.losses.check_target`).
     """
     if not isinstance(x, Tensor):
-        raise ValueError(f"inputs must be a torch.Tensor, got {type(x).__name__}: convert them with "
-                         "torch.as_tensor(x, dtype=torch.float32)")
+        raise ValueError(
+            f"inputs must be a torch.Tensor, got {type(x).__name__}: convert them with "
+            "torch.as_tensor(x, dtype=torch.float32)"
+        )
     if x.dim() == 0 or x.shape[0] == 0:
-        raise ValueError(f"the batch is empty (inputs of shape {tuple(x.shape)}): give at least one sample, "
-                         "samples along the first dimension")
+        raise ValueError(
+            f"the batch is empty (inputs of shape {tuple(x.shape)}): give at least one sample, "
+            "samples along the first dimension"
+        )
     reference = _reference_tensor(model)
     if not x.is_floating_point():
         wanted = reference.dtype if reference is not None and reference.is_floating_point() else torch.float32
         raise ValueError(f"inputs are {x.dtype}, not floating point: convert them with x.to({wanted})")
     if reference is not None:
         if x.device != reference.device:
-            raise ValueError(f"inputs are on {x.device} but the network is on {reference.device}: move them "
-                             f"with x.to({str(reference.device)!r}) (or the network with model.to(...))")
+            raise ValueError(
+                f"inputs are on {x.device} but the network is on {reference.device}: move them "
+                f"with x.to({str(reference.device)!r}) (or the network with model.to(...))"
+            )
         mixed_precision = torch.is_autocast_enabled(x.device.type)
         if reference.is_floating_point() and x.dtype != reference.dtype and not mixed_precision:
-            raise ValueError(f"inputs are {x.dtype} but the network's parameters are {reference.dtype}: "
-                             f"convert them with x.to({reference.dtype}) (or the network with "
-                             f"model.to({x.dtype}))")
+            raise ValueError(
+                f"inputs are {x.dtype} but the network's parameters are {reference.dtype}: "
+                f"convert them with x.to({reference.dtype}) (or the network with "
+                f"model.to({x.dtype}))"
+            )
     if y is None:
         return
     if not isinstance(y, Tensor):
-        raise ValueError(f"targets must be a torch.Tensor, got {type(y).__name__}: convert them with "
-                         "torch.as_tensor(y)")
+        raise ValueError(
+            f"targets must be a torch.Tensor, got {type(y).__name__}: convert them with torch.as_tensor(y)"
+        )
     if y.dim() == 0 or y.shape[0] != x.shape[0]:
-        raise ValueError(f"there are {y.shape[0] if y.dim() else 'no'} targets for {x.shape[0]} samples: "
-                         "give one target per sample")
+        raise ValueError(
+            f"there are {y.shape[0] if y.dim() else 'no'} targets for {x.shape[0]} samples: give one target per sample"
+        )
     if y.device != x.device:
-        raise ValueError(f"targets are on {y.device} but the inputs on {x.device}: move them with "
-                         f"y.to({str(x.device)!r})")
+        raise ValueError(
+            f"targets are on {y.device} but the inputs on {x.device}: move them with y.to({str(x.device)!r})"
+        )

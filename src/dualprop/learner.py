@@ -12,6 +12,7 @@ The update is ``∂J/∂θ`` of ``J(θ) = −1/(β·B) Σ_k ⟨s⁺_k − s⁻_k
 fixed, returned by :meth:`Learner.objective` for the caller's ``backward()`` (or accumulated by
 :meth:`Learner.step`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,9 +30,17 @@ from dualprop.hardware import CompartmentPerturbation, noisy_backprop
 from dualprop.inputs import check_batch
 from dualprop.losses import batch_loss, check_loss, check_target, output_gradient, target_distribution
 from dualprop.network import BlockInput, ZeroTerm, frozen_statistics, hebbian_term
-from dualprop.rules import (DYADIC_RULES, RULES, damped_hidden_compartments,
-                            damping_from_spectral_norm, hidden_compartments, mean_state, nudge_weights,
-                            output_compartments, output_nudge_is_fixed)
+from dualprop.rules import (
+    DYADIC_RULES,
+    RULES,
+    damped_hidden_compartments,
+    damping_from_spectral_norm,
+    hidden_compartments,
+    mean_state,
+    nudge_weights,
+    output_compartments,
+    output_nudge_is_fixed,
+)
 from dualprop.schedules import layer_order, parse_schedule, random_order
 from dualprop.spectral import SpectralNormEstimator
 
@@ -75,8 +84,12 @@ class DyadicStates:
         """Whether every compartment is finite (a diverging DP run first shows up here), as a 0-dim bool
         tensor: one sum per compartment — NaN or ±inf anywhere makes it non-finite — and no device sync
         until it is read."""
-        sums = torch.stack([s.sum(dtype=torch.promote_types(s.dtype, torch.float32))  # no fp16 overflow
-                            for s in self.plus[1:] + self.minus[1:]])
+        sums = torch.stack(
+            [
+                s.sum(dtype=torch.promote_types(s.dtype, torch.float32))  # no fp16 overflow
+                for s in self.plus[1:] + self.minus[1:]
+            ]
+        )
         return torch.isfinite(sums).all()
 
 
@@ -120,8 +133,7 @@ class _Versions:
         self._drive_seen = [None, *initial]
         self._dependencies = dependencies
         # The feed-forward state of a hidden neuron is what a visit computes while every δ is zero.
-        self._visit_seen: list[tuple[int, ...] | None] = \
-            [None] + [(0,) * len(d) for d in dependencies[1:-1]] + [None]
+        self._visit_seen: list[tuple[int, ...] | None] = [None] + [(0,) * len(d) for d in dependencies[1:-1]] + [None]
 
     def _parents_stamp(self, k: int) -> tuple[int, ...]:
         return tuple(self.counts[p] for p in self.graph.parents[k - 1])
@@ -137,8 +149,10 @@ class _Versions:
     def current_drives(self) -> list[Tensor | None]:
         """The drives that still match their parents' states (None where a parent changed since or the
         drive was released)."""
-        return [None] + [self.drives[k] if self._parents_stamp(k) == self._drive_seen[k] else None
-                         for k in range(1, self.graph.depth + 1)]
+        return [None] + [
+            self.drives[k] if self._parents_stamp(k) == self._drive_seen[k] else None
+            for k in range(1, self.graph.depth + 1)
+        ]
 
     def release(self, k: int) -> None:
         """Let ``a_k`` go: nothing will read it again (it is computed anew if something does)."""
@@ -165,8 +179,7 @@ def _check_unit_interval(name: str, value: float) -> float:
 
 
 def _check_positive(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return float(value)
 
@@ -199,13 +212,18 @@ class LearnerSettings:
         if self.rule not in RULES:
             raise ValueError(f"unknown rule {self.rule!r}; choose one of {', '.join(RULES)}")
         if self.implementation not in IMPLEMENTATIONS:
-            raise ValueError(f"unknown implementation {self.implementation!r}; "
-                             f"choose one of {', '.join(IMPLEMENTATIONS)}")
+            raise ValueError(
+                f"unknown implementation {self.implementation!r}; choose one of {', '.join(IMPLEMENTATIONS)}"
+            )
         schedule, passes = parse_schedule(self.schedule, self.passes)
-        for name, value in (("alpha", _check_unit_interval("alpha", self.alpha)),
-                            ("beta", _check_positive("beta", self.beta)),
-                            ("schedule", schedule), ("passes", passes), ("loss", check_loss(self.loss)),
-                            ("power_iterations", _check_power_iterations(self.power_iterations))):
+        for name, value in (
+            ("alpha", _check_unit_interval("alpha", self.alpha)),
+            ("beta", _check_positive("beta", self.beta)),
+            ("schedule", schedule),
+            ("passes", passes),
+            ("loss", check_loss(self.loss)),
+            ("power_iterations", _check_power_iterations(self.power_iterations)),
+        ):
             object.__setattr__(self, name, value)
         if self.feedback not in FEEDBACK_MODES:
             raise ValueError(f"unknown feedback {self.feedback!r}; choose one of {', '.join(FEEDBACK_MODES)}")
@@ -213,22 +231,28 @@ class LearnerSettings:
             raise ValueError(f"feedback={self.feedback!r} needs a dual-propagation rule, not {self.rule!r}")
         perturbed = self.perturbation().active
         if perturbed and self.rule == "adversarial":
-            raise ValueError("state_noise and state_quantum apply to dp, dpT, dp-damped and bp, "
-                             "not to rule 'adversarial'")
+            raise ValueError(
+                "state_noise and state_quantum apply to dp, dpT, dp-damped and bp, not to rule 'adversarial'"
+            )
         if self.implementation == "fused":
             if self.rule not in FUSED_RULES:
-                raise ValueError(f"implementation='fused' supports rules {', '.join(FUSED_RULES)}, "
-                                 f"not {self.rule!r}")
+                raise ValueError(f"implementation='fused' supports rules {', '.join(FUSED_RULES)}, not {self.rule!r}")
             if self.feedback != "symmetric":
-                raise ValueError(f"implementation='fused' feeds back through the forward weights; "
-                                 f"feedback={self.feedback!r} needs implementation='generic'")
+                raise ValueError(
+                    f"implementation='fused' feeds back through the forward weights; "
+                    f"feedback={self.feedback!r} needs implementation='generic'"
+                )
             if not self.one_sweep:
-                raise ValueError(f"implementation='fused' is a single backward sweep: it needs "
-                                 f"schedule='backward' with passes=1, got schedule={self.schedule!r} "
-                                 f"with passes={self.passes}")
+                raise ValueError(
+                    f"implementation='fused' is a single backward sweep: it needs "
+                    f"schedule='backward' with passes=1, got schedule={self.schedule!r} "
+                    f"with passes={self.passes}"
+                )
             if perturbed:
-                raise ValueError("implementation='fused' has no state loop to perturb: state_noise and "
-                                 "state_quantum need implementation='generic' (or 'auto')")
+                raise ValueError(
+                    "implementation='fused' has no state loop to perturb: state_noise and "
+                    "state_quantum need implementation='generic' (or 'auto')"
+                )
 
     @property
     def one_sweep(self) -> bool:
@@ -266,13 +290,37 @@ class Learner(nn.Module):
     asynchronous order of ``K·N`` visits every step from its own generator seeded by ``noise_seed``.
     """
 
-    def __init__(self, model: nn.Module, rule: str = "dpT", alpha: float = 0.5, beta: float = 0.1,
-                 schedule: str = "forward", passes: int | None = None, loss: str = "cross_entropy",
-                 implementation: str = "auto", feedback: str = "symmetric", power_iterations: int = 1,
-                 state_noise: float = 0.0, state_quantum: float = 0.0, noise_seed: int = 0):
+    def __init__(
+        self,
+        model: nn.Module,
+        rule: str = "dpT",
+        alpha: float = 0.5,
+        beta: float = 0.1,
+        schedule: str = "forward",
+        passes: int | None = None,
+        loss: str = "cross_entropy",
+        implementation: str = "auto",
+        feedback: str = "symmetric",
+        power_iterations: int = 1,
+        state_noise: float = 0.0,
+        state_quantum: float = 0.0,
+        noise_seed: int = 0,
+    ):
         super().__init__()
-        settings = LearnerSettings(rule, alpha, beta, schedule, passes, loss, implementation, feedback,
-                                   power_iterations, state_noise, state_quantum, noise_seed)
+        settings = LearnerSettings(
+            rule,
+            alpha,
+            beta,
+            schedule,
+            passes,
+            loss,
+            implementation,
+            feedback,
+            power_iterations,
+            state_noise,
+            state_quantum,
+            noise_seed,
+        )
         self.settings = settings
         self.rule, self.alpha, self.beta = settings.rule, settings.alpha, settings.beta
         self.schedule, self.passes, self.loss = settings.schedule, settings.passes, settings.loss
@@ -282,13 +330,14 @@ class Learner(nn.Module):
         self.network: NeuronGraph = capture_graph(self.model)
         # hardware realism: compartment noise and resolution, asynchronous order
         self.perturbation = settings.perturbation()
-        self._order_generator = (torch.Generator().manual_seed(noise_seed) if self.schedule == "random"
-                                 else None)
-        self.order = None if self.schedule == "random" else \
-            layer_order(self.schedule, self.network.depth, self.passes, self.network.levels)
+        self._order_generator = torch.Generator().manual_seed(noise_seed) if self.schedule == "random" else None
+        self.order = (
+            None
+            if self.schedule == "random"
+            else layer_order(self.schedule, self.network.depth, self.passes, self.network.levels)
+        )
         self._last_visits = _last_visits(self.order) if self.order is not None else {}
-        self._sites = [_Site(activation) for activation in self.network.activations] \
-            if self.perturbation.active else []
+        self._sites = [_Site(activation) for activation in self.network.activations] if self.perturbation.active else []
         # kept out of the module tree: it holds the model's own modules
         self.__dict__["_noisy_forward"] = self.network.with_activations(self._sites) if self._sites else None
         self.feedback_weights = nn.ParameterList()
@@ -312,9 +361,16 @@ class Learner(nn.Module):
         if implementation == "auto":
             graph = self.network
             points_fixed = self.alpha == 1.0 or all(
-                affine for affine, parents in zip(graph.affine, graph.parents) if len(parents) > 1)
-            exact = (self.rule == "dpT" and self.alpha in (0.0, 1.0) and self.settings.one_sweep and points_fixed
-                     and self.feedback == "symmetric" and not self.perturbation.active)
+                affine for affine, parents in zip(graph.affine, graph.parents) if len(parents) > 1
+            )
+            exact = (
+                self.rule == "dpT"
+                and self.alpha in (0.0, 1.0)
+                and self.settings.one_sweep
+                and points_fixed
+                and self.feedback == "symmetric"
+                and not self.perturbation.active
+            )
             implementation = "fused" if exact else "generic"
         if implementation == "fused":
             self._fused_sweep = FusedSweep(self.network, self.rule, self.loss)
@@ -330,8 +386,9 @@ class Learner(nn.Module):
             for part in block.weighted_parts():
                 if part not in self._feedback_index:
                     self._feedback_index[part] = len(self.feedback_weights)
-                    self.feedback_weights.append(nn.Parameter(
-                        nn.init.kaiming_uniform_(torch.empty_like(part.weight), a=math.sqrt(5))))
+                    self.feedback_weights.append(
+                        nn.Parameter(nn.init.kaiming_uniform_(torch.empty_like(part.weight), a=math.sqrt(5)))
+                    )
 
     def _block_feedback(self, block: nn.Module) -> list[Tensor] | None:
         """The feedback weights that replace ``block``'s weights in its transposed map (or None)."""
@@ -341,9 +398,11 @@ class Learner(nn.Module):
         weights = [self.feedback_weights[self._feedback_index[part]] for part in parts]
         for weight, part in zip(weights, parts):
             if weight.dtype != part.weight.dtype or weight.device != part.weight.device:
-                raise ValueError(f"the feedback weights are {weight.dtype} on {weight.device} but the model "
-                                 f"is {part.weight.dtype} on {part.weight.device}; move the Learner with "
-                                 f"learner.to(...) rather than the model alone")
+                raise ValueError(
+                    f"the feedback weights are {weight.dtype} on {weight.device} but the model "
+                    f"is {part.weight.dtype} on {part.weight.device}; move the Learner with "
+                    f"learner.to(...) rather than the model alone"
+                )
         return weights
 
     def feedback_parameters(self) -> list[nn.Parameter]:
@@ -355,9 +414,11 @@ class Learner(nn.Module):
         return self.wrapper(x)
 
     def extra_repr(self) -> str:
-        return (f"rule={self.rule!r}, alpha={self.alpha}, beta={self.beta}, schedule={self.schedule!r}, "
-                f"passes={self.passes}, loss={self.loss!r}, implementation={self.implementation!r}, "
-                f"feedback={self.feedback!r}, neurons={self.network.depth}")
+        return (
+            f"rule={self.rule!r}, alpha={self.alpha}, beta={self.beta}, schedule={self.schedule!r}, "
+            f"passes={self.passes}, loss={self.loss!r}, implementation={self.implementation!r}, "
+            f"feedback={self.feedback!r}, neurons={self.network.depth}"
+        )
 
     # -- inference ---------------------------------------------------------------------------------
 
@@ -390,10 +451,14 @@ class Learner(nn.Module):
         target = states.target
         with torch.no_grad(), frozen_statistics(self.network.norms):
             dampings = self.dampings(plus) if self.rule == "dp-damped" else None
-            fixed_nudge = (self.beta * output_gradient(self.loss, logits, target)
-                           if output_nudge_is_fixed(self.rule) else None)
-            order = self.order if self._order_generator is None else \
-                random_order(self.network.depth, self.passes, self._order_generator)
+            fixed_nudge = (
+                self.beta * output_gradient(self.loss, logits, target) if output_nudge_is_fixed(self.rule) else None
+            )
+            order = (
+                self.order
+                if self._order_generator is None
+                else random_order(self.network.depth, self.passes, self._order_generator)
+            )
             deterministic = dampings is None and not self.perturbation.active
             last_visits = self._last_visits if self._order_generator is None else _last_visits(order)
             for position, k in enumerate(order):
@@ -439,9 +504,11 @@ class Learner(nn.Module):
         """``dp-damped`` needs a per-sample spectral norm of every block, which batch normalisation in
         training mode (normalising with the batch's statistics) does not have."""
         if any(m.training or not m.track_running_stats for m in self.network.norms):
-            raise ValueError("rule 'dp-damped' needs the spectral norm of every block per sample, which "
-                             "batch normalisation in training mode does not have; use model.eval() or "
-                             "another rule")
+            raise ValueError(
+                "rule 'dp-damped' needs the spectral norm of every block per sample, which "
+                "batch normalisation in training mode does not have; use model.eval() or "
+                "another rule"
+            )
 
     def _spectral_norm(self, k: int, c: int, states: list[Tensor]) -> float:
         """``γ_{c,k}``: the spectral norm of block ``c`` as a function of its input from neuron ``k``."""
@@ -449,8 +516,11 @@ class Learner(nn.Module):
         if estimator is None:
             parents = self.network.parents[c - 1]
             block = self.network.blocks[c - 1]
-            target = block if len(parents) == 1 else BlockInput(block, parents.index(k),
-                                                                [states[p].shape[1:] for p in parents])
+            target = (
+                block
+                if len(parents) == 1
+                else BlockInput(block, parents.index(k), [states[p].shape[1:] for p in parents])
+            )
             estimator = SpectralNormEstimator(target, states[k].shape[1:], self.power_iterations)
             self._spectral_estimators[(k, c)] = estimator
         name = f"spectral_vector_{k}_{c}"
@@ -469,40 +539,48 @@ class Learner(nn.Module):
         if self._order_generator is not None:
             destination[prefix + _ORDER_GENERATOR] = self._order_generator.get_state()
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):  # type: ignore[override]
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):  # type: ignore[override]
         """Accept the spectral-norm vectors of a saved Learner even before this one has made its own, and
         continue its generators."""
         generators = []
         for key, value in state_dict.items():
-            name = key[len(prefix):]
+            name = key[len(prefix) :]
             if not key.startswith(prefix) or "." in name:
                 continue
             if name.startswith("spectral_vector_"):
                 self.register_buffer(name, torch.empty_like(value))
             elif name.startswith(_NOISE_GENERATOR):
-                device = torch.device(name[len(_NOISE_GENERATOR):].replace("_", ":"))
+                device = torch.device(name[len(_NOISE_GENERATOR) :].replace("_", ":"))
                 self.perturbation.set_generator_state(device, value)
                 generators.append(key)
             elif name == _ORDER_GENERATOR and self._order_generator is not None:
                 self._order_generator.set_state(value.cpu())
                 generators.append(key)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
         for key in generators:
             if key in unexpected_keys:
                 unexpected_keys.remove(key)
 
-    def _update_neuron(self, states: DyadicStates, versions: _Versions, k: int, target: Tensor,
-                       weights: tuple[float, float], fixed_nudge: Tensor | None,
-                       dampings: list[float] | None) -> None:
+    def _update_neuron(
+        self,
+        states: DyadicStates,
+        versions: _Versions,
+        k: int,
+        target: Tensor,
+        weights: tuple[float, float],
+        fixed_nudge: Tensor | None,
+        dampings: list[float] | None,
+    ) -> None:
         """Set ``s⁺_k, s⁻_k`` from the current neighbours: at most one block forward (the drive, only if a
         parent changed since it was last computed) and, for a hidden neuron, one VJP per child."""
         graph = self.network
         drive = versions.drive(k, lambda: graph.blocks[k - 1](*[states.mean(p) for p in graph.parents[k - 1]]))
         if k == graph.depth:
-            nudge = fixed_nudge if fixed_nudge is not None else \
-                self.beta * output_gradient(self.loss, drive, target)
+            nudge = fixed_nudge if fixed_nudge is not None else self.beta * output_gradient(self.loss, drive, target)
             states.plus[k], states.minus[k] = output_compartments(drive, nudge, weights)
         else:
             feedback = self._feedback(states, k)
@@ -511,7 +589,8 @@ class Learner(nn.Module):
                 states.plus[k], states.minus[k] = hidden_compartments(activation, drive, feedback, weights)
             else:
                 states.plus[k], states.minus[k] = damped_hidden_compartments(
-                    activation, drive, feedback, weights, states.plus[k], states.minus[k], dampings[k - 1])
+                    activation, drive, feedback, weights, states.plus[k], states.minus[k], dampings[k - 1]
+                )
         states.plus[k], states.minus[k] = self.perturbation(states.plus[k]), self.perturbation(states.minus[k])
         versions.visited(k)
 
@@ -525,8 +604,9 @@ class Learner(nn.Module):
                 continue
             parents = graph.parents[c - 1]
             block = graph.blocks[c - 1]
-            term = block.input_vjp([states.plus[p] for p in parents], states.difference(c),
-                                   parents.index(k), self._block_feedback(block))
+            term = block.input_vjp(
+                [states.plus[p] for p in parents], states.difference(c), parents.index(k), self._block_feedback(block)
+            )
             total = term if total is None else total + term
         return total if total is not None else torch.zeros_like(states.plus[k])
 
@@ -545,8 +625,7 @@ class Learner(nn.Module):
         ``W + (V − sg(V))`` (``sg``: stop-gradient): the value is unchanged and ``∂J/∂V = ∂J/∂W``, so one
         ``backward()`` gives both sets the same local update.
         """
-        copy = dataclasses.replace(states, plus=list(states.plus), minus=list(states.minus),
-                                   drives=list(states.drives))
+        copy = dataclasses.replace(states, plus=list(states.plus), minus=list(states.minus), drives=list(states.drives))
         return self._surrogate(*self._release_factors(copy))
 
     def _surrogate(self, means: list[Tensor], deltas: list[Tensor | None], drives: list[Tensor | None]) -> Tensor:
@@ -564,8 +643,9 @@ class Learner(nn.Module):
             delta = deltas[k].detach()
             term = hebbian_term(block, inputs, delta, drives[k], self._tied_feedback(block))
             if term is None and block.normalises:
-                term = checkpoint(self._block_term, block, delta, *inputs, use_reentrant=False,
-                                  preserve_rng_state=False)
+                term = checkpoint(
+                    self._block_term, block, delta, *inputs, use_reentrant=False, preserve_rng_state=False
+                )
             elif term is None:
                 term = self._block_term(block, delta, *inputs)
             total = term if total is None else total + term
@@ -576,8 +656,15 @@ class Learner(nn.Module):
 
     def _block_parameters(self, block: nn.Module) -> list[Tensor]:
         """The parameters a block's term differentiates: its own, and the feedback weights tied to them."""
-        tied = [self.feedback_weights[self._feedback_index[part]] for part in block.weighted_parts()
-                if part in self._feedback_index] if self.feedback != "symmetric" else []
+        tied = (
+            [
+                self.feedback_weights[self._feedback_index[part]]
+                for part in block.weighted_parts()
+                if part in self._feedback_index
+            ]
+            if self.feedback != "symmetric"
+            else []
+        )
         return [*block.parameters(), *tied]
 
     def _block_term(self, block: nn.Module, delta: Tensor, *inputs: Tensor) -> Tensor:
@@ -592,8 +679,10 @@ class Learner(nn.Module):
         closed-form term reads are dropped first, so that the update's factors never coexist with all the
         compartments."""
         graph = self.network
-        drives = [None] + [drive if block.closed_form_part is not None else None
-                           for block, drive in zip(graph.blocks, states.drives[1:] or [None] * graph.depth)]
+        drives = [None] + [
+            drive if block.closed_form_part is not None else None
+            for block, drive in zip(graph.blocks, states.drives[1:] or [None] * graph.depth)
+        ]
         states.drives = []
         means: list[Tensor] = [states.plus[0]]
         deltas: list[Tensor | None] = [None]
@@ -665,8 +754,7 @@ class Learner(nn.Module):
             loss = batch_loss(self.loss, logits, states.target)
         factors = self._release_factors(states)
         ddp = find_ddp(self.wrapper)
-        objective = self._surrogate(*factors) if ddp is None else \
-            run_as_forward(ddp, lambda: self._surrogate(*factors))
+        objective = self._surrogate(*factors) if ddp is None else run_as_forward(ddp, lambda: self._surrogate(*factors))
         return StepResult(loss, logits, finite, objective=objective)
 
     def compile_objective(self, mode: str = "default") -> None:
@@ -711,8 +799,10 @@ def _check_compiler(mode: str, device: torch.device) -> None:
         torch.compile(torch.add, mode=mode)(torch.ones(2, device=device), 1)
     except Exception as error:  # the code generators' own errors differ by backend and torch version
         cause = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise ValueError(f"torch.compile in mode {mode!r} cannot build code on {device} here "
-                         f"({type(error).__name__}: {cause}); train without compiling") from None
+        raise ValueError(
+            f"torch.compile in mode {mode!r} cannot build code on {device} here "
+            f"({type(error).__name__}: {cause}); train without compiling"
+        ) from None
 
 
 def _last_visits(order: list[int]) -> dict[int, int]:

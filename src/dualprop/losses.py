@@ -8,6 +8,7 @@ The reported loss is the batch mean; the gradient is per sample (not scaled by 1
 Targets are class indices (an integer tensor of B labels) or float vectors shaped like the output;
 :func:`check_target` refuses anything else with a ``ValueError`` that says what to change.
 """
+
 from __future__ import annotations
 
 import torch
@@ -28,18 +29,24 @@ def check_target(name: str, logits: Tensor, target: Tensor) -> None:
     """Refuse targets that would be read silently wrong: not a tensor, boolean, on another device than
     the output, or (for ``cross_entropy``) a float vector of labels instead of integer class indices."""
     if not isinstance(target, Tensor):
-        raise ValueError(f"targets must be a torch.Tensor, got {type(target).__name__}: convert them with "
-                         "torch.as_tensor(y)")
+        raise ValueError(
+            f"targets must be a torch.Tensor, got {type(target).__name__}: convert them with torch.as_tensor(y)"
+        )
     if target.dtype == torch.bool:
-        raise ValueError("targets are boolean: give class indices as integers (y.long()) or target vectors "
-                         "as floats (y.float())")
+        raise ValueError(
+            "targets are boolean: give class indices as integers (y.long()) or target vectors as floats (y.float())"
+        )
     if target.device != logits.device:
-        raise ValueError(f"targets are on {target.device} but the network's output is on {logits.device}: "
-                         f"move them with y.to({str(logits.device)!r})")
+        raise ValueError(
+            f"targets are on {target.device} but the network's output is on {logits.device}: "
+            f"move them with y.to({str(logits.device)!r})"
+        )
     if name == "cross_entropy" and target.is_floating_point() and target.dim() == 1:
-        raise ValueError(f"cross_entropy takes class indices as an integer tensor, got {target.dtype} labels: "
-                         f"convert them with y.long() (or give float target distributions of shape "
-                         f"{tuple(logits.shape)})")
+        raise ValueError(
+            f"cross_entropy takes class indices as an integer tensor, got {target.dtype} labels: "
+            f"convert them with y.long() (or give float target distributions of shape "
+            f"{tuple(logits.shape)})"
+        )
 
 
 def target_distribution(logits: Tensor, target: Tensor) -> Tensor:
@@ -51,8 +58,10 @@ def target_distribution(logits: Tensor, target: Tensor) -> Tensor:
         _check_label_range(target, classes)
         return F.one_hot(target.long(), classes).to(logits.dtype)
     if target.shape != logits.shape:
-        raise ValueError(f"target shape {tuple(target.shape)} matches neither the output shape "
-                         f"{tuple(logits.shape)} nor a vector of {logits.shape[0]} class indices")
+        raise ValueError(
+            f"target shape {tuple(target.shape)} matches neither the output shape "
+            f"{tuple(logits.shape)} nor a vector of {logits.shape[0]} class indices"
+        )
     return target.to(logits.dtype)
 
 

@@ -5,6 +5,7 @@ default) and use conv → max-pool → activation blocks, so every block is piec
 activation elementwise. The residual networks (``resnet20``, CIFAR-style, and the small ``resnet8``) are
 ordinary modules with skip additions and batch normalisation, captured as graphs of neurons.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -13,8 +14,14 @@ import torch
 from torch import nn
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
-    "relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh,
-    "hardsigmoid": nn.Hardsigmoid, "hardtanh": nn.Hardtanh, "gelu": nn.GELU, "silu": nn.SiLU,
+    "relu": nn.ReLU,
+    "leaky_relu": nn.LeakyReLU,
+    "sigmoid": nn.Sigmoid,
+    "tanh": nn.Tanh,
+    "hardsigmoid": nn.Hardsigmoid,
+    "hardtanh": nn.Hardtanh,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
     "elu": nn.ELU,
 }
 
@@ -38,8 +45,15 @@ def mlp(sizes: Sequence[int], activation: str = "relu") -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def conv_net(channels: Sequence[int], pool_after: Sequence[int], dense: Sequence[int], num_classes: int,
-             in_channels: int = 3, size: int = 32, activation: str = "relu") -> nn.Sequential:
+def conv_net(
+    channels: Sequence[int],
+    pool_after: Sequence[int],
+    dense: Sequence[int],
+    num_classes: int,
+    in_channels: int = 3,
+    size: int = 32,
+    activation: str = "relu",
+) -> nn.Sequential:
     """3×3 convolutions (padding 1) with 2×2 max-pooling after the listed (1-based) conv layers, then
     ``Flatten`` and dense layers ending in ``num_classes`` logits."""
     if num_classes < 1 or in_channels < 1:
@@ -67,8 +81,15 @@ def conv_net(channels: Sequence[int], pool_after: Sequence[int], dense: Sequence
 
 def vgg16(num_classes: int = 10, in_channels: int = 3, size: int = 32, activation: str = "relu") -> nn.Sequential:
     """VGG16: 13 convs (64,64,128,128,256,256,256,512×6), pools after 2,4,7,10,13; dense 4096,4096,n."""
-    return conv_net([64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512], [2, 4, 7, 10, 13],
-                    [4096, 4096], num_classes, in_channels, size, activation)
+    return conv_net(
+        [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512],
+        [2, 4, 7, 10, 13],
+        [4096, 4096],
+        num_classes,
+        in_channels,
+        size,
+        activation,
+    )
 
 
 def vgg_like(num_classes: int = 10, in_channels: int = 3, size: int = 32, activation: str = "relu") -> nn.Sequential:
@@ -78,8 +99,7 @@ def vgg_like(num_classes: int = 10, in_channels: int = 3, size: int = 32, activa
 
 def cnn(num_classes: int = 10, in_channels: int = 3, size: int = 32, activation: str = "relu") -> nn.Sequential:
     """Five pooled convs (64, 128, 256, 512, 512), dense 4096, n."""
-    return conv_net([64, 128, 256, 512, 512], [1, 2, 3, 4, 5], [4096], num_classes, in_channels, size,
-                    activation)
+    return conv_net([64, 128, 256, 512, 512], [1, 2, 3, 4, 5], [4096], num_classes, in_channels, size, activation)
 
 
 def mini_cnn(num_classes: int = 10, in_channels: int = 3, size: int = 32, activation: str = "relu") -> nn.Sequential:
@@ -101,8 +121,9 @@ class ResidualBlock(nn.Module):
         self.act2 = make_activation(activation)
         self.shortcut = nn.Sequential()
         if stride != 1 or in_channels != channels:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, channels, 1, stride=stride, bias=False),
-                                          nn.BatchNorm2d(channels))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, channels, 1, stride=stride, bias=False), nn.BatchNorm2d(channels)
+            )
 
     def forward(self, x):
         out = self.act1(self.bn1(self.conv1(x)))
@@ -114,13 +135,20 @@ class ResNet(nn.Module):
     ``width``, ``2·width``, ``4·width``; stride 2 at the start of stages 2 and 3), global average pooling and a
     linear classifier."""
 
-    def __init__(self, blocks_per_stage: int, num_classes: int = 10, in_channels: int = 3, width: int = 16,
-                 activation: str = "relu"):
+    def __init__(
+        self,
+        blocks_per_stage: int,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        width: int = 16,
+        activation: str = "relu",
+    ):
         super().__init__()
         if blocks_per_stage < 1 or num_classes < 1 or in_channels < 1 or width < 1:
             raise ValueError("blocks_per_stage, num_classes, in_channels and width must be positive")
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
-                                  nn.BatchNorm2d(width), make_activation(activation))
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), make_activation(activation)
+        )
         stages, previous = [], width
         for stage, channels in enumerate((width, 2 * width, 4 * width)):
             for index in range(blocks_per_stage):
@@ -147,6 +175,10 @@ def resnet8(num_classes: int = 10, in_channels: int = 1, size: int = 28, activat
 
 
 CONV_MODELS: dict[str, Callable[..., nn.Module]] = {
-    "vgg16": vgg16, "vgg_like": vgg_like, "cnn": cnn, "mini_cnn": mini_cnn, "resnet20": resnet20,
+    "vgg16": vgg16,
+    "vgg_like": vgg_like,
+    "cnn": cnn,
+    "mini_cnn": mini_cnn,
+    "resnet20": resnet20,
     "resnet8": resnet8,
 }

@@ -19,6 +19,7 @@ with their current input's statistics without touching their running statistics
 (:func:`frozen_statistics`; the feed-forward pass updates them once), and every dropout site reuses the
 mask the feed-forward pass drew (:class:`StepDropout`).
 """
+
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -101,9 +102,11 @@ class feedback_transpose:
 
 def _transposed_through(part: nn.Module, weight: Tensor) -> Callable[[Tensor], Tensor]:
     """``part``'s forward with its input derivative taken through ``weight`` (see :class:`feedback_transpose`)."""
+
     def forward(s: Tensor) -> Tensor:
         through_feedback = _with_weight(part, s, weight)
         return through_feedback + (type(part).forward(part, s) - through_feedback).detach()
+
     return forward
 
 
@@ -157,8 +160,9 @@ class Block(nn.Module):
             s = part(s)
         return s
 
-    def input_vjp(self, points: Sequence[Tensor], v: Tensor, position: int = 0,
-                  feedback: list[Tensor] | None = None) -> Tensor:
+    def input_vjp(
+        self, points: Sequence[Tensor], v: Tensor, position: int = 0, feedback: list[Tensor] | None = None
+    ) -> Tensor:
         """The VJP with respect to the (only) input: :meth:`vjp` at ``points[0]``."""
         return self.vjp(points[0], v, feedback)
 
@@ -172,13 +176,14 @@ class Block(nn.Module):
         separate feedback weights do; the routing of max pooling still follows the forward weights.
         """
         if self._point_free:
-            if self._needs_shapes and (len(self._input_shapes) != len(self.parts)
-                                       or self._input_shapes[0] != s.shape):
+            if self._needs_shapes and (len(self._input_shapes) != len(self.parts) or self._input_shapes[0] != s.shape):
                 self._record_shapes(s)
             shapes = self._input_shapes if self._needs_shapes else [s.shape] * len(self.parts)
             weights = iter(feedback) if feedback is not None else None
-            transposed = [(part, shape, next(weights) if weights is not None and isinstance(part, WEIGHTED_TYPES)
-                           else None) for part, shape in zip(self.parts, shapes)]
+            transposed = [
+                (part, shape, next(weights) if weights is not None and isinstance(part, WEIGHTED_TYPES) else None)
+                for part, shape in zip(self.parts, shapes)
+            ]
             for part, shape, weight in reversed(transposed):
                 v = _point_free_vjp(part, shape, v, weight)
             return v
@@ -202,8 +207,9 @@ class GraphBlock(nn.Module):
         """The Linear and Conv modules the block calls, each once, in the order of first use."""
         return list(self._weighted)
 
-    def input_vjp(self, points: Sequence[Tensor], v: Tensor, position: int = 0,
-                  feedback: list[Tensor] | None = None) -> Tensor:
+    def input_vjp(
+        self, points: Sequence[Tensor], v: Tensor, position: int = 0, feedback: list[Tensor] | None = None
+    ) -> Tensor:
         """``J_{B, p}(points)ᵀ v`` for input ``p = position`` by autograd at the point."""
         return autograd_vjp(self, points, v, position, self._weighted, feedback)
 
@@ -217,8 +223,7 @@ class BlockInput(nn.Module):
         self.block, self.position, self.shapes = block, position, list(shapes)
 
     def forward(self, s: Tensor) -> Tensor:
-        inputs = [s if i == self.position else s.new_zeros((s.shape[0], *shape))
-                  for i, shape in enumerate(self.shapes)]
+        inputs = [s if i == self.position else s.new_zeros((s.shape[0], *shape)) for i, shape in enumerate(self.shapes)]
         return self.block(*inputs)
 
 
@@ -229,8 +234,16 @@ class HebbianTerm(torch.autograd.Function):
     times the incoming gradient, and the same again for a tied Kolen–Pollack feedback weight."""
 
     @staticmethod
-    def forward(ctx, weight: Tensor, bias: Tensor | None, feedback: Tensor | None,  # type: ignore[override]
-                part: nn.Module, s: Tensor, delta: Tensor, drive: Tensor) -> Tensor:
+    def forward(
+        ctx,
+        weight: Tensor,
+        bias: Tensor | None,
+        feedback: Tensor | None,  # type: ignore[override]
+        part: nn.Module,
+        s: Tensor,
+        delta: Tensor,
+        drive: Tensor,
+    ) -> Tensor:
         ctx.save_for_backward(s, delta)
         ctx.part, ctx.has_bias, ctx.has_feedback = part, bias is not None, feedback is not None
         return torch.vdot(delta.flatten(), drive.flatten())
@@ -244,10 +257,12 @@ class HebbianTerm(torch.autograd.Function):
             grad_weight = scaled.reshape(-1, scaled.shape[-1]).t() @ s.reshape(-1, s.shape[-1])
             reduce_dims = tuple(range(scaled.dim() - 1))
         else:
-            weight_gradient = torch.nn.grad.conv2d_weight if isinstance(part, nn.Conv2d) \
-                else torch.nn.grad.conv1d_weight
-            grad_weight = weight_gradient(s, part.weight.shape, scaled, part.stride, part.padding,
-                                          part.dilation, part.groups)
+            weight_gradient = (
+                torch.nn.grad.conv2d_weight if isinstance(part, nn.Conv2d) else torch.nn.grad.conv1d_weight
+            )
+            grad_weight = weight_gradient(
+                s, part.weight.shape, scaled, part.stride, part.padding, part.dilation, part.groups
+            )
             reduce_dims = (0, *range(2, scaled.dim()))
         grad_bias = scaled.sum(reduce_dims) if ctx.has_bias else None
         return grad_weight, grad_bias, grad_weight if ctx.has_feedback else None, None, None, None, None
@@ -280,8 +295,9 @@ def _closed_form_part(modules: Sequence[nn.Module]) -> nn.Module | None:
     return None
 
 
-def hebbian_term(block: nn.Module, inputs: Sequence[Tensor], delta: Tensor, drive: Tensor | None,
-                 feedback: Tensor | None = None) -> Tensor | None:
+def hebbian_term(
+    block: nn.Module, inputs: Sequence[Tensor], delta: Tensor, drive: Tensor | None, feedback: Tensor | None = None
+) -> Tensor | None:
     """``⟨δ, B(s̄)⟩`` by :class:`HebbianTerm` where ``block`` has a ``closed_form_part``, using
     ``drive = B(s̄)`` if it is current (else computing it without grad); None for any other block, whose
     term then needs autograd through its forward."""
@@ -295,15 +311,21 @@ def hebbian_term(block: nn.Module, inputs: Sequence[Tensor], delta: Tensor, driv
     return HebbianTerm.apply(part.weight, part.bias, feedback, part, s, delta, drive)
 
 
-def autograd_vjp(block: nn.Module, points: Sequence[Tensor], v: Tensor, position: int,
-                 weighted: Sequence[nn.Module], feedback: list[Tensor] | None) -> Tensor:
+def autograd_vjp(
+    block: nn.Module,
+    points: Sequence[Tensor],
+    v: Tensor,
+    position: int,
+    weighted: Sequence[nn.Module],
+    feedback: list[Tensor] | None,
+) -> Tensor:
     """``J_{B, p}(points)ᵀ v`` by differentiating ``block(*points)`` with respect to input ``position``
     (through the feedback weights in place of the forward weights, if given), with ``torch.func.vjp``:
     a function transform, so it differentiates under ``torch.no_grad`` and ``torch.compile`` traces it."""
     inputs = [p.detach() for p in points]
 
     def of_input(s: Tensor) -> Tensor:
-        return block(*inputs[:position], s, *inputs[position + 1:])
+        return block(*inputs[:position], s, *inputs[position + 1 :])
 
     with feedback_transpose(weighted, feedback):
         _, pullback = torch.func.vjp(of_input, inputs[position])
@@ -311,8 +333,7 @@ def autograd_vjp(block: nn.Module, points: Sequence[Tensor], v: Tensor, position
     return grad
 
 
-def _point_free_vjp(part: nn.Module, input_shape: torch.Size, v: Tensor,
-                    weight: Tensor | None = None) -> Tensor:
+def _point_free_vjp(part: nn.Module, input_shape: torch.Size, v: Tensor, weight: Tensor | None = None) -> Tensor:
     """VJP of a module whose Jacobian is constant: its transposed linear map applied to ``v``
     (with ``weight`` in place of the module's own weight, if given)."""
     if weight is None and isinstance(part, WEIGHTED_TYPES):
@@ -320,11 +341,9 @@ def _point_free_vjp(part: nn.Module, input_shape: torch.Size, v: Tensor,
     if isinstance(part, nn.Linear):
         return v @ weight
     if isinstance(part, nn.Conv2d) and part.padding_mode == "zeros":
-        return torch.nn.grad.conv2d_input(input_shape, weight, v, part.stride, part.padding,
-                                          part.dilation, part.groups)
+        return torch.nn.grad.conv2d_input(input_shape, weight, v, part.stride, part.padding, part.dilation, part.groups)
     if isinstance(part, nn.Conv1d) and part.padding_mode == "zeros":
-        return torch.nn.grad.conv1d_input(input_shape, weight, v, part.stride, part.padding,
-                                          part.dilation, part.groups)
+        return torch.nn.grad.conv1d_input(input_shape, weight, v, part.stride, part.padding, part.dilation, part.groups)
     if isinstance(part, (nn.Flatten, nn.Unflatten)):
         return v.reshape(input_shape)
     with torch.enable_grad():  # e.g. a convolution with circular padding

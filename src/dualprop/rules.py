@@ -10,6 +10,7 @@ DP uses ``(c⁺, c⁻) = (α, 1−α)`` with ``g`` the loss gradient at the curr
 ``(c⁺, c⁻) = (1−α, α)`` with ``g`` fixed at the feed-forward prediction. The compartments' mean is
 ``s̄ = α s⁺ + (1−α) s⁻``.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -40,22 +41,33 @@ def mean_state(plus: Tensor, minus: Tensor, alpha: float) -> Tensor:
     return torch.lerp(minus, plus, alpha)
 
 
-def hidden_compartments(activation: Callable[[Tensor], Tensor], drive: Tensor, feedback: Tensor,
-                        weights: tuple[float, float]) -> tuple[Tensor, Tensor]:
+def hidden_compartments(
+    activation: Callable[[Tensor], Tensor], drive: Tensor, feedback: Tensor, weights: tuple[float, float]
+) -> tuple[Tensor, Tensor]:
     """``s⁺ = f(a + c⁺Δ)``, ``s⁻ = f(a − c⁻Δ)``."""
     c_plus, c_minus = weights
-    return (activation(torch.add(drive, feedback, alpha=c_plus)),
-            activation(torch.add(drive, feedback, alpha=-c_minus)))
+    return (
+        activation(torch.add(drive, feedback, alpha=c_plus)),
+        activation(torch.add(drive, feedback, alpha=-c_minus)),
+    )
 
 
-def damped_hidden_compartments(activation: Callable[[Tensor], Tensor], drive: Tensor, feedback: Tensor,
-                               weights: tuple[float, float], plus: Tensor, minus: Tensor,
-                               damping: float) -> tuple[Tensor, Tensor]:
+def damped_hidden_compartments(
+    activation: Callable[[Tensor], Tensor],
+    drive: Tensor,
+    feedback: Tensor,
+    weights: tuple[float, float],
+    plus: Tensor,
+    minus: Tensor,
+    damping: float,
+) -> tuple[Tensor, Tensor]:
     """Damped DP: ``s^± ← f((a ± c^±Δ + λ s^±) / (1 + λ))`` with damping ``λ = L_k ≥ 0``."""
     c_plus, c_minus = weights
     scale = 1.0 / (1.0 + damping)
-    return (activation((drive + c_plus * feedback + damping * plus) * scale),
-            activation((drive - c_minus * feedback + damping * minus) * scale))
+    return (
+        activation((drive + c_plus * feedback + damping * plus) * scale),
+        activation((drive - c_minus * feedback + damping * minus) * scale),
+    )
 
 
 def output_compartments(drive: Tensor, nudge: Tensor, weights: tuple[float, float]) -> tuple[Tensor, Tensor]:

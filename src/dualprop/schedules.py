@@ -12,6 +12,7 @@ With ``L`` blocks and ``K`` passes:
 On a graph of neurons (``1..N`` in topological order) the same orders run over neurons, and ``odd-even``
 groups them by depth level (the longest path from the input); for a chain the level of ``k`` is ``k``.
 """
+
 from __future__ import annotations
 
 import re
@@ -19,8 +20,14 @@ import re
 import torch
 
 SCHEDULES = ("forward", "backward", "forward-backward", "odd-even", "even-odd", "random")
-_ALIASES = {"fw": "forward", "bw": "backward", "fwbw": "forward-backward",
-            "oddeven": "odd-even", "evenodd": "even-odd", "random": "random"}
+_ALIASES = {
+    "fw": "forward",
+    "bw": "backward",
+    "fwbw": "forward-backward",
+    "oddeven": "odd-even",
+    "evenodd": "even-odd",
+    "random": "random",
+}
 
 
 def parse_schedule(name: str, passes: int | None = None) -> tuple[str, int]:
@@ -37,8 +44,10 @@ def parse_schedule(name: str, passes: int | None = None) -> tuple[str, int]:
         return name, passes or 1
     match = re.fullmatch(r"(fwbw|fw|bw|oddeven|evenodd|random)(\d*)", name)
     if match is None:
-        raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)} "
-                         f"or an alias fwK, bwK, fwbwK, oddevenK, evenoddK, randomK")
+        raise ValueError(
+            f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)} "
+            f"or an alias fwK, bwK, fwbwK, oddevenK, evenoddK, randomK"
+        )
     canonical = _ALIASES[match.group(1)]
     if not match.group(2):
         return canonical, passes or 1

@@ -114,7 +114,9 @@ class SpectralNormEstimator:
         """Return the current estimate of ``σ_max(J_B(point))`` after ``iterations`` more steps."""
         if point is not None:
             if tuple(point.shape) != self.input_shape:
-                raise ValueError(f"point must have the shape of one sample {self.input_shape}, got {tuple(point.shape)}.")
+                raise ValueError(
+                    f"point must have the shape of one sample {self.input_shape}, got {tuple(point.shape)}."
+                )
             if not point.is_floating_point():
                 raise ValueError(f"point must be a floating-point tensor, got dtype {point.dtype}.")
         with torch.no_grad():
@@ -152,7 +154,9 @@ def layer_spectral_norms(
 ) -> list[float]:
     """``[σ_max(J_{B_k}) for each block]``, each by :func:`spectral_norm`."""
     if len(blocks) != len(input_shapes):
-        raise ValueError(f"blocks and input_shapes must have the same length, got {len(blocks)} and {len(input_shapes)}.")
+        raise ValueError(
+            f"blocks and input_shapes must have the same length, got {len(blocks)} and {len(input_shapes)}."
+        )
     points = [None] * len(blocks) if points is None else list(points)
     if len(points) != len(blocks):
         raise ValueError(f"points must give one point (or None) per block, got {len(points)} for {len(blocks)} blocks.")

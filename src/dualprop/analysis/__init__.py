@@ -1,9 +1,10 @@
 """Analysis tools: gradient angles, spectral norms, Lipschitz estimates and adversarial attacks."""
 
+from dualprop.spectral import SpectralNormEstimator, layer_spectral_norms, product_bound, spectral_norm
+
 from .angle_log import GradientAngleLog
 from .attacks import adversarial_accuracy, fgsm, pgd
 from .lipschitz import LipschitzEstimate, empirical_lipschitz, eval_mode
-from dualprop.spectral import SpectralNormEstimator, layer_spectral_norms, product_bound, spectral_norm
 
 __all__ = [
     "GradientAngleLog",

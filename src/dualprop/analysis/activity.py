@@ -3,6 +3,7 @@
 A ReLU unit is dead on a data set when its output is zero for every input of it; such a unit passes
 no gradient (backprop's or a nudge), so a rule that kills many units stops learning through them.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -23,6 +24,7 @@ def dead_fractions(model: nn.Module, inputs: Iterable[Tensor]) -> list[float]:
         def hook(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
             fired = (output > 0).flatten(1).any(dim=0)
             alive[index] = fired if alive[index] is None else alive[index] | fired
+
         return hook
 
     handles = [module.register_forward_hook(recorder(i)) for i, module in enumerate(activations)]

@@ -5,6 +5,7 @@ block with backprop's gradient on the same batch at the same weights
 (:func:`dualprop.analysis.gradient_angles.gradient_angles`) and the rows are appended to the run's
 ``diagnostics.csv``. A resumed run first drops the rows of epochs its checkpoint had not finished.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,8 +28,9 @@ class GradientAngleLog(TrainingObserver):
         self.log: DiagnosticsLog | None = None
         self.every = 0
 
-    def run_started(self, run_dir: Path, config: TrainConfig, seed: int, start_epoch: int,
-                    steps_per_epoch: int) -> None:
+    def run_started(
+        self, run_dir: Path, config: TrainConfig, seed: int, start_epoch: int, steps_per_epoch: int
+    ) -> None:
         self.every = config.diagnose_every
         self.log = DiagnosticsLog(run_dir) if self.every else None
         if self.log is not None:

@@ -126,7 +126,9 @@ def pgd(
     return x_adv
 
 
-def _batches(data: tuple[Tensor, Tensor] | Iterable[tuple[Tensor, Tensor]], batch_size: int) -> Iterable[tuple[Tensor, Tensor]]:
+def _batches(
+    data: tuple[Tensor, Tensor] | Iterable[tuple[Tensor, Tensor]], batch_size: int
+) -> Iterable[tuple[Tensor, Tensor]]:
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
         x, y = data
         return zip(x.split(batch_size), y.split(batch_size))

@@ -6,6 +6,7 @@ gradient are compared per layer (:mod:`dualprop.analysis.gradient_angles`). Resu
 (``layer × batch``) and, when matplotlib exists, heat maps: ``layer × batch`` and, for a run that logged
 ``diagnostics.csv`` while training, ``layer × epoch``.
 """
+
 from __future__ import annotations
 
 import csv
@@ -44,12 +45,19 @@ class Diagnosis:
         for i, layer in enumerate(self.layers()):
             cosines = [b[i].cosine for b in self.batches if math.isfinite(b[i].cosine)]
             angles = [b[i].angle for b in self.batches if math.isfinite(b[i].angle)]
-            result.append(LayerAngle(layer, sum(cosines) / len(cosines) if cosines else math.nan,
-                                     sum(angles) / len(angles) if angles else math.nan))
+            result.append(
+                LayerAngle(
+                    layer,
+                    sum(cosines) / len(cosines) if cosines else math.nan,
+                    sum(angles) / len(angles) if angles else math.nan,
+                )
+            )
         return result
 
 
-def diagnosis_model(config: TrainConfig, run_dir: str | Path | None, checkpoint: str = "best") -> tuple[nn.Module, BatchLoader]:
+def diagnosis_model(
+    config: TrainConfig, run_dir: str | Path | None, checkpoint: str = "best"
+) -> tuple[nn.Module, BatchLoader]:
     """The network (checkpoint weights of ``run_dir``, else fresh with ``config.seeds[0]``) and an
     unshuffled, unaugmented loader over the training set with ``config.batch_size``."""
     if run_dir is not None:
@@ -62,8 +70,14 @@ def diagnosis_model(config: TrainConfig, run_dir: str | Path | None, checkpoint:
     return model, BatchLoader(train_set, config.batch_size)
 
 
-def diagnose(config: TrainConfig, run_dir: str | Path | None = None, checkpoint: str = "best",
-             batches: int = 8, per: str = "block", dtype: torch.dtype = torch.float32) -> Diagnosis:
+def diagnose(
+    config: TrainConfig,
+    run_dir: str | Path | None = None,
+    checkpoint: str = "best",
+    batches: int = 8,
+    per: str = "block",
+    dtype: torch.dtype = torch.float32,
+) -> Diagnosis:
     """Angles between ``config``'s rule (α, β, schedule, passes) and backprop on the first ``batches``
     training batches, at fixed weights."""
     if batches < 1:
@@ -93,12 +107,21 @@ def write_diagnosis(diagnosis: Diagnosis, directory: str | Path, run_dir: str | 
                 writer.writerow((index, a.layer, f"{a.cosine:.8g}", f"{a.angle:.6g}"))
     written = [path]
     learner = diagnosis.learner
-    label = learner.rule if learner.rule == "bp" else \
-        f"{learner.rule} α={learner.alpha:g} β={learner.beta:g} {learner.schedule}×{learner.passes}"
+    label = (
+        learner.rule
+        if learner.rule == "bp"
+        else f"{learner.rule} α={learner.alpha:g} β={learner.beta:g} {learner.schedule}×{learner.passes}"
+    )
     matrix = [[b[i].angle for b in diagnosis.batches] for i in range(len(diagnosis.layers()))]
     batch_png = claim_new_file(directory, path.stem + "-batches", ".png")
-    if plot_angle_heatmap(matrix, diagnosis.layers(), list(range(1, len(diagnosis.batches) + 1)), "batch",
-                          batch_png, f"angle to backprop (°), {label}"):
+    if plot_angle_heatmap(
+        matrix,
+        diagnosis.layers(),
+        list(range(1, len(diagnosis.batches) + 1)),
+        "batch",
+        batch_png,
+        f"angle to backprop (°), {label}",
+    ):
         written.append(batch_png)
     else:
         batch_png.unlink()
@@ -108,8 +131,14 @@ def write_diagnosis(diagnosis: Diagnosis, directory: str | Path, run_dir: str | 
         if rows:
             layers, epochs, epoch_angles = epoch_matrix(rows)
             epoch_png = claim_new_file(directory, "diagnostics-epochs", ".png")
-            if plot_angle_heatmap(epoch_angles, layers, epochs, "epoch", epoch_png,
-                                  "angle to backprop during training (°, mean per epoch)"):
+            if plot_angle_heatmap(
+                epoch_angles,
+                layers,
+                epochs,
+                "epoch",
+                epoch_png,
+                "angle to backprop during training (°, mean per epoch)",
+            ):
                 written.append(epoch_png)
             else:
                 epoch_png.unlink()

@@ -12,6 +12,7 @@ undefined and reported as NaN. Nothing here changes the caller's ``.grad``.
 :class:`dualprop.analysis.angle_log.GradientAngleLog` writes these rows to a run's ``diagnostics.csv``
 during training.
 """
+
 from __future__ import annotations
 
 import math
@@ -56,8 +57,9 @@ def rule_update(learner: Learner, x: Tensor, y: Tensor) -> list[Tensor]:
         p.grad = None
     try:
         learner.step(x, y)
-        update = [torch.zeros_like(p) if p.grad is None else p.grad.detach().clone()
-                  for p in learner.model.parameters()]
+        update = [
+            torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in learner.model.parameters()
+        ]
     finally:
         for p, grad in zip(parameters, saved):
             p.grad = grad
@@ -91,8 +93,9 @@ def cosine_angle(u: Tensor, g: Tensor) -> tuple[float, float]:
     return cosine, math.degrees(math.acos(cosine))
 
 
-def compare_updates(groups: Sequence[tuple[str, list[int]]], update: Sequence[Tensor],
-                    reference: Sequence[Tensor]) -> list[LayerAngle]:
+def compare_updates(
+    groups: Sequence[tuple[str, list[int]]], update: Sequence[Tensor], reference: Sequence[Tensor]
+) -> list[LayerAngle]:
     """One :class:`LayerAngle` per group, the group's tensors flattened and concatenated."""
     result = []
     for name, indices in groups:
@@ -102,8 +105,9 @@ def compare_updates(groups: Sequence[tuple[str, list[int]]], update: Sequence[Te
     return result
 
 
-def gradient_angles(learner: Learner, x: Tensor, y: Tensor, per: str = "block",
-                    update: Sequence[Tensor] | None = None) -> list[LayerAngle]:
+def gradient_angles(
+    learner: Learner, x: Tensor, y: Tensor, per: str = "block", update: Sequence[Tensor] | None = None
+) -> list[LayerAngle]:
     """Per-layer angle between the learner's update on ``(x, y)`` and backprop's gradient there.
 
     ``update`` may pass the rule's update already computed on this batch at these weights (for
@@ -130,6 +134,5 @@ def epoch_matrix(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[int], 
     for row in rows:
         if math.isfinite(row["angle"]):
             sums.setdefault((row["layer"], row["epoch"]), []).append(row["angle"])
-    matrix = [[(sum(v) / len(v)) if (v := sums.get((layer, e))) else math.nan for e in epochs]
-              for layer in layers]
+    matrix = [[(sum(v) / len(v)) if (v := sums.get((layer, e))) else math.nan for e in epochs] for layer in layers]
     return layers, epochs, matrix

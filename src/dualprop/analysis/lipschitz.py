@@ -57,11 +57,15 @@ def empirical_lipschitz(
     if iterations < 1:
         raise ValueError(f"iterations must be at least 1, got {iterations}.")
     if inputs.dim() < 1 or inputs.shape[0] == 0 or not inputs.is_floating_point():
-        raise ValueError(f"inputs must be a non-empty floating-point batch of samples, got shape {tuple(inputs.shape)} and dtype {inputs.dtype}.")
+        raise ValueError(
+            f"inputs must be a non-empty floating-point batch of samples, got shape {tuple(inputs.shape)} "
+            f"and dtype {inputs.dtype}."
+        )
     inputs = inputs.detach()
     with eval_mode(model), torch.no_grad():
         _, vjp_fn = torch.func.vjp(model, inputs)
         vector = random_normal(inputs.shape, inputs.dtype, inputs.device, generator)
-        per_sample, _ = power_iteration(lambda v: torch.func.jvp(model, (inputs,), (v,))[1],
-                                        lambda u: vjp_fn(u)[0], vector, iterations)
+        per_sample, _ = power_iteration(
+            lambda v: torch.func.jvp(model, (inputs,), (v,))[1], lambda u: vjp_fn(u)[0], vector, iterations
+        )
     return LipschitzEstimate(max=float(per_sample.max()), mean=float(per_sample.mean()), per_sample=per_sample)

@@ -14,6 +14,7 @@ The reading the findings test: with compartments perturbed independently, ``s⁺
 ``β ∇ℓ`` (times the Jacobian) against noise of standard deviation ``√2 σ``, so learning should need
 ``β / (√2 σ)`` above some threshold — a small β, the limit in which DP approximates backprop, drowns.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -81,13 +82,22 @@ class NoiseStudyConfig:
     noise_seed: int = 0
     device: str = "auto"
 
-    _LISTS: ClassVar[tuple[str, ...]] = ("dpt_alphas", "dp_alphas", "betas", "sigmas", "async_betas",
-                                         "async_sigmas", "quanta", "quantum_betas")
+    _LISTS: ClassVar[tuple[str, ...]] = (
+        "dpt_alphas",
+        "dp_alphas",
+        "betas",
+        "sigmas",
+        "async_betas",
+        "async_sigmas",
+        "quanta",
+        "quantum_betas",
+    )
 
     def check(self) -> "NoiseStudyConfig":
         """A checked copy: a non-empty β × σ grid and rules, every setting valid for TrainConfig and Learner."""
-        config = dataclasses.replace(self, hidden=list(self.hidden),
-                                     **{name: [float(v) for v in getattr(self, name)] for name in self._LISTS})
+        config = dataclasses.replace(
+            self, hidden=list(self.hidden), **{name: [float(v) for v in getattr(self, name)] for name in self._LISTS}
+        )
         for name in ("betas", "sigmas"):
             if not getattr(config, name):
                 raise ValueError(f"study {name} must list at least one value")
@@ -104,35 +114,75 @@ class NoiseStudyConfig:
     def settings(self) -> list[NoiseSetting]:
         """Main grid (variant × β × σ), bp reference (σ, then q), asynchronous block, quantum block; a block's
         synchronous or q = 0 partner outside the main grid is added to it."""
-        grid = [NoiseSetting(rule, a, b, s, 0.0) for rule, a in self.variants()
-                for b in self.betas for s in self.sigmas]
-        reference = ([NoiseSetting("bp", None, None, s, 0.0) for s in self.sigmas]
-                     + [NoiseSetting("bp", None, None, 0.0, q) for q in self.quanta]) if self.bp_reference else []
-        asynchronous = [NoiseSetting(rule, a, b, s, 0.0, timing) for rule, a in self.variants()
-                        for b in self.async_betas for s in self.async_sigmas for timing in (SYNC, ASYNC)]
-        quantised = [NoiseSetting(rule, a, b, 0.0, q) for rule, a in self.variants()
-                     for b in self.quantum_betas for q in (0.0, *self.quanta)]
+        grid = [
+            NoiseSetting(rule, a, b, s, 0.0) for rule, a in self.variants() for b in self.betas for s in self.sigmas
+        ]
+        reference = (
+            (
+                [NoiseSetting("bp", None, None, s, 0.0) for s in self.sigmas]
+                + [NoiseSetting("bp", None, None, 0.0, q) for q in self.quanta]
+            )
+            if self.bp_reference
+            else []
+        )
+        asynchronous = [
+            NoiseSetting(rule, a, b, s, 0.0, timing)
+            for rule, a in self.variants()
+            for b in self.async_betas
+            for s in self.async_sigmas
+            for timing in (SYNC, ASYNC)
+        ]
+        quantised = [
+            NoiseSetting(rule, a, b, 0.0, q)
+            for rule, a in self.variants()
+            for b in self.quantum_betas
+            for q in (0.0, *self.quanta)
+        ]
         return list(dict.fromkeys(grid + reference + asynchronous + quantised))  # each partner once
 
     def train_config(self, setting: NoiseSetting) -> TrainConfig:
         """The training configuration of one setting (written to its run directory)."""
         schedule, passes = ("random", self.async_passes) if setting.timing == ASYNC else (self.schedule, self.passes)
-        return TrainConfig(rule=setting.rule, alpha=0.5 if setting.alpha is None else setting.alpha,
-                           beta=0.1 if setting.beta is None else setting.beta, schedule=schedule, passes=passes,
-                           state_noise=setting.sigma, state_quantum=setting.quantum, noise_seed=self.noise_seed,
-                           dataset=self.dataset, data_dir=self.data_dir or None, augment=False, model="mlp",
-                           hidden=list(self.hidden), epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                           warmup_epochs=min(self.warmup_epochs, self.epochs), seeds=[self.seed],
-                           limit_batches=self.limit_batches, baseline=False, name="noise", device=self.device,
-                           tensorboard=False)
+        return TrainConfig(
+            rule=setting.rule,
+            alpha=0.5 if setting.alpha is None else setting.alpha,
+            beta=0.1 if setting.beta is None else setting.beta,
+            schedule=schedule,
+            passes=passes,
+            state_noise=setting.sigma,
+            state_quantum=setting.quantum,
+            noise_seed=self.noise_seed,
+            dataset=self.dataset,
+            data_dir=self.data_dir or None,
+            augment=False,
+            model="mlp",
+            hidden=list(self.hidden),
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            warmup_epochs=min(self.warmup_epochs, self.epochs),
+            seeds=[self.seed],
+            limit_batches=self.limit_batches,
+            baseline=False,
+            name="noise",
+            device=self.device,
+            tensorboard=False,
+        )
 
-    def run_setting(self, setting: NoiseSetting, directory: Path,
-                    observer: TrainingObserver | None = None) -> dict[str, Any]:
+    def run_setting(
+        self, setting: NoiseSetting, directory: Path, observer: TrainingObserver | None = None
+    ) -> dict[str, Any]:
         """Train (or resume) one setting; its record: the setting, status and test accuracy."""
         summary = train_setting(self.train_config(setting), directory, observer)
-        return {**dataclasses.asdict(setting), "run_dir": summary["run_dir"], "status": summary["status"],
-                "test_acc": summary.get("test_acc"), "diverged_at": summary.get("diverged_at"),
-                "epochs_completed": summary.get("epochs_completed"), "seconds": summary.get("seconds")}
+        return {
+            **dataclasses.asdict(setting),
+            "run_dir": summary["run_dir"],
+            "status": summary["status"],
+            "test_acc": summary.get("test_acc"),
+            "diverged_at": summary.get("diverged_at"),
+            "epochs_completed": summary.get("epochs_completed"),
+            "seconds": summary.get("seconds"),
+        }
 
     def markdown(self, records: Sequence[dict[str, Any]]) -> str:
         """See :func:`noise_markdown`."""
@@ -152,11 +202,24 @@ def _variant_label(rule: str, alpha: float | None) -> str:
     return ("DP⊤" if rule == "dpT" else "DP") + f" α={alpha:g}"
 
 
-def _find(records: Sequence[dict[str, Any]], rule: str, alpha: float | None, beta: float | None,
-          sigma: float, quantum: float = 0.0, timing: str = SYNC) -> dict[str, Any] | None:
+def _find(
+    records: Sequence[dict[str, Any]],
+    rule: str,
+    alpha: float | None,
+    beta: float | None,
+    sigma: float,
+    quantum: float = 0.0,
+    timing: str = SYNC,
+) -> dict[str, Any] | None:
     for r in records:
-        if (r["rule"], r["alpha"], r["beta"], r["sigma"], r["quantum"], r["timing"]) == \
-                (rule, alpha, beta, sigma, quantum, timing):
+        if (r["rule"], r["alpha"], r["beta"], r["sigma"], r["quantum"], r["timing"]) == (
+            rule,
+            alpha,
+            beta,
+            sigma,
+            quantum,
+            timing,
+        ):
             return r
     return None
 
@@ -188,47 +251,77 @@ def noise_markdown(config: NoiseStudyConfig, records: Sequence[dict[str, Any]]) 
     """``results.md``: accuracy over β × σ per rule (with the bp line), asynchronous against synchronous,
     quantisation, and the findings paragraph computed from the same numbers."""
     sigmas, lines = config.sigmas, []
-    lines += [f"# Noise robustness: MLP {'–'.join(map(str, config.hidden))} on {config.dataset}", "",
-              f"{config.epochs} epochs, batch {config.batch_size}, lr {config.lr:g}"
-              + (f", {config.limit_batches} batches per epoch (≈{config.limit_batches * config.batch_size} "
-                 f"training samples)" if config.limit_batches else "")
-              + f", seed {config.seed}, noise seed {config.noise_seed}. Synchronous: schedule {config.schedule} × "
-              f"{config.passes}; asynchronous: `random` × {config.async_passes} (K·L visits to uniformly random "
-              f"neurons). σ: standard deviation of the Gaussian noise added to s⁺ and s⁻ at every update; "
-              f"q: stochastic rounding of the compartments to multiples of q. Test accuracy in %.", "",
-              "## Accuracy over β and σ (synchronous, q = 0)", "",
-              "| rule | β | " + " | ".join(f"σ={s:g}" for s in sigmas) + " |",
-              "|---|---|" + "---|" * len(sigmas)]
+    lines += [
+        f"# Noise robustness: MLP {'–'.join(map(str, config.hidden))} on {config.dataset}",
+        "",
+        f"{config.epochs} epochs, batch {config.batch_size}, lr {config.lr:g}"
+        + (
+            f", {config.limit_batches} batches per epoch (≈{config.limit_batches * config.batch_size} training samples)"
+            if config.limit_batches
+            else ""
+        )
+        + f", seed {config.seed}, noise seed {config.noise_seed}. Synchronous: schedule {config.schedule} × "
+        f"{config.passes}; asynchronous: `random` × {config.async_passes} (K·L visits to uniformly random "
+        f"neurons). σ: standard deviation of the Gaussian noise added to s⁺ and s⁻ at every update; "
+        f"q: stochastic rounding of the compartments to multiples of q. Test accuracy in %.",
+        "",
+        "## Accuracy over β and σ (synchronous, q = 0)",
+        "",
+        "| rule | β | " + " | ".join(f"σ={s:g}" for s in sigmas) + " |",
+        "|---|---|" + "---|" * len(sigmas),
+    ]
     for rule, alpha in config.variants():
         for beta in config.betas:
-            lines.append(f"| {_variant_label(rule, alpha)} | {beta:g} | "
-                         + " | ".join(_cell(_find(records, rule, alpha, beta, s)) for s in sigmas) + " |")
+            lines.append(
+                f"| {_variant_label(rule, alpha)} | {beta:g} | "
+                + " | ".join(_cell(_find(records, rule, alpha, beta, s)) for s in sigmas)
+                + " |"
+            )
     if config.bp_reference:
-        lines.append("| backprop (same noise on activations and gradients) | – | "
-                     + " | ".join(_cell(_find(records, "bp", None, None, s)) for s in sigmas) + " |")
+        lines.append(
+            "| backprop (same noise on activations and gradients) | – | "
+            + " | ".join(_cell(_find(records, "bp", None, None, s)) for s in sigmas)
+            + " |"
+        )
     if config.async_betas and config.async_sigmas:
-        lines += ["", f"## Asynchronous (`random` × {config.async_passes}) against synchronous "
-                      f"({config.schedule} × {config.passes})", "",
-                  "| rule | β | σ | synchronous | asynchronous | difference |", "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## Asynchronous (`random` × {config.async_passes}) against synchronous "
+            f"({config.schedule} × {config.passes})",
+            "",
+            "| rule | β | σ | synchronous | asynchronous | difference |",
+            "|---|---|---|---|---|---|",
+        ]
         for rule, alpha in config.variants():
             for beta in config.async_betas:
                 for sigma in config.async_sigmas:
                     sync = _find(records, rule, alpha, beta, sigma)
                     late = _find(records, rule, alpha, beta, sigma, timing=ASYNC)
                     difference = _accuracy(late) - _accuracy(sync)
-                    lines.append(f"| {_variant_label(rule, alpha)} | {beta:g} | {sigma:g} | {_cell(sync)} | "
-                                 f"{_cell(late)} | {'–' if math.isnan(difference) else f'{difference:+.1f}'} |")
+                    lines.append(
+                        f"| {_variant_label(rule, alpha)} | {beta:g} | {sigma:g} | {_cell(sync)} | "
+                        f"{_cell(late)} | {'–' if math.isnan(difference) else f'{difference:+.1f}'} |"
+                    )
     if config.quanta:
         quanta = [0.0] + config.quanta
-        lines += ["", "## Resolution: stochastic rounding to multiples of q (σ = 0, synchronous)", "",
-                  "| rule | β | " + " | ".join(f"q={q:g}" for q in quanta) + " |", "|---|---|" + "---|" * len(quanta)]
+        lines += [
+            "",
+            "## Resolution: stochastic rounding to multiples of q (σ = 0, synchronous)",
+            "",
+            "| rule | β | " + " | ".join(f"q={q:g}" for q in quanta) + " |",
+            "|---|---|" + "---|" * len(quanta),
+        ]
         for rule, alpha in config.variants():
             for beta in config.quantum_betas:
-                lines.append(f"| {_variant_label(rule, alpha)} | {beta:g} | "
-                             + " | ".join(_cell(_find(records, rule, alpha, beta, 0.0, q)) for q in quanta) + " |")
+                lines.append(
+                    f"| {_variant_label(rule, alpha)} | {beta:g} | "
+                    + " | ".join(_cell(_find(records, rule, alpha, beta, 0.0, q)) for q in quanta)
+                    + " |"
+                )
         if config.bp_reference:
-            lines.append("| backprop | – | " + " | ".join(_cell(_find(records, "bp", None, None, 0.0, q))
-                                                           for q in quanta) + " |")
+            lines.append(
+                "| backprop | – | " + " | ".join(_cell(_find(records, "bp", None, None, 0.0, q)) for q in quanta) + " |"
+            )
     lines += ["", "## Findings", "", noise_findings(config, records), ""]
     return "\n".join(lines)
 
@@ -255,25 +348,33 @@ def noise_findings(config: NoiseStudyConfig, records: Sequence[dict[str, Any]]) 
                 text += f" (within {MATCH_POINTS:g} points of its noise-free best from β = {matching[0]:g})"
             parts.append(text)
         if parts:
-            sentences.append(f"At σ = {sigma:g} the smallest β that learns (test accuracy ≥ "
-                             f"{2 * 100 // CHANCE_CLASSES} %) is — " + "; ".join(parts) + ".")
+            sentences.append(
+                f"At σ = {sigma:g} the smallest β that learns (test accuracy ≥ "
+                f"{2 * 100 // CHANCE_CLASSES} %) is — " + "; ".join(parts) + "."
+            )
     # Signal-to-noise: does β/(√2σ) separate learning cells from failing ones?
     noisy = [r for r in records if r["rule"] != "bp" and r["timing"] == SYNC and r["quantum"] == 0 and r["sigma"] > 0]
     cells = [(r["beta"] / (math.sqrt(2) * r["sigma"]), learns(_accuracy(r))) for r in noisy]
     if cells:
         good = [ratio for ratio, ok in cells if ok]
         bad = [ratio for ratio, ok in cells if not ok]
-        reading = ("s⁺ − s⁻ carries the signal β·∇ℓ against noise of standard deviation √2·σ, so the "
-                   "signal-to-noise ratio is β/(√2σ) times the gradient's size.")
+        reading = (
+            "s⁺ − s⁻ carries the signal β·∇ℓ against noise of standard deviation √2·σ, so the "
+            "signal-to-noise ratio is β/(√2σ) times the gradient's size."
+        )
         if good and bad and min(good) > max(bad):
-            reading += (f" In this grid that ratio alone decides: every noisy cell with β/(√2σ) ≥ {min(good):.3g} "
-                        f"learned and every one with β/(√2σ) ≤ {max(bad):.3g} did not.")
+            reading += (
+                f" In this grid that ratio alone decides: every noisy cell with β/(√2σ) ≥ {min(good):.3g} "
+                f"learned and every one with β/(√2σ) ≤ {max(bad):.3g} did not."
+            )
         elif good and bad:
             threshold = min(good)
             exceptions = sum(1 for ratio, ok in cells if (ratio >= threshold) != ok)
-            reading += (f" The ratio does not separate the cells cleanly: the smallest learning ratio is "
-                        f"{threshold:.3g}, the largest failing one {max(bad):.3g}; {exceptions} of {len(cells)} "
-                        f"noisy cells at or above {threshold:.3g} failed.")
+            reading += (
+                f" The ratio does not separate the cells cleanly: the smallest learning ratio is "
+                f"{threshold:.3g}, the largest failing one {max(bad):.3g}; {exceptions} of {len(cells)} "
+                f"noisy cells at or above {threshold:.3g} failed."
+            )
         elif good:
             reading += f" Every noisy cell learned (smallest ratio {min(good):.3g})."
         else:
@@ -283,26 +384,41 @@ def noise_findings(config: NoiseStudyConfig, records: Sequence[dict[str, Any]]) 
         for r in noisy:
             accuracy = _accuracy(r)
             diagonals.setdefault(float(f"{r['beta'] / r['sigma']:.3g}"), []).append(
-                accuracy if math.isfinite(accuracy) else 100.0 / CHANCE_CLASSES)
+                accuracy if math.isfinite(accuracy) else 100.0 / CHANCE_CLASSES
+            )
         spans = [(ratio, values) for ratio, values in sorted(diagonals.items()) if len(values) >= 2]
         if spans:
-            sentences.append("Along each diagonal of constant β/σ (diverged runs counted at chance), test accuracy "
-                             "spans: " + "; ".join(f"β/σ = {ratio:g}: {min(v):.1f}–{max(v):.1f} % over {len(v)} cells"
-                                                   for ratio, v in spans) + ".")
+            sentences.append(
+                "Along each diagonal of constant β/σ (diverged runs counted at chance), test accuracy "
+                "spans: "
+                + "; ".join(f"β/σ = {ratio:g}: {min(v):.1f}–{max(v):.1f} % over {len(v)} cells" for ratio, v in spans)
+                + "."
+            )
     # Backprop with the same noise.
-    bp = [(s, _accuracy(_find(records, "bp", None, None, s))) for s in config.sigmas
-          if _find(records, "bp", None, None, s) is not None]
+    bp = [
+        (s, _accuracy(_find(records, "bp", None, None, s)))
+        for s in config.sigmas
+        if _find(records, "bp", None, None, s) is not None
+    ]
     if bp:
         comparison = []
         for sigma, acc in bp:
-            best = max((_accuracy(_find(records, rule, alpha, b, sigma)) for rule, alpha in variants
-                        for b in config.betas), key=lambda v: -math.inf if math.isnan(v) else v, default=math.nan)
+            best = max(
+                (_accuracy(_find(records, rule, alpha, b, sigma)) for rule, alpha in variants for b in config.betas),
+                key=lambda v: -math.inf if math.isnan(v) else v,
+                default=math.nan,
+            )
             comparison.append(f"σ={sigma:g}: {_number(acc)} % (best dual propagation {_number(best)} %)")
-        sentences.append("Backprop with the same noise on its activations and per-sample gradients: "
-                         + "; ".join(comparison) + ".")
+        sentences.append(
+            "Backprop with the same noise on its activations and per-sample gradients: " + "; ".join(comparison) + "."
+        )
     # Asynchronous against synchronous.
-    both = [(rule, alpha, b, s, _find(records, rule, alpha, b, s, timing=ASYNC), _find(records, rule, alpha, b, s))
-            for rule, alpha in variants for b in config.async_betas for s in config.async_sigmas]
+    both = [
+        (rule, alpha, b, s, _find(records, rule, alpha, b, s, timing=ASYNC), _find(records, rule, alpha, b, s))
+        for rule, alpha in variants
+        for b in config.async_betas
+        for s in config.async_sigmas
+    ]
     both = [p for p in both if p[4] is not None and p[5] is not None]
     lost = [p for p in both if p[4]["status"] == "diverged" and p[5]["status"] != "diverged"]
     pairs = [(*p[:4], _accuracy(p[4]), _accuracy(p[5])) for p in both]
@@ -315,26 +431,36 @@ def noise_findings(config: NoiseStudyConfig, records: Sequence[dict[str, Any]]) 
             values = [p[4] - p[5] for p in pairs if p[3] == sigma]
             if values:
                 by_sigma.append(f"σ={sigma:g}: {sum(values) / len(values):+.1f} over {len(values)}")
-        sentences.append(f"Asynchronous updates (random × {config.async_passes}) against synchronous "
-                         f"({config.schedule} × {config.passes}): mean difference {sum(differences) / len(differences):+.1f} "
-                         f"points over {len(pairs)} pairs ({'; '.join(by_sigma)}), "
-                         f"{sum(d < -MATCH_POINTS for d in differences)} more than {MATCH_POINTS:g} points worse; the "
-                         f"largest loss is {worst[4] - worst[5]:+.1f} ({_variant_label(worst[0], worst[1])}, "
-                         f"β={worst[2]:g}, σ={worst[3]:g}).")
+        sentences.append(
+            f"Asynchronous updates (random × {config.async_passes}) against synchronous "
+            f"({config.schedule} × {config.passes}): mean difference {sum(differences) / len(differences):+.1f} "
+            f"points over {len(pairs)} pairs ({'; '.join(by_sigma)}), "
+            f"{sum(d < -MATCH_POINTS for d in differences)} more than {MATCH_POINTS:g} points worse; the "
+            f"largest loss is {worst[4] - worst[5]:+.1f} ({_variant_label(worst[0], worst[1])}, "
+            f"β={worst[2]:g}, σ={worst[3]:g})."
+        )
     if lost:
-        sentences.append(f"{len(lost)} asynchronous run(s) diverged where the synchronous one did not ("
-                         + ", ".join(f"{_variant_label(p[0], p[1])} β={p[2]:g} σ={p[3]:g}" for p in lost) + ").")
+        sentences.append(
+            f"{len(lost)} asynchronous run(s) diverged where the synchronous one did not ("
+            + ", ".join(f"{_variant_label(p[0], p[1])} β={p[2]:g} σ={p[3]:g}" for p in lost)
+            + ")."
+        )
     # Resolution.
     costs = []
     for q in config.quanta:
-        drops = [_accuracy(_find(records, rule, alpha, b, 0.0, q)) - _accuracy(_find(records, rule, alpha, b, 0.0))
-                 for rule, alpha in variants for b in config.quantum_betas]
+        drops = [
+            _accuracy(_find(records, rule, alpha, b, 0.0, q)) - _accuracy(_find(records, rule, alpha, b, 0.0))
+            for rule, alpha in variants
+            for b in config.quantum_betas
+        ]
         drops = [d for d in drops if math.isfinite(d)]
         if drops:
             costs.append(f"q={q:g}: mean {sum(drops) / len(drops):+.1f}, worst {min(drops):+.1f}")
     if costs:
-        sentences.append("Stochastic rounding, accuracy change against q = 0 in points over the rules and β of "
-                         "its block: " + "; ".join(costs) + ".")
+        sentences.append(
+            "Stochastic rounding, accuracy change against q = 0 in points over the rules and β of "
+            "its block: " + "; ".join(costs) + "."
+        )
     return " ".join(sentences) if sentences else "No setting finished, so there is nothing to report."
 
 
@@ -345,17 +471,35 @@ def _number(value: float) -> str:
 def plot_noise_heatmap(config: NoiseStudyConfig, records: Sequence[dict[str, Any]], path: str | Path) -> bool:
     """One heat map of test accuracy over (β, σ) per rule variant, plus backprop's row over σ; a shared
     colour scale from chance to 100 %, diverged runs marked. False (nothing written) without matplotlib."""
-    def panel(cells: list[list[dict[str, Any] | None]], rows: list[str], title: str) -> HeatmapPanel:
-        return HeatmapPanel([[_accuracy(r) for r in row] for row in cells], rows, [f"{s:g}" for s in config.sigmas],
-                            title, [["div." if r is not None and r["status"] == "diverged" else "" for r in row]
-                                    for row in cells])
 
-    panels = [panel([[_find(records, rule, alpha, b, s) for s in config.sigmas] for b in config.betas],
-                    [f"{b:g}" for b in config.betas], _variant_label(rule, alpha))
-              for rule, alpha in config.variants()]
+    def panel(cells: list[list[dict[str, Any] | None]], rows: list[str], title: str) -> HeatmapPanel:
+        return HeatmapPanel(
+            [[_accuracy(r) for r in row] for row in cells],
+            rows,
+            [f"{s:g}" for s in config.sigmas],
+            title,
+            [["div." if r is not None and r["status"] == "diverged" else "" for r in row] for row in cells],
+        )
+
+    panels = [
+        panel(
+            [[_find(records, rule, alpha, b, s) for s in config.sigmas] for b in config.betas],
+            [f"{b:g}" for b in config.betas],
+            _variant_label(rule, alpha),
+        )
+        for rule, alpha in config.variants()
+    ]
     if config.bp_reference:
         panels.append(panel([[_find(records, "bp", None, None, s) for s in config.sigmas]], [""], "backprop (noisy)"))
-    return plot_heatmaps(panels, path, row_label="β", column_label="σ", colour_label="test accuracy (%)",
-                         vmin=100.0 / CHANCE_CLASSES, vmax=100.0, annotate=True,
-                         title=f"MLP {'–'.join(map(str, config.hidden))} on {config.dataset}: test accuracy "
-                               f"over nudging β and compartment noise σ (div.: diverged)")
+    return plot_heatmaps(
+        panels,
+        path,
+        row_label="β",
+        column_label="σ",
+        colour_label="test accuracy (%)",
+        vmin=100.0 / CHANCE_CLASSES,
+        vmax=100.0,
+        annotate=True,
+        title=f"MLP {'–'.join(map(str, config.hidden))} on {config.dataset}: test accuracy "
+        f"over nudging β and compartment noise σ (div.: diverged)",
+    )

@@ -1,4 +1,5 @@
 """Result files that never replace an existing one: ``name.ext``, else ``name-2.ext``, ``name-3.ext``, …"""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """matplotlib, when it is installed (the ``plot`` extra): figures drawn off-screen and written as PNG."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -10,6 +10,7 @@ A run's time per epoch is the median of its epochs' training seconds (robust to 
 shared machine); a setting's is the mean over its runs, and ``× bp`` divides it by that of the backprop
 setting with the same data, network and optimisation.
 """
+
 from __future__ import annotations
 
 import math
@@ -53,8 +54,7 @@ def setting_key(config: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
     ignored = set(BOOKKEEPING_KEYS) | (set(NUDGING_KEYS) if config.get("rule") == "bp" else set())
     if config.get("optimizer") != "sgd":
         ignored.add("momentum")
-    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
-                        for k, v in config.items() if k not in ignored))
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in config.items() if k not in ignored))
 
 
 def group_runs(runs: Sequence[RunRecord]) -> list[list[RunRecord]]:
@@ -125,11 +125,25 @@ def markdown_table(runs: Sequence[RunRecord]) -> str:
     columns are added."""
     groups = group_runs(runs)
     keys = [dict(setting_key(g[0].config)) for g in groups]
-    extra = sorted({k for key in keys for k in key if k not in COLUMNS
-                    and len({_cell(other[k]) for other in keys if k in other}) > 1})
+    extra = sorted(
+        {
+            k
+            for key in keys
+            for k in key
+            if k not in COLUMNS and len({_cell(other[k]) for other in keys if k in other}) > 1
+        }
+    )
     headings = [_HEADINGS.get(c, c) for c in (*COLUMNS, *extra)] + [
-        "seeds", "test acc (%)", "test top-5 (%)", "best val acc (%)", "last val acc (%)", "diverged", "unfinished",
-        "s / epoch", "× bp"]
+        "seeds",
+        "test acc (%)",
+        "test top-5 (%)",
+        "best val acc (%)",
+        "last val acc (%)",
+        "diverged",
+        "unfinished",
+        "s / epoch",
+        "× bp",
+    ]
     seconds = {setting_key(g[0].config): mean_epoch_seconds(g) for g in groups}
     lines = ["| " + " | ".join(headings) + " |", "|" + "---|" * len(headings)]
     notes = []
@@ -141,13 +155,17 @@ def markdown_table(runs: Sequence[RunRecord]) -> str:
         unfinished = len(group) - diverged - sum(run.summary.get("status") == "finished" for run in group)
         own = seconds[setting_key(group[0].config)]
         ratio = own / seconds.get(backprop_twin(setting_key(group[0].config)), math.nan)
-        stats = [str(len(finished)), mean_std([s.get("test_acc") for s in summaries]),
-                 mean_std([s.get("test_top5") for s in summaries]),
-                 mean_std([s.get("best_val_acc") for s in summaries]),
-                 mean_std([run.metrics[-1].get("val_acc") if run.metrics else None for run in finished]),
-                 f"{diverged}/{len(group)}",
-                 f"{unfinished}/{len(group)}",
-                 "–" if math.isnan(own) else f"{own:.1f}", "–" if math.isnan(ratio) else f"{ratio:.2f}"]
+        stats = [
+            str(len(finished)),
+            mean_std([s.get("test_acc") for s in summaries]),
+            mean_std([s.get("test_top5") for s in summaries]),
+            mean_std([s.get("best_val_acc") for s in summaries]),
+            mean_std([run.metrics[-1].get("val_acc") if run.metrics else None for run in finished]),
+            f"{diverged}/{len(group)}",
+            f"{unfinished}/{len(group)}",
+            "–" if math.isnan(own) else f"{own:.1f}",
+            "–" if math.isnan(ratio) else f"{ratio:.2f}",
+        ]
         lines.append("| " + " | ".join(setting + stats) + " |")
         for seed, same in repeated.items():
             places = ", ".join(str(run.run_dir) for run in same)
@@ -155,8 +173,7 @@ def markdown_table(runs: Sequence[RunRecord]) -> str:
     return "\n".join(lines) + "\n" + ("\n" + "\n".join(notes) + "\n" if notes else "")
 
 
-_RULE_TITLES = {"dpT": "DP⊤", "dp": "DP", "dp-damped": "damped DP", "bp": "backprop",
-                "adversarial": "adversarial"}
+_RULE_TITLES = {"dpT": "DP⊤", "dp": "DP", "dp-damped": "damped DP", "bp": "backprop", "adversarial": "adversarial"}
 
 
 def _rules(groups: Sequence[Sequence[RunRecord]]) -> list[str]:
@@ -196,8 +213,7 @@ def plot_curves(runs: Sequence[RunRecord], path: str | Path) -> bool:
                 epochs, means = _mean_curve(group, metric)
                 if epochs:
                     axes[row][column].plot(epochs, means, marker=".", label=_label(config), **style)
-        axes[0][column].set(title=_RULE_TITLES.get(rule, rule), yscale="log",
-                            ylabel="training loss")
+        axes[0][column].set(title=_RULE_TITLES.get(rule, rule), yscale="log", ylabel="training loss")
         axes[1][column].set(xlabel="epoch", ylabel="validation accuracy (%)")
         axes[1][column].legend(fontsize="x-small")
         for row in (0, 1):

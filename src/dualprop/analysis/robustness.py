@@ -11,6 +11,7 @@ Lipschitz numbers are for that same map data-range input → logits: the empiric
 ``Π_k γ_k / min_c σ_c`` (γ_k the spectral norm of block ``B_k``; an upper bound for affine blocks and
 1-Lipschitz activations, for other blocks γ_k is measured at one point).
 """
+
 from __future__ import annotations
 
 import math
@@ -25,8 +26,8 @@ from dualprop.analysis.attacks import NORMS, adversarial_accuracy, fgsm, pgd
 from dualprop.analysis.lipschitz import empirical_lipschitz
 from dualprop.analysis.outputs import claim_new_file
 from dualprop.data import DatasetSplits
-from dualprop.losses import batch_loss
 from dualprop.graph import NeuronGraph, capture_graph
+from dualprop.losses import batch_loss
 from dualprop.network import BlockInput
 from dualprop.spectral import spectral_norm
 from dualprop.training.checkpoint import load_checkpoint, model_state
@@ -51,7 +52,9 @@ class NormalizedModel(nn.Module):
         return self.model((x - self.mean) / self.std)
 
 
-def feature_statistics(mean: Sequence[float], std: Sequence[float], input_shape: Sequence[int]) -> tuple[Tensor, Tensor]:
+def feature_statistics(
+    mean: Sequence[float], std: Sequence[float], input_shape: Sequence[int]
+) -> tuple[Tensor, Tensor]:
     """Per-channel statistics shaped to broadcast over one sample of ``input_shape``: ``C×1×1`` for images,
     each channel repeated over its ``H·W`` features for flattened (channel-major) vectors."""
     channels = len(mean)
@@ -76,8 +79,9 @@ class TrainedRun:
     epoch: int | None
 
 
-def load_trained_run(run_dir: str | Path, checkpoint: str = "best", limit: int | None = None,
-                     data_dir: str | None = None) -> TrainedRun:
+def load_trained_run(
+    run_dir: str | Path, checkpoint: str = "best", limit: int | None = None, data_dir: str | None = None
+) -> TrainedRun:
     """Rebuild the run's network, load ``checkpoint`` (``best``, ``last`` or a file path) with
     ``weights_only=True`` and read its dataset (the first ``limit`` test samples, no augmentation)."""
     run_dir = Path(run_dir)
@@ -109,8 +113,9 @@ def neuron_shapes(graph: NeuronGraph, sample: Tensor) -> list[tuple[int, ...]]:
     return [tuple(state.shape[1:]) for state in states]
 
 
-def lipschitz_summary(model: NormalizedModel, raw: Tensor, samples: int = 256, iterations: int = 20,
-                      seed: int = 0) -> dict[str, Any]:
+def lipschitz_summary(
+    model: NormalizedModel, raw: Tensor, samples: int = 256, iterations: int = 20, seed: int = 0
+) -> dict[str, Any]:
     """Spectral norms ``γ_{k,p}`` of every block with respect to each input, the data-range bound and the
     empirical estimate over the first ``samples`` inputs (max and mean of ``σ_max(J(x_n))``).
 
@@ -130,16 +135,30 @@ def lipschitz_summary(model: NormalizedModel, raw: Tensor, samples: int = 256, i
             bound += gamma * bounds[p]
         bounds.append(bound)
     scale = 1.0 / float(model.std.min())
-    estimate = empirical_lipschitz(model, raw[:samples], iterations=iterations,
-                                   generator=torch.Generator().manual_seed(seed))
-    return {"spectral_norms": norms, "product_bound": bounds[-1] * scale,
-            "lipschitz_max": estimate.max, "lipschitz_mean": estimate.mean,
-            "lipschitz_samples": int(min(samples, raw.shape[0]))}
+    estimate = empirical_lipschitz(
+        model, raw[:samples], iterations=iterations, generator=torch.Generator().manual_seed(seed)
+    )
+    return {
+        "spectral_norms": norms,
+        "product_bound": bounds[-1] * scale,
+        "lipschitz_max": estimate.max,
+        "lipschitz_mean": estimate.mean,
+        "lipschitz_samples": int(min(samples, raw.shape[0])),
+    }
 
 
-def attack_accuracies(model: NormalizedModel, raw: Tensor, labels: Tensor, loss: str, eps: Sequence[float],
-                      norm: str = "linf", pgd_steps: int = 10, seed: int = 0,
-                      batch_size: int = 256, value_range: tuple[float, float] = (0.0, 1.0)) -> dict[str, Any]:
+def attack_accuracies(
+    model: NormalizedModel,
+    raw: Tensor,
+    labels: Tensor,
+    loss: str,
+    eps: Sequence[float],
+    norm: str = "linf",
+    pgd_steps: int = 10,
+    seed: int = 0,
+    batch_size: int = 256,
+    value_range: tuple[float, float] = (0.0, 1.0),
+) -> dict[str, Any]:
     """Clean accuracy and, per ε, FGSM and PGD accuracy (%) on ``(raw, labels)``, adversarial inputs kept
     in ``value_range``.
 
@@ -157,32 +176,54 @@ def attack_accuracies(model: NormalizedModel, raw: Tensor, labels: Tensor, loss:
     rows = []
     for e in eps:
         generator = torch.Generator().manual_seed(seed)
-        fgsm_acc = adversarial_accuracy(model, data, lambda m, x, y: fgsm(m, loss_fn, x, y, e, value_range, norm),
-                                        batch_size)
+        fgsm_acc = adversarial_accuracy(
+            model, data, lambda m, x, y, e=e: fgsm(m, loss_fn, x, y, e, value_range, norm), batch_size
+        )
         pgd_acc = adversarial_accuracy(
-            model, data, lambda m, x, y: pgd(m, loss_fn, x, y, e, 2.5 * e / pgd_steps, pgd_steps, norm=norm,
-                                             clamp=value_range, generator=generator), batch_size)
+            model,
+            data,
+            lambda m, x, y, e=e, generator=generator: pgd(
+                m, loss_fn, x, y, e, 2.5 * e / pgd_steps, pgd_steps, norm=norm, clamp=value_range, generator=generator
+            ),
+            batch_size,
+        )
         rows.append({"eps": e, "fgsm_acc": 100.0 * fgsm_acc, "pgd_acc": 100.0 * pgd_acc})
     clean = adversarial_accuracy(model, data, None, batch_size)
     return {"clean_acc": 100.0 * clean, "norm": norm, "pgd_steps": pgd_steps, "attacks": rows}
 
 
-def evaluate_run_robustness(run_dir: str | Path, eps: Sequence[float], norm: str = "linf",
-                            checkpoint: str = "best", limit: int | None = None, pgd_steps: int = 10,
-                            lipschitz_samples: int = 256, seed: int = 0,
-                            data_dir: str | None = None) -> dict[str, Any]:
+def evaluate_run_robustness(
+    run_dir: str | Path,
+    eps: Sequence[float],
+    norm: str = "linf",
+    checkpoint: str = "best",
+    limit: int | None = None,
+    pgd_steps: int = 10,
+    lipschitz_samples: int = 256,
+    seed: int = 0,
+    data_dir: str | None = None,
+) -> dict[str, Any]:
     """Everything ``dualprop robustness`` reports for one run, as a JSON-ready dict."""
     run = load_trained_run(run_dir, checkpoint, limit, data_dir)
     model, raw, labels = data_range_model(run)
     report: dict[str, Any] = {
-        "run_dir": str(run.run_dir), "checkpoint": str(run.checkpoint), "checkpoint_epoch": run.epoch,
-        "dataset": run.config.dataset, "model": run.config.model, "rule": run.config.rule,
-        "alpha": run.config.alpha, "beta": run.config.beta, "test_samples": int(labels.shape[0]),
+        "run_dir": str(run.run_dir),
+        "checkpoint": str(run.checkpoint),
+        "checkpoint_epoch": run.epoch,
+        "dataset": run.config.dataset,
+        "model": run.config.model,
+        "rule": run.config.rule,
+        "alpha": run.config.alpha,
+        "beta": run.config.beta,
+        "test_samples": int(labels.shape[0]),
         "input_range": list(run.data.value_range),
         "eps_scale": "pixel / pixel_max" if run.data.value_range == (0.0, 1.0) else "the inputs' own scale",
     }
-    report.update(attack_accuracies(model, raw, labels, run.config.loss, eps, norm, pgd_steps, seed,
-                                    value_range=run.data.value_range))
+    report.update(
+        attack_accuracies(
+            model, raw, labels, run.config.loss, eps, norm, pgd_steps, seed, value_range=run.data.value_range
+        )
+    )
     report.update(lipschitz_summary(model, raw, lipschitz_samples, seed=seed))
     return report
 

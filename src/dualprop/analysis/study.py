@@ -15,6 +15,7 @@ study: one training run per setting (``bp`` once, ``adversarial`` per β, ``dp``
 (α, β)), then for its best checkpoint the clean and PGD accuracy at two ε and the Lipschitz estimates
 of :mod:`dualprop.analysis.robustness`; its plot shows them against β.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,8 +31,7 @@ from dualprop.analysis.robustness import evaluate_run_robustness, write_robustne
 from dualprop.atomic import atomic_write
 from dualprop.data import DataError, find_dataset_dir, get_spec
 from dualprop.training.config import TrainConfig, dumps_toml, from_mapping, read_toml
-from dualprop.training.rundir import (CONFIG_FILE, SUMMARY_FILE, create_run_directory,
-                                      write_json_atomic)
+from dualprop.training.rundir import CONFIG_FILE, SUMMARY_FILE, create_run_directory, write_json_atomic
 from dualprop.training.runlock import run_directory_lock
 from dualprop.training.trainer import TrainingObserver, resume_run, start_run
 
@@ -40,8 +40,13 @@ KIND_KEY = "study"
 RESULTS_FILE = "results.json"
 TABLE_FILE = "results.md"
 PLOT_FILE = "study.png"
-_RULE_NAMES = {"dp": "DP", "dpT": "DP⊤", "dp-damped": "damped DP", "adversarial": "adversarial training",
-               "bp": "backprop"}
+_RULE_NAMES = {
+    "dp": "DP",
+    "dpT": "DP⊤",
+    "dp-damped": "damped DP",
+    "adversarial": "adversarial training",
+    "bp": "backprop",
+}
 
 
 class StudySetting(Protocol):
@@ -105,9 +110,14 @@ class StudyConfig:
 
     def check(self) -> "StudyConfig":
         """A checked copy: a non-empty grid of valid training settings and two ε > 0."""
-        config = dataclasses.replace(self, hidden=list(self.hidden), rules=list(self.rules),
-                                     alphas=[float(a) for a in self.alphas], betas=[float(b) for b in self.betas],
-                                     eps=[float(e) for e in self.eps])
+        config = dataclasses.replace(
+            self,
+            hidden=list(self.hidden),
+            rules=list(self.rules),
+            alphas=[float(a) for a in self.alphas],
+            betas=[float(b) for b in self.betas],
+            eps=[float(e) for e in self.eps],
+        )
         for name in ("rules", "alphas", "betas"):
             if not getattr(config, name):
                 raise ValueError(f"study {name} must list at least one value")
@@ -121,20 +131,36 @@ class StudyConfig:
         """The training configuration of one setting (written to its run directory)."""
         alpha = setting.alpha if setting.alpha is not None else 0.5
         beta = setting.beta if setting.beta is not None else 0.1
-        return TrainConfig(rule=setting.rule, alpha=alpha, beta=beta, schedule=self.schedule,
-                           passes=self.passes, dataset=self.dataset, data_dir=self.data_dir or None,
-                           augment=False, model="mlp", hidden=list(self.hidden), epochs=self.epochs,
-                           batch_size=self.batch_size, lr=self.lr,
-                           warmup_epochs=min(self.warmup_epochs, self.epochs), seeds=[self.seed],
-                           limit_batches=self.limit_batches, baseline=False, name="study",
-                           device=self.device, tensorboard=False)
+        return TrainConfig(
+            rule=setting.rule,
+            alpha=alpha,
+            beta=beta,
+            schedule=self.schedule,
+            passes=self.passes,
+            dataset=self.dataset,
+            data_dir=self.data_dir or None,
+            augment=False,
+            model="mlp",
+            hidden=list(self.hidden),
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            warmup_epochs=min(self.warmup_epochs, self.epochs),
+            seeds=[self.seed],
+            limit_batches=self.limit_batches,
+            baseline=False,
+            name="study",
+            device=self.device,
+            tensorboard=False,
+        )
 
     def settings(self) -> list["Setting"]:
         """The grid (see :func:`study_settings`)."""
         return study_settings(self)
 
-    def run_setting(self, setting: "Setting", directory: Path,
-                    observer: TrainingObserver | None = None) -> dict[str, Any]:
+    def run_setting(
+        self, setting: "Setting", directory: Path, observer: TrainingObserver | None = None
+    ) -> dict[str, Any]:
         """Train and measure one setting (see :func:`run_setting`)."""
         return run_setting(self, setting, directory, observer)
 
@@ -184,8 +210,10 @@ def default_dataset(data_dir: str | None = None, preferred: str = "mnist") -> tu
     try:
         find_dataset_dir(get_spec(preferred), data_dir)
     except (DataError, ValueError, OSError):
-        return "digits", (f"{label} files not found; using scikit-learn's digits with a 64-input MLP "
-                          f"(--dataset {label} --data-dir DIR for {label})")
+        return "digits", (
+            f"{label} files not found; using scikit-learn's digits with a 64-input MLP "
+            f"(--dataset {label} --data-dir DIR for {label})"
+        )
     return preferred, f"{label} files found"
 
 
@@ -241,14 +269,17 @@ def read_results(directory: str | Path) -> dict[str, dict[str, Any]]:
 def _existing_run(runs: Path, config: TrainConfig) -> Path | None:
     """The run directory under ``runs`` already started with these Learner settings (for resuming)."""
     for candidate in sorted(runs.glob(f"*/{CONFIG_FILE}")):
-        if from_mapping(read_toml(candidate)).learner_settings() == config.learner_settings() \
-                and (candidate.parent / SUMMARY_FILE).exists():
+        if (
+            from_mapping(read_toml(candidate)).learner_settings() == config.learner_settings()
+            and (candidate.parent / SUMMARY_FILE).exists()
+        ):
             return candidate.parent
     return None
 
 
-def train_setting(train_config: TrainConfig, directory: Path,
-                  observer: TrainingObserver | None = None) -> dict[str, Any]:
+def train_setting(
+    train_config: TrainConfig, directory: Path, observer: TrainingObserver | None = None
+) -> dict[str, Any]:
     """Train ``train_config`` (first seed) into ``directory/runs``, resuming or reusing a run already
     started there with the same Learner settings; returns the run's summary."""
     train_config = train_config.replace(out=str(directory / "runs")).resolved()
@@ -258,30 +289,56 @@ def train_setting(train_config: TrainConfig, directory: Path,
     return resume_run(run_dir, observer)
 
 
-def run_setting(config: StudyConfig, setting: Setting, directory: Path,
-                observer: TrainingObserver | None = None) -> dict[str, Any]:
+def run_setting(
+    config: StudyConfig, setting: Setting, directory: Path, observer: TrainingObserver | None = None
+) -> dict[str, Any]:
     """Train one setting (or resume / reuse its run) and measure it; returns its result record."""
     summary = train_setting(config.train_config(setting), directory, observer)
     record: dict[str, Any] = {
-        "rule": setting.rule, "alpha": setting.alpha, "beta": setting.beta, "run_dir": summary["run_dir"],
-        "status": summary["status"], "test_acc": summary.get("test_acc"),
-        "diverged_at": summary.get("diverged_at"), "epochs_completed": summary.get("epochs_completed"),
-        "seconds": summary.get("seconds"), "robustness": None,
+        "rule": setting.rule,
+        "alpha": setting.alpha,
+        "beta": setting.beta,
+        "run_dir": summary["run_dir"],
+        "status": summary["status"],
+        "test_acc": summary.get("test_acc"),
+        "diverged_at": summary.get("diverged_at"),
+        "epochs_completed": summary.get("epochs_completed"),
+        "seconds": summary.get("seconds"),
+        "robustness": None,
     }
     if summary.get("best_epoch"):
-        report = evaluate_run_robustness(summary["run_dir"], config.eps, limit=config.test_limit or None,
-                                         pgd_steps=config.pgd_steps, lipschitz_samples=config.lipschitz_samples,
-                                         seed=config.seed, data_dir=config.data_dir or None)
+        report = evaluate_run_robustness(
+            summary["run_dir"],
+            config.eps,
+            limit=config.test_limit or None,
+            pgd_steps=config.pgd_steps,
+            lipschitz_samples=config.lipschitz_samples,
+            seed=config.seed,
+            data_dir=config.data_dir or None,
+        )
         write_robustness_json(summary["run_dir"], report)
-        record["robustness"] = {key: report[key] for key in
-                                ("clean_acc", "attacks", "lipschitz_max", "lipschitz_mean", "product_bound",
-                                 "spectral_norms", "checkpoint_epoch", "test_samples")}
+        record["robustness"] = {
+            key: report[key]
+            for key in (
+                "clean_acc",
+                "attacks",
+                "lipschitz_max",
+                "lipschitz_mean",
+                "product_bound",
+                "spectral_norms",
+                "checkpoint_epoch",
+                "test_samples",
+            )
+        }
     return record
 
 
-def run_study(directory: str | Path, observer: TrainingObserver | None = None,
-              setting_done: Callable[[Any, dict[str, Any]], None] | None = None,
-              kind: type[StudyKind] = StudyConfig) -> dict[str, dict[str, Any]]:
+def run_study(
+    directory: str | Path,
+    observer: TrainingObserver | None = None,
+    setting_done: Callable[[Any, dict[str, Any]], None] | None = None,
+    kind: type[StudyKind] = StudyConfig,
+) -> dict[str, dict[str, Any]]:
     """Run every unfinished setting of the ``kind`` study in ``directory``, then write the table and plot.
 
     The study directory is locked meanwhile (:func:`run_directory_lock`): a second process on it stops
@@ -331,24 +388,30 @@ def _diverged(record: dict[str, Any]) -> str:
 def study_markdown(config: StudyConfig, records: Sequence[dict[str, Any]]) -> str:
     """The study table (one row per setting) followed by a findings paragraph computed from it."""
     eps1, eps2 = config.eps
-    lines = [f"# Robustness study: MLP {'–'.join(map(str, config.hidden))} on {config.dataset}", "",
-             f"{config.epochs} epochs, batch {config.batch_size}, lr {config.lr:g}, schedule {config.schedule} × "
-             f"{config.passes}, seed {config.seed}"
-             + (f", at most {config.limit_batches} batches per epoch" if config.limit_batches else "")
-             + f". Robustness of each run's best checkpoint on {_test_samples(config, records)} test samples; "
-             f"ε on the [0, 1] pixel scale, PGD ℓ∞ with {config.pgd_steps} steps. Lipschitz: empirical "
-             f"max ‖J(x)‖₂ over {config.lipschitz_samples} test inputs (lower bound) and the product of the "
-             f"layers' spectral norms (upper bound).", "",
-             f"| rule | α | β | test acc (%) | diverged | Lipschitz (emp.) | Lipschitz (product) | "
-             f"PGD acc ε={eps1:g} (%) | PGD acc ε={eps2:g} (%) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Robustness study: MLP {'–'.join(map(str, config.hidden))} on {config.dataset}",
+        "",
+        f"{config.epochs} epochs, batch {config.batch_size}, lr {config.lr:g}, schedule {config.schedule} × "
+        f"{config.passes}, seed {config.seed}"
+        + (f", at most {config.limit_batches} batches per epoch" if config.limit_batches else "")
+        + f". Robustness of each run's best checkpoint on {_test_samples(config, records)} test samples; "
+        f"ε on the [0, 1] pixel scale, PGD ℓ∞ with {config.pgd_steps} steps. Lipschitz: empirical "
+        f"max ‖J(x)‖₂ over {config.lipschitz_samples} test inputs (lower bound) and the product of the "
+        f"layers' spectral norms (upper bound).",
+        "",
+        f"| rule | α | β | test acc (%) | diverged | Lipschitz (emp.) | Lipschitz (product) | "
+        f"PGD acc ε={eps1:g} (%) | PGD acc ε={eps2:g} (%) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in records:
         robustness = r.get("robustness") or {}
         alpha = "–" if r["alpha"] is None else f"{r['alpha']:g}"
         beta = "–" if r["beta"] is None else f"{r['beta']:g}"
-        lines.append(f"| {r['rule']} | {alpha} | {beta} | {_number(r['test_acc'])} | {_diverged(r)} | "
-                     f"{_number(robustness.get('lipschitz_max'))} | {_number(robustness.get('product_bound'), 1)} | "
-                     f"{_number(_pgd(r, 0))} | {_number(_pgd(r, 1))} |")
+        lines.append(
+            f"| {r['rule']} | {alpha} | {beta} | {_number(r['test_acc'])} | {_diverged(r)} | "
+            f"{_number(robustness.get('lipschitz_max'))} | {_number(robustness.get('product_bound'), 1)} | "
+            f"{_number(_pgd(r, 0))} | {_number(_pgd(r, 1))} |"
+        )
     lines += ["", "## Findings", "", findings(config, records), ""]
     return "\n".join(lines)
 
@@ -388,25 +451,41 @@ def findings(config: StudyConfig, records: Sequence[dict[str, Any]]) -> str:
         failed = [r for r in runs if r["status"] != "diverged" and (r["test_acc"] or 0.0) < 2 * chance]
         text = f"{_RULE_NAMES[rule]} diverged in {len(diverged)} of {len(runs)} settings"
         if diverged:
-            text += " (" + ", ".join(f"α={r['alpha']:g} β={r['beta']:g} at epoch {r['diverged_at']['epoch']}"
-                                     for r in diverged) + ")"
+            text += (
+                " ("
+                + ", ".join(f"α={r['alpha']:g} β={r['beta']:g} at epoch {r['diverged_at']['epoch']}" for r in diverged)
+                + ")"
+            )
         if failed:
-            text += "; it stayed finite but did not learn (test accuracy below twice chance) in " + \
-                    ", ".join(f"α={r['alpha']:g} β={r['beta']:g}" for r in failed)
+            text += "; it stayed finite but did not learn (test accuracy below twice chance) in " + ", ".join(
+                f"α={r['alpha']:g} β={r['beta']:g}" for r in failed
+            )
         sentences.append(text + ".")
-    dp_bad = [r for r in records if r["rule"] == "dp" and (r["status"] == "diverged" or (r["test_acc"] or 0) < 2 * chance)]
-    dpt_bad = [r for r in records if r["rule"] == "dpT" and (r["status"] == "diverged" or (r["test_acc"] or 0) < 2 * chance)]
+    dp_bad = [
+        r for r in records if r["rule"] == "dp" and (r["status"] == "diverged" or (r["test_acc"] or 0) < 2 * chance)
+    ]
+    dpt_bad = [
+        r for r in records if r["rule"] == "dpT" and (r["status"] == "diverged" or (r["test_acc"] or 0) < 2 * chance)
+    ]
     if any(r["rule"] == "dp" for r in records) and any(r["rule"] == "dpT" for r in records):
         asymmetric_large = [r for r in dp_bad if r["alpha"] != 0.5 and r["beta"] >= max(config.betas) / 2]
         if dp_bad and not dpt_bad:
-            sentences.append("As expected, DP failed only under nudging where DP⊤ with the same α and β stayed "
-                             "stable" + (", and its failures sit at asymmetric α with large β." if
-                                         len(asymmetric_large) == len(dp_bad) else
-                                         ", though not only at asymmetric α with large β."))
+            sentences.append(
+                "As expected, DP failed only under nudging where DP⊤ with the same α and β stayed "
+                "stable"
+                + (
+                    ", and its failures sit at asymmetric α with large β."
+                    if len(asymmetric_large) == len(dp_bad)
+                    else ", though not only at asymmetric α with large β."
+                )
+            )
         elif not dp_bad:
-            sentences.append(f"The instability of DP under asymmetric nudging at large β that the paper reports "
-                             f"did not show in this measurement ({config.epochs} epochs"
-                             + (f", {config.limit_batches} batches each" if config.limit_batches else "") + ").")
+            sentences.append(
+                f"The instability of DP under asymmetric nudging at large β that the paper reports "
+                f"did not show in this measurement ({config.epochs} epochs"
+                + (f", {config.limit_batches} batches each" if config.limit_batches else "")
+                + ")."
+            )
         else:
             sentences.append(f"Unlike the paper's claim of a stable DP⊤, DP⊤ also failed in {len(dpt_bad)} settings.")
     bp = next((r for r in records if r["rule"] == "bp"), None)
@@ -420,16 +499,20 @@ def findings(config: StudyConfig, records: Sequence[dict[str, Any]]) -> str:
                 where = ("" if worst["alpha"] is None else f"α={worst['alpha']:g} ") + f"β={worst['beta']:g}"
                 losses.append(f"{_RULE_NAMES[rule]} {worst['test_acc'] - bp['test_acc']:+.2f} ({where})")
         if losses:
-            sentences.append(f"Lowest test accuracy against backprop's {bp['test_acc']:.2f} %, in points: "
-                             + "; ".join(losses) + ".")
+            sentences.append(
+                f"Lowest test accuracy against backprop's {bp['test_acc']:.2f} %, in points: " + "; ".join(losses) + "."
+            )
     # Lipschitz against β.
     bp_lipschitz = _lipschitz(bp) if bp else None
     trends = []
     for rule in ("dp", "dpT", "dp-damped", "adversarial"):
         alphas = [None] if rule == "adversarial" else config.alphas
         for alpha in alphas:
-            series = [r for r in _series(records, rule, alpha) if _lipschitz(r) is not None
-                      and math.isfinite(_lipschitz(r)) and r["status"] != "diverged"]
+            series = [
+                r
+                for r in _series(records, rule, alpha)
+                if _lipschitz(r) is not None and math.isfinite(_lipschitz(r)) and r["status"] != "diverged"
+            ]
             if len(series) >= 2:
                 values = [_lipschitz(r) for r in series]
                 label = _RULE_NAMES[rule] + ("" if alpha is None else f" α={alpha:g}")
@@ -438,16 +521,21 @@ def findings(config: StudyConfig, records: Sequence[dict[str, Any]]) -> str:
         falling = [t for t in trends if t[1] == "falls"]
         sentences.append(
             f"The empirical Lipschitz estimate falls monotonically with β in {len(falling)} of {len(trends)} "
-            f"series (" + "; ".join(f"{t[0]}: {t[1]}, {t[2]:.2f} at β={t[4]:g} → {t[3]:.2f} at β={t[5]:g}"
-                                     for t in trends) + ").")
+            f"series ("
+            + "; ".join(f"{t[0]}: {t[1]}, {t[2]:.2f} at β={t[4]:g} → {t[3]:.2f} at β={t[5]:g}" for t in trends)
+            + ")."
+        )
         if len(falling) * 2 < len(trends):
-            sentences.append("So this measurement does not support a general shrinking of the Lipschitz constant "
-                             "with larger β.")
+            sentences.append(
+                "So this measurement does not support a general shrinking of the Lipschitz constant with larger β."
+            )
     if bp_lipschitz is not None:
         nudged = [r for r in records if r["rule"] != "bp" and _lipschitz(r) is not None and r["status"] != "diverged"]
         below = [r for r in nudged if _lipschitz(r) < bp_lipschitz]
-        sentences.append(f"Backprop's Lipschitz estimate is {bp_lipschitz:.2f}; {len(below)} of {len(nudged)} other "
-                         f"non-diverged settings lie below it.")
+        sentences.append(
+            f"Backprop's Lipschitz estimate is {bp_lipschitz:.2f}; {len(below)} of {len(nudged)} other "
+            f"non-diverged settings lie below it."
+        )
     # α at fixed β for DP⊤.
     dpt = [r for r in records if r["rule"] == "dpT" and _lipschitz(r) is not None and r["status"] != "diverged"]
     if len({r["alpha"] for r in dpt}) >= 2:
@@ -455,25 +543,43 @@ def findings(config: StudyConfig, records: Sequence[dict[str, Any]]) -> str:
         for r in dpt:
             by_alpha.setdefault(r["alpha"], []).append(_lipschitz(r))
         means = {a: sum(v) / len(v) for a, v in sorted(by_alpha.items())}
-        sentences.append("Mean DP⊤ Lipschitz estimate over β by α: " +
-                         ", ".join(f"α={a:g}: {m:.2f}" for a, m in means.items()) + ".")
+        sentences.append(
+            "Mean DP⊤ Lipschitz estimate over β by α: " + ", ".join(f"α={a:g}: {m:.2f}" for a, m in means.items()) + "."
+        )
     # Robustness against Lipschitz.
-    pairs = [(_lipschitz(r), _pgd(r, 1)) for r in records if _lipschitz(r) is not None and _pgd(r, 1) is not None
-             and math.isfinite(_lipschitz(r)) and r["status"] != "diverged"]
+    pairs = [
+        (_lipschitz(r), _pgd(r, 1))
+        for r in records
+        if _lipschitz(r) is not None
+        and _pgd(r, 1) is not None
+        and math.isfinite(_lipschitz(r))
+        and r["status"] != "diverged"
+    ]
     if len(pairs) >= 3:
         correlation = _pearson([math.log(max(p[0], 1e-12)) for p in pairs], [p[1] for p in pairs])
         if correlation is not None:
-            sentences.append(f"Across settings, PGD accuracy at ε={config.eps[1]:g} and log Lipschitz estimate "
-                             f"correlate with r = {correlation:.2f}"
-                             + (" (lower Lipschitz, more robust)." if correlation < -0.3 else
-                                " (weak or no link between the estimate and robustness here)."
-                                if correlation <= 0.3 else " (higher estimate, more robust: opposite to the expected link)."))
+            sentences.append(
+                f"Across settings, PGD accuracy at ε={config.eps[1]:g} and log Lipschitz estimate "
+                f"correlate with r = {correlation:.2f}"
+                + (
+                    " (lower Lipschitz, more robust)."
+                    if correlation < -0.3
+                    else " (weak or no link between the estimate and robustness here)."
+                    if correlation <= 0.3
+                    else " (higher estimate, more robust: opposite to the expected link)."
+                )
+            )
     best = max((r for r in records if _pgd(r, 1) is not None), key=lambda r: _pgd(r, 1), default=None)
     if best is not None:
-        label = best["rule"] + (f" α={best['alpha']:g}" if best["alpha"] is not None else "") + \
-            (f" β={best['beta']:g}" if best["beta"] is not None else "")
-        sentences.append(f"The most robust setting at ε={config.eps[1]:g} is {label} with {_pgd(best, 1):.1f} % "
-                         f"PGD accuracy" + (f" (backprop: {_pgd(bp, 1):.1f} %)." if bp and _pgd(bp, 1) is not None else "."))
+        label = (
+            best["rule"]
+            + (f" α={best['alpha']:g}" if best["alpha"] is not None else "")
+            + (f" β={best['beta']:g}" if best["beta"] is not None else "")
+        )
+        sentences.append(
+            f"The most robust setting at ε={config.eps[1]:g} is {label} with {_pgd(best, 1):.1f} % "
+            f"PGD accuracy" + (f" (backprop: {_pgd(bp, 1):.1f} %)." if bp and _pgd(bp, 1) is not None else ".")
+        )
     return " ".join(sentences) if sentences else "No setting finished, so there is nothing to report."
 
 
@@ -494,16 +600,21 @@ def plot_study(config: StudyConfig, records: Sequence[dict[str, Any]], path: str
     plt = pyplot()
     if plt is None:
         return False
-    panels = (("Lipschitz estimate (empirical)", _lipschitz),
-              (f"PGD accuracy at ε={config.eps[1]:g} (%)", lambda r: _pgd(r, 1)),
-              ("test accuracy (%)", lambda r: r["test_acc"]))
+    panels = (
+        ("Lipschitz estimate (empirical)", _lipschitz),
+        (f"PGD accuracy at ε={config.eps[1]:g} (%)", lambda r: _pgd(r, 1)),
+        ("test accuracy (%)", lambda r: r["test_acc"]),
+    )
     figure, axes = plt.subplots(1, 3, figsize=(17, 4.2))
     series_keys = list(dict.fromkeys((r["rule"], r["alpha"]) for r in records if r["beta"] is not None))
     bp = next((r for r in records if r["rule"] == "bp"), None)
     for axis, (label, value) in zip(axes, panels):
         for rule, alpha in series_keys:
-            points = [(r["beta"], value(r)) for r in _series(records, rule, alpha)
-                      if value(r) is not None and math.isfinite(value(r)) and r["status"] != "diverged"]
+            points = [
+                (r["beta"], value(r))
+                for r in _series(records, rule, alpha)
+                if value(r) is not None and math.isfinite(value(r)) and r["status"] != "diverged"
+            ]
             if points:
                 name = _RULE_NAMES[rule] + ("" if alpha is None else f" α={alpha:g}")
                 axis.plot(*zip(*points), marker="o", label=name)

@@ -67,8 +67,7 @@ def _checked_inputs(x: Tensor, describe: Describe, key: str) -> Tensor:
     if x.dtype != torch.uint8 and not x.is_floating_point():
         raise DataError(f"{describe(key)} has dtype {x.dtype}; expected floating point or uint8 inputs")
     if not 2 <= x.dim() <= 4:
-        raise DataError(f"{describe(key)} has shape {tuple(x.shape)}; expected N x D, N x H x W or "
-                        f"N x C x H x W")
+        raise DataError(f"{describe(key)} has shape {tuple(x.shape)}; expected N x D, N x H x W or N x C x H x W")
     if x.is_floating_point():
         x = x.to(torch.float32)
         if not bool(torch.isfinite(x).all()):
@@ -80,12 +79,13 @@ def _checked_labels(y: Tensor, count: int, describe: Describe, key: str) -> Tens
     if y.dtype == torch.bool or y.is_floating_point() or y.is_complex():
         raise DataError(f"{describe(key)} has dtype {y.dtype}; expected integer class indices")
     if y.dim() != 1 or len(y) != count:
-        raise DataError(f"{describe(key)} has shape {tuple(y.shape)}; expected ({count},), one label per "
-                        f"sample of {describe('x' + key[1:])}")
+        raise DataError(
+            f"{describe(key)} has shape {tuple(y.shape)}; expected ({count},), one label per "
+            f"sample of {describe('x' + key[1:])}"
+        )
     y = y.to(torch.int64)
     if len(y) and int(y.min()) < 0:
-        raise DataError(f"{describe(key)} holds the negative label {int(y.min())}; labels are class "
-                        f"indices 0, 1, …")
+        raise DataError(f"{describe(key)} holds the negative label {int(y.min())}; labels are class indices 0, 1, …")
     return y
 
 
@@ -100,18 +100,22 @@ def checked_arrays(name: str, arrays: dict[str, tuple[Tensor, Tensor]], describe
     for part in parts:
         if len(parts[part][1]) == 0:
             raise DataError(f"{describe(f'x_{part}')} has no samples")
-    for part, (x, y) in parts.items():
+    for part, (x, _labels) in parts.items():
         if x.shape[1:] != train_x.shape[1:] or x.dtype != train_x.dtype:
-            raise DataError(f"{describe(f'x_{part}')} holds {x.dtype} samples of shape {tuple(x.shape[1:])}, "
-                            f"but {describe('x_train')} holds {train_x.dtype} samples of shape "
-                            f"{tuple(train_x.shape[1:])}")
+            raise DataError(
+                f"{describe(f'x_{part}')} holds {x.dtype} samples of shape {tuple(x.shape[1:])}, "
+                f"but {describe('x_train')} holds {train_x.dtype} samples of shape "
+                f"{tuple(train_x.shape[1:])}"
+            )
     num_classes = int(train_y.max()) + 1
     if num_classes < 2:
         raise DataError(f"{describe('y_train')} holds only class 0; a classifier needs at least two classes")
     for part, (_, y) in parts.items():
         if len(y) and int(y.max()) >= num_classes:
-            raise DataError(f"{describe(f'y_{part}')} holds label {int(y.max())}, but the classes of "
-                            f"{describe('y_train')} are 0..{num_classes - 1}")
+            raise DataError(
+                f"{describe(f'y_{part}')} holds label {int(y.max())}, but the classes of "
+                f"{describe('y_train')} are 0..{num_classes - 1}"
+            )
     return ArrayData(name, parts, num_classes)
 
 

@@ -22,13 +22,11 @@ except ImportError:  # numpy < 2
     from numpy.core.multiarray import _reconstruct
 
 
-
 def latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
     """The bytes object that a protocol-2 pickle rebuilds as ``_codecs.encode(text, "latin1")``; any
     other encoding or argument is refused (data files need no more)."""
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        raise ValueError(f"_codecs.encode is admitted for latin1 text only, "
-                         f"got {type(text).__name__} and {encoding!r}")
+        raise ValueError(f"_codecs.encode is admitted for latin1 text only, got {type(text).__name__} and {encoding!r}")
     return text.encode("latin1")
 
 

@@ -63,8 +63,7 @@ def read_idx(path: Path) -> np.ndarray:
     found = len(raw) - header_bytes
     if found != expected:
         raise DataError(
-            f"{path}: expected {expected} data bytes for shape {shape}, found {found} "
-            "(truncated or corrupt file)"
+            f"{path}: expected {expected} data bytes for shape {shape}, found {found} (truncated or corrupt file)"
         )
     return np.frombuffer(raw, dtype, offset=header_bytes).reshape(shape).astype(dtype.newbyteorder("="))
 

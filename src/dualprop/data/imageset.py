@@ -24,11 +24,10 @@ def checked_image_set(images: np.ndarray, labels: np.ndarray, source: str) -> Im
     if images.ndim != 4:
         raise DataError(f"{source}: expected images of shape N x C x H x W, found shape {images.shape}")
     if labels.ndim != 1 or len(labels) != len(images):
-        raise DataError(
-            f"{source}: expected {len(images)} labels (one per image), found shape {labels.shape}"
-        )
+        raise DataError(f"{source}: expected {len(images)} labels (one per image), found shape {labels.shape}")
     integral = labels.dtype.kind in "iu" or (
-        labels.dtype.kind == "f" and bool(np.all(np.isfinite(labels) & (labels == np.round(labels)))))
+        labels.dtype.kind == "f" and bool(np.all(np.isfinite(labels) & (labels == np.round(labels))))
+    )
     if not integral:
         odd = next((v for v in labels.tolist() if not isinstance(v, int) or isinstance(v, bool)), labels.dtype)
         raise DataError(f"{source}: expected integer class labels, found {labels.dtype} values such as {odd!r}")
@@ -39,13 +38,18 @@ def uint8_pixels(images: np.ndarray, source: str) -> np.ndarray:
     """`images` as uint8, refusing values that are not integers in 0..255 instead of casting them."""
     if images.dtype == np.uint8:
         return images
-    exact = images.size == 0 or (images.dtype.kind in "iuf" and bool(np.all(np.isfinite(images)))
-                                 and images.min() >= 0 and images.max() <= 255
-                                 and bool(np.all(images == np.round(images))))
+    exact = images.size == 0 or (
+        images.dtype.kind in "iuf"
+        and bool(np.all(np.isfinite(images)))
+        and images.min() >= 0
+        and images.max() <= 255
+        and bool(np.all(images == np.round(images)))
+    )
     if not exact:
         span = f"{images.min()}..{images.max()}" if images.dtype.kind in "iuf" else "non-numbers"
-        raise DataError(f"{source}: expected pixel values that are integers in 0..255, found {images.dtype} "
-                        f"values {span}")
+        raise DataError(
+            f"{source}: expected pixel values that are integers in 0..255, found {images.dtype} values {span}"
+        )
     return images.astype(np.uint8)
 
 
@@ -55,18 +59,24 @@ def check_fits(image_set: ImageSet, split: str, image_shape: tuple[int, ...], nu
     source = image_set.source or "the dataset"
     found = tuple(image_set.images.shape[1:])
     if found != tuple(image_shape):
-        raise DataError(f"{source}: {split} images are {' x '.join(map(str, found))} (C x H x W), "
-                        f"expected {' x '.join(map(str, image_shape))}")
+        raise DataError(
+            f"{source}: {split} images are {' x '.join(map(str, found))} (C x H x W), "
+            f"expected {' x '.join(map(str, image_shape))}"
+        )
     labels = image_set.labels
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise DataError(f"{source}: {split} labels must lie in 0..{num_classes - 1}, "
-                        f"found {labels.min()}..{labels.max()}")
+        raise DataError(
+            f"{source}: {split} labels must lie in 0..{num_classes - 1}, found {labels.min()}..{labels.max()}"
+        )
 
 
 def concatenate(parts: list[ImageSet]) -> ImageSet:
     """The samples of `parts` in order, as one ImageSet naming all their sources."""
-    return ImageSet(np.concatenate([p.images for p in parts]), np.concatenate([p.labels for p in parts]),
-                    ", ".join(p.source for p in parts if p.source))
+    return ImageSet(
+        np.concatenate([p.images for p in parts]),
+        np.concatenate([p.labels for p in parts]),
+        ", ".join(p.source for p in parts if p.source),
+    )
 
 
 def first(image_set: ImageSet, limit: int | None) -> ImageSet:

@@ -114,8 +114,16 @@ class DatasetSplits:
         def evaluation(dataset: TensorDataset) -> BatchLoader:
             return BatchLoader(dataset, eval_size, device=device)
 
-        train = BatchLoader(self.train, batch_size, shuffle=True, augmentation=self.augmentation,
-                            seed=seed, rank=rank, world_size=world_size, device=device)
+        train = BatchLoader(
+            self.train,
+            batch_size,
+            shuffle=True,
+            augmentation=self.augmentation,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+            device=device,
+        )
         validation = evaluation(self.validation) if self.validation is not None else None
         return train, validation, evaluation(self.test)
 
@@ -150,8 +158,9 @@ def array_splits(
     parts = data.parts
     if pad_to is not None:
         if len(data.sample_shape) != 3:
-            raise ValueError(f"pad_to needs images N x C x H x W; {data.name} holds samples of shape "
-                             f"{data.sample_shape}")
+            raise ValueError(
+                f"pad_to needs images N x C x H x W; {data.name} holds samples of shape {data.sample_shape}"
+            )
         parts = {part: (pad_images(x, pad_to), y) for part, (x, y) in parts.items()}
     train_x, train_y = parts["train"]
     if "val" in parts:
@@ -234,9 +243,11 @@ def load_dataset(
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be a positive number of samples, got {limit}")
     if name == PYTHON_DATA:
-        raise ValueError(f"dataset {PYTHON_DATA!r} stands for data handed over from Python "
-                         f"(dualprop.training.train(config, data=...)); hand the same data over again, or name "
-                         f"a registered dataset or an .npz file")
+        raise ValueError(
+            f"dataset {PYTHON_DATA!r} stands for data handed over from Python "
+            f"(dualprop.training.train(config, data=...)); hand the same data over again, or name "
+            f"a registered dataset or an .npz file"
+        )
     if is_npz_path(name):
         return array_splits(read_npz(name, limit), validation_percent, seed, flatten, pad_to)
     spec = get_spec(name)
@@ -271,7 +282,8 @@ def load_dataset(
         name=spec.name,
         train=dataset(train_images[train_index], train_labels[train_index]),
         validation=dataset(train_images[validation_index], train_labels[validation_index])
-        if len(validation_index) else None,
+        if len(validation_index)
+        else None,
         test=dataset(test_images, test_labels),
         num_classes=spec.num_classes,
         input_shape=(math.prod(image_shape),) if flatten else image_shape,

@@ -40,8 +40,11 @@ def is_present(directory: Path, relative: str) -> bool:
 
 def candidate_dirs(spec: DatasetSpec, root: str | os.PathLike[str] | None = None) -> list[Path]:
     """For every data root in search order: our layout `<root>/<name>`, then torchvision's layouts."""
-    return [directory for base in data_roots(root)
-            for directory in (base / spec.name, *(base / alias for alias in spec.torchvision_dirs))]
+    return [
+        directory
+        for base in data_roots(root)
+        for directory in (base / spec.name, *(base / alias for alias in spec.torchvision_dirs))
+    ]
 
 
 def find_dataset_dir(spec: DatasetSpec, root: str | os.PathLike[str] | None = None) -> Path:
@@ -59,10 +62,16 @@ def find_dataset_dir(spec: DatasetSpec, root: str | os.PathLike[str] | None = No
     raise DataError(
         f"dataset {spec.name!r} is incomplete: missing {', '.join(str(closest / f) for f in missing[closest])}; "
         f"place {', '.join(spec.files)} in {first_root / spec.name}"
-        + (f" (or in {', '.join(str(first_root / alias) for alias in spec.torchvision_dirs)})"
-           if spec.torchvision_dirs else "")
+        + (
+            f" (or in {', '.join(str(first_root / alias) for alias in spec.torchvision_dirs)})"
+            if spec.torchvision_dirs
+            else ""
+        )
         + f"; searched {', '.join(map(str, data_roots(root)))}; get them from {sources}"
         + (f" or run dualprop.data.download({spec.name!r})" if spec.resources else "")
-        + (f" or install the system package {spec.system_package} (into {SYSTEM_DATA_ROOT})"
-           if spec.system_package else "")
+        + (
+            f" or install the system package {spec.system_package} (into {SYSTEM_DATA_ROOT})"
+            if spec.system_package
+            else ""
+        )
     )

@@ -33,8 +33,9 @@ def read_svhn_mat(path: Path) -> ImageSet:
     images = np.ascontiguousarray(uint8_pixels(images, f"{path}: X").transpose(3, 2, 0, 1))
     checked = checked_image_set(images, labels, str(path))
     if checked.labels.size and (checked.labels.min() < 1 or checked.labels.max() > 10):
-        raise DataError(f"{path}: expected labels in 1..10 (10 for digit 0), "
-                        f"found {checked.labels.min()}..{checked.labels.max()}")
+        raise DataError(
+            f"{path}: expected labels in 1..10 (10 for digit 0), found {checked.labels.min()}..{checked.labels.max()}"
+        )
     return checked._replace(labels=checked.labels % 10)
 
 

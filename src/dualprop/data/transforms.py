@@ -36,18 +36,14 @@ def channel_stats(
     return tuple(mean.tolist()), tuple(std.tolist())
 
 
-def normalize(
-    images: torch.Tensor, mean: Sequence[float], std: Sequence[float], pixel_max: float
-) -> torch.Tensor:
+def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float], pixel_max: float) -> torch.Tensor:
     """float32 (x / pixel_max - mean_c) / std_c for each channel c of N x C x H x W images."""
     shape = (1, len(mean), 1, 1)
     result = images.to(torch.float32, copy=True).div_(pixel_max)
     return result.sub_(torch.tensor(mean).view(shape)).div_(torch.tensor(std).view(shape))
 
 
-def random_crop_flip(
-    images: torch.Tensor, padding: int, flip: bool, generator: torch.Generator
-) -> torch.Tensor:
+def random_crop_flip(images: torch.Tensor, padding: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
     """Per-sample random crop of the zero-padded batch back to H x W, then a mirror with probability 1/2.
 
     Output[n, c, i, j] = padded[n, c, dy_n + i, dx_n + j'] with j' = W - 1 - j for mirrored samples,

@@ -6,6 +6,7 @@ the best validation metric and the random-number-generator states), so the safe 
 Writing goes to a temporary file in the same directory, which is flushed, fsynced and then renamed
 over the target with ``os.replace``: a reader sees the old file or the new one, never half of one.
 """
+
 from __future__ import annotations
 
 import random
@@ -56,7 +57,7 @@ def _from_model_layout(payload: dict[str, Any]) -> dict[str, Any]:
 def model_state(checkpoint: dict[str, Any]) -> dict[str, Any]:
     """The model's own ``state_dict`` inside a checkpoint's Learner state (its ``model.`` entries)."""
     prefix = "model."
-    return {key[len(prefix):]: value for key, value in checkpoint["learner"].items() if key.startswith(prefix)}
+    return {key[len(prefix) :]: value for key, value in checkpoint["learner"].items() if key.startswith(prefix)}
 
 
 def rng_state() -> dict[str, Any]:
@@ -65,10 +66,18 @@ def rng_state() -> dict[str, Any]:
     version, internal, gauss_py = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
-                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
-        "python": {"version": version, "internal": list(internal),
-                   "gauss": gauss_py if gauss_py is None else float(gauss_py)},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "position": int(position),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
+        "python": {
+            "version": version,
+            "internal": list(internal),
+            "gauss": gauss_py if gauss_py is None else float(gauss_py),
+        },
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -79,8 +88,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
     """Restore the generators saved by :func:`rng_state`."""
     torch.set_rng_state(state["torch"].cpu())
     numpy_state = state["numpy"]
-    np.random.set_state((numpy_state["kind"], numpy_state["keys"].numpy().astype(np.uint32),
-                         numpy_state["position"], numpy_state["has_gauss"], numpy_state["gauss"]))
+    np.random.set_state(
+        (
+            numpy_state["kind"],
+            numpy_state["keys"].numpy().astype(np.uint32),
+            numpy_state["position"],
+            numpy_state["has_gauss"],
+            numpy_state["gauss"],
+        )
+    )
     python_state = state["python"]
     random.setstate((python_state["version"], tuple(python_state["internal"]), python_state["gauss"]))
     if "cuda" in state and torch.cuda.is_available():

@@ -6,6 +6,7 @@ canonical and whose ``passes`` is explicit, which is what a run directory stores
 The defaults are the quick start: an MLP trained on scikit-learn's digits with DP⊤, compared against
 backprop on the same network and seed.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,8 +32,7 @@ from dualprop.schedules import parse_schedule
 OPTIMIZERS = ("sgd", "adam")
 # Settings that do not change what a run computes (where it is written, on which device, with how many
 # threads, …); runs that differ only in these and the seed are the same setting.
-BOOKKEEPING_KEYS = ("seeds", "out", "name", "device", "threads", "compile", "data_dir", "tensorboard",
-                    "baseline")
+BOOKKEEPING_KEYS = ("seeds", "out", "name", "device", "threads", "compile", "data_dir", "tensorboard", "baseline")
 SGD_MOMENTUM = 0.9
 # Settings that may differ between a checkpoint and config.toml when a run is resumed: the length of
 # the run, its diagnostics and the bookkeeping (all but the seed).
@@ -64,18 +64,20 @@ class TrainConfig:
     alpha: float = _setting(0.5, "nudging weight α in [0, 1]")
     beta: float = _setting(0.1, "nudging strength β > 0")
     schedule: str = _setting("forward-backward", "inference schedule or alias (fw3, bw, fwbw2, random, …)")
-    passes: int | None = _setting(None, "passes of the inference schedule",
-                                  unset="1, or the number in an alias such as fw3")
+    passes: int | None = _setting(
+        None, "passes of the inference schedule", unset="1, or the number in an alias such as fw3"
+    )
     loss: str = _setting("cross_entropy", "cross_entropy or mse")
     implementation: str = _setting("auto", "auto, generic or fused")
-    feedback: str = _setting("symmetric", "symmetric, or kolen-pollack (separate feedback weights "
-                                          "learned by the same rule)")
+    feedback: str = _setting(
+        "symmetric", "symmetric, or kolen-pollack (separate feedback weights learned by the same rule)"
+    )
     power_iterations: int = _setting(1, "power-iteration steps per update for the spectral norms of dp-damped")
     # hardware realism (see dualprop.hardware)
-    state_noise: float = _setting(0.0, "σ of the Gaussian noise added to every compartment update (bp: "
-                                       "activations and gradients)")
-    state_quantum: float = _setting(0.0, "resolution q: compartments stochastically rounded to multiples of "
-                                         "q (0: off)")
+    state_noise: float = _setting(
+        0.0, "σ of the Gaussian noise added to every compartment update (bp: activations and gradients)"
+    )
+    state_quantum: float = _setting(0.0, "resolution q: compartments stochastically rounded to multiples of q (0: off)")
     noise_seed: int = _setting(0, "seed of the noise, rounding and random-schedule generator")
     # data
     dataset: str = _setting("digits", "dataset name (digits, mnist, cifar10, …) or an .npz file of arrays")
@@ -84,8 +86,9 @@ class TrainConfig:
     augment: bool = _setting(True, "random crop/flip where the dataset allows it")
     pad_to: int = _setting(0, "zero-pad images to this size")
     # network
-    model: str = _setting("mlp", "mlp, a conv model (vgg16, vgg_like, cnn, mini_cnn) or a residual "
-                                 "network (resnet20, resnet8)")
+    model: str = _setting(
+        "mlp", "mlp, a conv model (vgg16, vgg_like, cnn, mini_cnn) or a residual network (resnet20, resnet8)"
+    )
     hidden: list[int] = _setting([256, 256], "hidden widths of the MLP")
     activation: str = _setting("relu", "activation function")
     # optimisation
@@ -98,20 +101,24 @@ class TrainConfig:
     warmup_lr: float = _setting(0.005, "learning rate at the start of warm-up")
     momentum: float | None = _setting(None, "SGD momentum in [0, 1) (sgd only)", unset="0.9 with sgd")
     weight_decay: float = _setting(1e-4, "weight decay")
-    divergence_factor: float = _setting(10.0, "stop as diverged when an epoch's mean training loss exceeds this "
-                                              "factor times the first step's loss (0: off)")
+    divergence_factor: float = _setting(
+        10.0,
+        "stop as diverged when an epoch's mean training loss exceeds this factor times the first step's loss (0: off)",
+    )
     # runs
     seeds: list[int] = _setting([0], "random seeds, one run each")
     limit_batches: int = _setting(0, "at most this many batches per epoch and evaluation (0: all)")
-    diagnose_every: int = _setting(0, "every N steps append per-layer angles to backprop's gradient to "
-                                      "diagnostics.csv (0: off)")
+    diagnose_every: int = _setting(
+        0, "every N steps append per-layer angles to backprop's gradient to diagnostics.csv (0: off)"
+    )
     baseline: bool = _setting(True, "also train the same network and seed with backprop")
     out: str = _setting("runs", "directory that receives the run directories")
     name: str = _setting("", "prefix of run directory names")
     device: str = _setting("auto", "auto, cpu, cuda or mps")
     threads: int = _setting(0, "CPU threads (0: 1 for an MLP, else torch's default)")
-    compile: str = _setting("none", "torch.compile the learning step: none, default, reduce-overhead (CUDA "
-                                    "graphs on a GPU) or max-autotune")
+    compile: str = _setting(
+        "none", "torch.compile the learning step: none, default, reduce-overhead (CUDA graphs on a GPU) or max-autotune"
+    )
     tensorboard: bool = _setting(True, "write TensorBoard logs when tensorboard is installed")
 
     # -- validation -------------------------------------------------------------------------------
@@ -129,8 +136,7 @@ class TrainConfig:
         if config.model not in MODELS:
             raise ValueError(f"unknown model {config.model!r}; choose one of {', '.join(MODELS)}")
         if config.model == "mlp" and (not config.hidden or any(h < 1 for h in config.hidden)):
-            raise ValueError(f"hidden must list at least one positive layer width for model 'mlp', "
-                             f"got {config.hidden}")
+            raise ValueError(f"hidden must list at least one positive layer width for model 'mlp', got {config.hidden}")
         for name in ("epochs", "batch_size"):
             if getattr(config, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
@@ -144,8 +150,10 @@ class TrainConfig:
         if config.optimizer != "sgd" and config.momentum == SGD_MOMENTUM:
             config.momentum = None  # what earlier versions wrote into every config.toml; Adam never used it
         if config.optimizer != "sgd" and config.momentum is not None:
-            raise ValueError(f"momentum is a setting of optimizer 'sgd'; {config.optimizer!r} has none: "
-                             "remove momentum or choose optimizer 'sgd'")
+            raise ValueError(
+                f"momentum is a setting of optimizer 'sgd'; {config.optimizer!r} has none: "
+                "remove momentum or choose optimizer 'sgd'"
+            )
         for name in ("lr", "final_lr", "warmup_lr", "weight_decay"):
             value = getattr(config, name)
             if not math.isfinite(value) or value < 0:
@@ -153,8 +161,9 @@ class TrainConfig:
         if config.momentum is not None and not 0 <= config.momentum < 1:
             raise ValueError(f"momentum must lie in [0, 1), got {config.momentum}")
         if not (config.divergence_factor == 0 or 1 < config.divergence_factor < math.inf):
-            raise ValueError(f"divergence_factor must be a finite number > 1 (or 0: no check), "
-                             f"got {config.divergence_factor}")
+            raise ValueError(
+                f"divergence_factor must be a finite number > 1 (or 0: no check), got {config.divergence_factor}"
+            )
         if config.lr <= 0:
             raise ValueError(f"lr must be > 0, got {config.lr}")
         if not 0 <= config.validation_percent < 100:
@@ -177,11 +186,20 @@ class TrainConfig:
 
     def learner_settings(self) -> dict[str, Any]:
         """The keyword arguments of :class:`dualprop.Learner` that this config sets."""
-        return {"rule": self.rule, "alpha": self.alpha, "beta": self.beta, "schedule": self.schedule,
-                "passes": self.passes, "loss": self.loss, "implementation": self.implementation,
-                "feedback": self.feedback, "power_iterations": self.power_iterations,
-                "state_noise": self.state_noise, "state_quantum": self.state_quantum,
-                "noise_seed": self.noise_seed}
+        return {
+            "rule": self.rule,
+            "alpha": self.alpha,
+            "beta": self.beta,
+            "schedule": self.schedule,
+            "passes": self.passes,
+            "loss": self.loss,
+            "implementation": self.implementation,
+            "feedback": self.feedback,
+            "power_iterations": self.power_iterations,
+            "state_noise": self.state_noise,
+            "state_quantum": self.state_quantum,
+            "noise_seed": self.noise_seed,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as a plain dict (``None`` values omitted, as TOML has no null)."""
@@ -220,8 +238,9 @@ def settings() -> tuple[Setting, ...]:
         is_list = typing.get_origin(kind) is list
         if is_list:
             (kind,) = typing.get_args(kind)
-        result.append(Setting(f.name, kind, is_list, optional, getattr(defaults, f.name), f.metadata["help"],
-                              f.metadata["unset"]))
+        result.append(
+            Setting(f.name, kind, is_list, optional, getattr(defaults, f.name), f.metadata["help"], f.metadata["unset"])
+        )
     return tuple(result)
 
 
@@ -293,8 +312,13 @@ def _toml_value(value: Any) -> str:
             return "inf" if value > 0 else "-inf"
         return repr(value)
     if isinstance(value, str):
-        escaped = (value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-                   .replace("\t", "\\t").replace("\r", "\\r"))
+        escaped = (
+            value.replace("\\", "\\\\")
+            .replace('"', '\\"')
+            .replace("\n", "\\n")
+            .replace("\t", "\\t")
+            .replace("\r", "\\r")
+        )
         return f'"{escaped}"'
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"

@@ -11,6 +11,7 @@ The backend follows the device: NCCL on CUDA (device ``cuda:LOCAL_RANK``), gloo 
 collective waits at most ``timeout_s`` seconds, so a rank that fails or hangs ends the job instead of
 leaving the others waiting forever.
 """
+
 from __future__ import annotations
 
 import os
@@ -76,8 +77,9 @@ def _device_for(device: str, local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
-def init_process_group(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S,
-                       environ: Mapping[str, str] | None = None) -> DistributedContext:
+def init_process_group(
+    device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S, environ: Mapping[str, str] | None = None
+) -> DistributedContext:
     """Join the job described by the launcher's environment: NCCL on ``cuda:LOCAL_RANK``, else gloo."""
     environ = os.environ if environ is None else environ
     if not timeout_s > 0:
@@ -90,8 +92,12 @@ def init_process_group(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_
     target = _device_for(device, local_rank)
     if target.type == "cuda":
         torch.cuda.set_device(target)
-    dist.init_process_group("nccl" if target.type == "cuda" else "gloo", rank=rank, world_size=world_size,
-                            timeout=timedelta(seconds=timeout_s))
+    dist.init_process_group(
+        "nccl" if target.type == "cuda" else "gloo",
+        rank=rank,
+        world_size=world_size,
+        timeout=timedelta(seconds=timeout_s),
+    )
     return DistributedContext(rank, world_size, target)
 
 
@@ -169,5 +175,7 @@ def any_rank(flags: Sequence[bool]) -> list[bool]:
 def describe_failure(error: BaseException, context: DistributedContext, timeout_s: float) -> str:
     """One line for a rank that stops with ``error`` (its own, or a peer's failure or the timeout seen
     through a collective)."""
-    return (f"rank {context.rank} of {context.world_size} stopped: {_first_line(error)[:300]} (a failing "
-            f"rank or a wait past the {timeout_s:g} s timeout ends the job on every rank)")
+    return (
+        f"rank {context.rank} of {context.world_size} stopped: {_first_line(error)[:300]} (a failing "
+        f"rank or a wait past the {timeout_s:g} s timeout ends the job on every rank)"
+    )

@@ -8,6 +8,7 @@ one trained configuration per table (all seeds of it). Without ``[[runs]]`` it i
 the first seed, then of the second, … — so an interrupted experiment holds whole grids; in one process
 or in several. Continued in its output folder, it keeps the runs already there.
 """
+
 from __future__ import annotations
 
 import multiprocessing
@@ -37,8 +38,11 @@ class Experiment:
 
 def _experiment_files() -> dict[str, Any]:
     directory = resources.files("dualprop") / "experiments"
-    return {entry.name[: -len(EXPERIMENT_SUFFIX)]: entry for entry in directory.iterdir()
-            if entry.name.endswith(EXPERIMENT_SUFFIX)}
+    return {
+        entry.name[: -len(EXPERIMENT_SUFFIX)]: entry
+        for entry in directory.iterdir()
+        if entry.name.endswith(EXPERIMENT_SUFFIX)
+    }
 
 
 def experiment_names() -> list[str]:
@@ -113,10 +117,14 @@ def run_one(config: TrainConfig, resume: bool = False, observer: TrainingObserve
     return start_run(config, config.seeds[0], observer)
 
 
-def run_experiment(configs: Sequence[TrainConfig], jobs: int = 1, resume: bool = False,
-                   observer: TrainingObserver | None = None,
-                   run_done: Callable[[dict[str, Any]], None] | None = None,
-                   worker_observer: TrainingObserver | None = None) -> list[dict[str, Any]]:
+def run_experiment(
+    configs: Sequence[TrainConfig],
+    jobs: int = 1,
+    resume: bool = False,
+    observer: TrainingObserver | None = None,
+    run_done: Callable[[dict[str, Any]], None] | None = None,
+    worker_observer: TrainingObserver | None = None,
+) -> list[dict[str, Any]]:
     """Every run of ``configs`` (see :func:`experiment_runs`), returning their summaries in that order.
 
     With ``jobs > 1`` the runs go to that many worker processes (``observer`` is not used there but a

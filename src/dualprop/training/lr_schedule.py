@@ -9,13 +9,21 @@ the rate used for step ``t = 0 … T−1`` is
 so it starts at ``warmup_lr``, reaches ``lr`` after the warm-up, and ends just above ``final_lr``.
 Being a function of the global step only, it needs no state to resume.
 """
+
 from __future__ import annotations
 
 import math
 
 
-def learning_rate(step: int, steps_per_epoch: int, epochs: int, lr: float, final_lr: float,
-                  warmup_epochs: int = 0, warmup_lr: float = 0.0) -> float:
+def learning_rate(
+    step: int,
+    steps_per_epoch: int,
+    epochs: int,
+    lr: float,
+    final_lr: float,
+    warmup_epochs: int = 0,
+    warmup_lr: float = 0.0,
+) -> float:
     """The rate for the 0-based optimizer step ``step`` (see the module docstring)."""
     if steps_per_epoch < 1 or epochs < 1:
         raise ValueError("steps_per_epoch and epochs must be >= 1")

@@ -9,6 +9,7 @@ Layout of one run directory::
     checkpoint-best.pt    the weights of the epoch with the best validation accuracy
     checkpoint-last.pt    everything needed to resume after the last finished epoch
 """
+
 from __future__ import annotations
 
 import csv
@@ -29,8 +30,7 @@ NAME_MAX = 255  # bytes in one file name on common file systems (ext4, XFS, APFS
 
 DIAGNOSTICS_FILE = "diagnostics.csv"
 DIAGNOSTICS_COLUMNS = ("epoch", "step", "layer", "cosine", "angle")
-METRIC_COLUMNS = ("epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds",
-                  "elapsed")
+METRIC_COLUMNS = ("epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "elapsed")
 
 
 def create_run_directory(parent: str | Path, name: str) -> Path:
@@ -44,8 +44,10 @@ def create_run_directory(parent: str | Path, name: str) -> Path:
     safe = re.sub(r"[^A-Za-z0-9._+-]+", "_", name).strip("._") or "run"
     longest = len(f"{safe}-99999".encode())
     if longest > NAME_MAX:
-        raise ValueError(f"the run directory name {safe[:32]}… is {len(safe.encode())} bytes long; file systems "
-                         f"allow {NAME_MAX}: choose a shorter name")
+        raise ValueError(
+            f"the run directory name {safe[:32]}… is {len(safe.encode())} bytes long; file systems "
+            f"allow {NAME_MAX}: choose a shorter name"
+        )
     if parent.exists() and not parent.is_dir():
         raise ValueError(f"out {parent} is a file, not a directory: choose another place for the runs")
     try:
@@ -64,6 +66,7 @@ def create_run_directory(parent: str | Path, name: str) -> Path:
 
 def write_json_atomic(values: Mapping[str, Any], path: str | Path) -> None:
     """Write ``values`` as JSON through a temporary file and ``os.replace``."""
+
     def write(file) -> None:
         json.dump(values, file, indent=2, allow_nan=True)
         file.write("\n")
@@ -90,8 +93,11 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, float]]:
     try:
         with open(path, newline="", encoding="utf-8") as file:
             rows = list(csv.DictReader(file))
-        return [{key: (float(value) if value not in ("", None) else float("nan")) for key, value in row.items()}
-                for row in rows if row.get("epoch") not in ("", None)]
+        return [
+            {key: (float(value) if value not in ("", None) else float("nan")) for key, value in row.items()}
+            for row in rows
+            if row.get("epoch") not in ("", None)
+        ]
     except (ValueError, TypeError, csv.Error) as error:  # UnicodeDecodeError is a ValueError
         raise ValueError(f"{path} is not a dualprop metrics file: {error}") from None
 
@@ -197,8 +203,15 @@ def read_diagnostics(path: str | Path) -> list[dict[str, Any]]:
     with open(path, newline="", encoding="utf-8") as file:
         for row in csv.DictReader(file):
             try:
-                rows.append({"epoch": int(row["epoch"]), "step": int(row["step"]), "layer": row["layer"],
-                             "cosine": float(row["cosine"]), "angle": float(row["angle"])})
+                rows.append(
+                    {
+                        "epoch": int(row["epoch"]),
+                        "step": int(row["step"]),
+                        "layer": row["layer"],
+                        "cosine": float(row["cosine"]),
+                        "angle": float(row["angle"]),
+                    }
+                )
             except (KeyError, TypeError, ValueError):
                 continue
     return rows

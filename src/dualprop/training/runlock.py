@@ -6,6 +6,7 @@ holder exits, however it exits, so a lock left by a killed run is stale by const
 process takes it over. Having the lock, a process removes the temporary files of atomic writes that a
 killed predecessor left behind (``.NAME.*.tmp``), which no live process can be writing any more.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -36,8 +37,7 @@ def run_directory_lock(run_dir: str | Path) -> Iterator[None]:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(descriptor, 200, 0).decode("utf-8", "replace").strip() or "another process"
-            raise RunDirectoryBusy(f"{run_dir} is in use by {holder}; wait for it to finish or stop it "
-                                   "first") from None
+            raise RunDirectoryBusy(f"{run_dir} is in use by {holder}; wait for it to finish or stop it first") from None
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, f"process {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         remove_stale_temporaries(run_dir)

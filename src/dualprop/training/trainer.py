@@ -27,6 +27,7 @@ each rank trains its shard of every epoch through a ``DistributedDataParallel`` 
 metrics are summed over the ranks, divergence is agreed by all ranks at the same step, and rank 0
 alone creates the run directory, writes files, reports progress and evaluates the test set.
 """
+
 from __future__ import annotations
 
 import math
@@ -41,19 +42,32 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from dualprop.data import (ArrayData, BatchLoader, DatasetSplits, array_splits, dataset_label, from_datasets,
-                           load_dataset)
+from dualprop.data import (
+    ArrayData,
+    BatchLoader,
+    DatasetSplits,
+    array_splits,
+    dataset_label,
+    from_datasets,
+    load_dataset,
+)
 from dualprop.learner import Learner
 from dualprop.losses import batch_loss
 from dualprop.models import CONV_MODELS, mlp
 from dualprop.training import distributed
-from dualprop.training.checkpoint import (CheckpointError, atomic_save, load_checkpoint, rng_state,
-                                          set_rng_state)
+from dualprop.training.checkpoint import CheckpointError, atomic_save, load_checkpoint, rng_state, set_rng_state
 from dualprop.training.config import RESUMABLE_SETTINGS, TrainConfig, from_mapping, load_config, save_config
 from dualprop.training.lr_schedule import learning_rate
-from dualprop.training.rundir import (BEST_CHECKPOINT, CONFIG_FILE, LAST_CHECKPOINT, SUMMARY_FILE,
-                                      MetricsLog, create_run_directory, read_summary,
-                                      write_json_atomic)
+from dualprop.training.rundir import (
+    BEST_CHECKPOINT,
+    CONFIG_FILE,
+    LAST_CHECKPOINT,
+    SUMMARY_FILE,
+    MetricsLog,
+    create_run_directory,
+    read_summary,
+    write_json_atomic,
+)
 from dualprop.training.runlock import run_directory_lock
 
 
@@ -65,8 +79,9 @@ class TrainingObserver:
 
     settings_carried_out: frozenset[str] = frozenset()
 
-    def run_started(self, run_dir: Path, config: TrainConfig, seed: int, start_epoch: int,
-                    steps_per_epoch: int) -> None:
+    def run_started(
+        self, run_dir: Path, config: TrainConfig, seed: int, start_epoch: int, steps_per_epoch: int
+    ) -> None:
         """A run begins (or resumes after ``start_epoch`` finished epochs)."""
 
     def epoch_started(self, epoch: int, steps: int) -> None:
@@ -110,8 +125,9 @@ class Observers(TrainingObserver):
         self.observers = observers
         self.settings_carried_out = frozenset().union(*(o.settings_carried_out for o in observers))
 
-    def run_started(self, run_dir: Path, config: TrainConfig, seed: int, start_epoch: int,
-                    steps_per_epoch: int) -> None:
+    def run_started(
+        self, run_dir: Path, config: TrainConfig, seed: int, start_epoch: int, steps_per_epoch: int
+    ) -> None:
         for observer in self.observers:
             observer.run_started(run_dir, config, seed, start_epoch, steps_per_epoch)
 
@@ -166,8 +182,9 @@ def build_model(config: TrainConfig, input_shape: tuple[int, ...], num_classes: 
     if len(input_shape) != 3 or input_shape[1] != input_shape[2]:
         raise ValueError(f"model {config.model!r} needs square C x H x W images, got shape {input_shape}")
     channels, size, _ = input_shape
-    return CONV_MODELS[config.model](num_classes=num_classes, in_channels=channels, size=size,
-                                     activation=config.activation)
+    return CONV_MODELS[config.model](
+        num_classes=num_classes, in_channels=channels, size=size, activation=config.activation
+    )
 
 
 def build_optimizer(config: TrainConfig, parameters: list[nn.Parameter]) -> torch.optim.Optimizer:
@@ -175,13 +192,19 @@ def build_optimizer(config: TrainConfig, parameters: list[nn.Parameter]) -> torc
     and any Kolen–Pollack feedback weights (which need the same weight decay to align)."""
     if config.optimizer == "adam":
         return torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum,
-                           weight_decay=config.weight_decay)
+    return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
 
-def load_splits(config: TrainConfig, seed: int, world_size: int = 1, *, evaluation: bool = False,
-                limit: int | None = None, data_dir: str | None = None,
-                data: ArrayData | None = None) -> DatasetSplits:
+def load_splits(
+    config: TrainConfig,
+    seed: int,
+    world_size: int = 1,
+    *,
+    evaluation: bool = False,
+    limit: int | None = None,
+    data_dir: str | None = None,
+    data: ArrayData | None = None,
+) -> DatasetSplits:
     """The data of ``config`` for ``seed``: the user's arrays ``data`` when given, else the dataset
     ``config.dataset`` from ``data_dir`` (default: ``config.data_dir``), its first ``limit`` samples.
 
@@ -195,9 +218,16 @@ def load_splits(config: TrainConfig, seed: int, world_size: int = 1, *, evaluati
     if limit is None and config.limit_batches and not evaluation:
         needed = config.limit_batches * config.batch_size * world_size
         limit = math.ceil(needed / (1 - config.validation_percent / 100)) + 1
-    return load_dataset(config.dataset, root=data_dir or config.data_dir, validation_percent=validation_percent,
-                        seed=seed, flatten=flatten, pad_to=pad_to, augment=config.augment and not evaluation,
-                        limit=limit)
+    return load_dataset(
+        config.dataset,
+        root=data_dir or config.data_dir,
+        validation_percent=validation_percent,
+        seed=seed,
+        flatten=flatten,
+        pad_to=pad_to,
+        augment=config.augment and not evaluation,
+        limit=limit,
+    )
 
 
 def as_array_data(data: ArrayData | Sequence[Dataset]) -> ArrayData:
@@ -206,8 +236,9 @@ def as_array_data(data: ArrayData | Sequence[Dataset]) -> ArrayData:
     if isinstance(data, ArrayData):
         return data
     if not isinstance(data, (tuple, list)) or not 2 <= len(data) <= 3:
-        raise ValueError("data must be torch Datasets (train, test) or (train, test, validation), "
-                         f"got {type(data).__name__}")
+        raise ValueError(
+            f"data must be torch Datasets (train, test) or (train, test, validation), got {type(data).__name__}"
+        )
     return from_datasets(*data)
 
 
@@ -258,8 +289,10 @@ class Run:
         self.context = distributed.current_context()
         self.is_main = self.context is None or self.context.is_main
         if config.diagnose_every and "diagnose_every" not in observer.settings_carried_out:
-            raise ValueError("diagnose_every is carried out by an observer: hand "
-                             "dualprop.analysis.GradientAngleLog() to the trainer (the command line does)")
+            raise ValueError(
+                "diagnose_every is carried out by an observer: hand "
+                "dualprop.analysis.GradientAngleLog() to the trainer (the command line does)"
+            )
         if self.context is not None and config.diagnose_every:
             raise ValueError("diagnose_every needs a single process; run diagnostics without torchrun")
         self.config, self.observer = config, observer if self.is_main else TrainingObserver()
@@ -275,8 +308,13 @@ class Run:
         self.optimizer = build_optimizer(config, list(self.learner.parameters()))
         rank, world_size = (self.context.rank, self.context.world_size) if self.context else (0, 1)
         self.train_loader, self.validation_loader, self.test_loader = self.data.loaders(
-            config.batch_size, seed=self.seed, eval_batch_size=max(config.batch_size, 256), rank=rank,
-            world_size=world_size, device=self.device)
+            config.batch_size,
+            seed=self.seed,
+            eval_batch_size=max(config.batch_size, 256),
+            rank=rank,
+            world_size=world_size,
+            device=self.device,
+        )
         self.steps_per_epoch = len(self.train_loader)
         if config.limit_batches:
             self.steps_per_epoch = min(self.steps_per_epoch, config.limit_batches)
@@ -299,11 +337,19 @@ class Run:
     # -- persistence ------------------------------------------------------------------------------
 
     def _checkpoint(self) -> dict[str, Any]:
-        return {"learner": self.learner.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "epoch": self.epoch, "global_step": self.global_step, "best_val_acc": self.best_val_acc,
-                "best_epoch": self.best_epoch, "elapsed": self.elapsed, "rng": rng_state(),
-                "started": self.started, "reference_loss": self.reference_loss,
-                "config": self.config.to_dict()}
+        return {
+            "learner": self.learner.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "best_val_acc": self.best_val_acc,
+            "best_epoch": self.best_epoch,
+            "elapsed": self.elapsed,
+            "rng": rng_state(),
+            "started": self.started,
+            "reference_loss": self.reference_loss,
+            "config": self.config.to_dict(),
+        }
 
     def restore(self) -> None:
         """Continue from ``checkpoint-last.pt``; ``metrics.csv`` is cut back to its epoch."""
@@ -315,8 +361,10 @@ class Run:
         try:
             self.learner.load_state_dict(state["learner"])
         except RuntimeError as error:
-            raise CheckpointError(f"checkpoint {path} does not fit the network of {CONFIG_FILE}: "
-                                  f"{(str(error).splitlines() or ['mismatch'])[0]}") from None
+            raise CheckpointError(
+                f"checkpoint {path} does not fit the network of {CONFIG_FILE}: "
+                f"{(str(error).splitlines() or ['mismatch'])[0]}"
+            ) from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.global_step = int(state["epoch"]), int(state["global_step"])
         self.best_val_acc, self.best_epoch = float(state["best_val_acc"]), int(state["best_epoch"])
@@ -328,24 +376,40 @@ class Run:
             return
         self.metrics.truncate_to(self.epoch)
 
-    def _summary(self, status: str, test: Evaluation | None = None,
-                 divergence: Divergence | None = None) -> dict[str, Any]:
+    def _summary(
+        self, status: str, test: Evaluation | None = None, divergence: Divergence | None = None
+    ) -> dict[str, Any]:
         dyadic = self.config.rule != "bp"
         return {
-            "status": status, "run_dir": str(self.run_dir), "rule": self.config.rule,
-            "alpha": self.config.alpha if dyadic else None, "beta": self.config.beta if dyadic else None,
+            "status": status,
+            "run_dir": str(self.run_dir),
+            "rule": self.config.rule,
+            "alpha": self.config.alpha if dyadic else None,
+            "beta": self.config.beta if dyadic else None,
             "schedule": self.config.schedule if dyadic else None,
             "passes": self.config.passes if dyadic else None,
-            "dataset": self.config.dataset, "model": self.config.model, "seed": self.seed,
-            "epochs": self.config.epochs, "epochs_completed": self.epoch, "steps": self.global_step,
+            "dataset": self.config.dataset,
+            "model": self.config.model,
+            "seed": self.seed,
+            "epochs": self.config.epochs,
+            "epochs_completed": self.epoch,
+            "steps": self.global_step,
             "best_epoch": self.best_epoch or None,
             "best_val_acc": self.best_val_acc if self.best_epoch and math.isfinite(self.best_val_acc) else None,
-            "test_loss": test.loss if test else None, "test_acc": test.top1 if test else None,
-            "test_top5": test.top5 if test else None, "seconds": round(self.elapsed, 3),
-            "diverged_at": None if divergence is None else {
-                "epoch": divergence.epoch, "step": divergence.step,
-                "step_in_epoch": divergence.step_in_epoch, "reason": divergence.reason},
-            "started": self.started, "updated": _now(),
+            "test_loss": test.loss if test else None,
+            "test_acc": test.top1 if test else None,
+            "test_top5": test.top5 if test else None,
+            "seconds": round(self.elapsed, 3),
+            "diverged_at": None
+            if divergence is None
+            else {
+                "epoch": divergence.epoch,
+                "step": divergence.step,
+                "step_in_epoch": divergence.step_in_epoch,
+                "reason": divergence.reason,
+            },
+            "started": self.started,
+            "updated": _now(),
         }
 
     # -- the loop ---------------------------------------------------------------------------------
@@ -386,7 +450,8 @@ class Run:
                 self.writer.add_scalar("train/lr", lr, step)
         if self.context is not None:
             total_loss, correct, count, first_loss = distributed.sum_across_ranks(
-                [total_loss, correct, count, first_loss / self.context.world_size])
+                [total_loss, correct, count, first_loss / self.context.world_size]
+            )
         if self.reference_loss is None:
             self.reference_loss = first_loss
         return total_loss / count, 100.0 * correct / count
@@ -401,8 +466,9 @@ class Run:
 
     def _set_learning_rate(self) -> float:
         c = self.config
-        lr = learning_rate(self.global_step, self.steps_per_epoch, c.epochs, c.lr, c.final_lr,
-                           c.warmup_epochs, c.warmup_lr)
+        lr = learning_rate(
+            self.global_step, self.steps_per_epoch, c.epochs, c.lr, c.final_lr, c.warmup_epochs, c.warmup_lr
+        )
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         return lr
@@ -432,15 +498,25 @@ class Run:
         train_loss, train_acc = self._train_epoch(epoch)
         self._check_loss_growth(epoch, train_loss)
         lr = self.optimizer.param_groups[0]["lr"]  # the rate of the epoch's last step
-        validation = (evaluate(self.model, self.validation_loader, self.config.loss, self.config.limit_batches)
-                      if self.validation_loader is not None else None)
+        validation = (
+            evaluate(self.model, self.validation_loader, self.config.loss, self.config.limit_batches)
+            if self.validation_loader is not None
+            else None
+        )
         seconds = time.perf_counter() - start
         self.epoch = epoch
         self.elapsed += seconds
-        row = {"epoch": epoch, "step": self.global_step, "train_loss": train_loss, "train_acc": train_acc,
-               "val_loss": validation.loss if validation else None,
-               "val_acc": validation.top1 if validation else None, "lr": lr, "seconds": seconds,
-               "elapsed": self.elapsed}
+        row = {
+            "epoch": epoch,
+            "step": self.global_step,
+            "train_loss": train_loss,
+            "train_acc": train_acc,
+            "val_loss": validation.loss if validation else None,
+            "val_acc": validation.top1 if validation else None,
+            "lr": lr,
+            "seconds": seconds,
+            "elapsed": self.elapsed,
+        }
         if self.is_main:
             self.metrics.append(row)
         # Without a validation split the latest epoch counts as the best.
@@ -448,8 +524,10 @@ class Run:
         if score >= self.best_val_acc or not self.best_epoch:
             self.best_val_acc, self.best_epoch = score, epoch
             if self.is_main:
-                atomic_save({"learner": self.learner.state_dict(), "epoch": epoch, "val_acc": score},
-                            self.run_dir / BEST_CHECKPOINT)
+                atomic_save(
+                    {"learner": self.learner.state_dict(), "epoch": epoch, "val_acc": score},
+                    self.run_dir / BEST_CHECKPOINT,
+                )
         if self.is_main:
             atomic_save(self._checkpoint(), self.run_dir / LAST_CHECKPOINT)
         if self.writer is not None:
@@ -475,8 +553,12 @@ def _tensorboard_writer(run_dir: Path) -> Any:
     return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
 
 
-def start_run(config: TrainConfig, seed: int, observer: TrainingObserver | None = None,
-              data: ArrayData | Sequence[Dataset] | None = None) -> dict[str, Any]:
+def start_run(
+    config: TrainConfig,
+    seed: int,
+    observer: TrainingObserver | None = None,
+    data: ArrayData | Sequence[Dataset] | None = None,
+) -> dict[str, Any]:
     """Train ``config`` with ``seed`` in a new run directory under ``config.out``; return its summary.
     ``data``: the user's own data instead of ``config.dataset``, as for :func:`train`."""
     arrays = as_array_data(data) if data is not None else None
@@ -496,8 +578,9 @@ def start_run(config: TrainConfig, seed: int, observer: TrainingObserver | None 
             return run.train()
 
 
-def resume_run(run_dir: str | Path, observer: TrainingObserver | None = None,
-               data: ArrayData | Sequence[Dataset] | None = None) -> dict[str, Any]:
+def resume_run(
+    run_dir: str | Path, observer: TrainingObserver | None = None, data: ArrayData | Sequence[Dataset] | None = None
+) -> dict[str, Any]:
     """Continue the run in ``run_dir`` from its last checkpoint (a finished run is returned as is); a run
     trained on data handed over from Python needs the same ``data`` again."""
     run_dir = Path(run_dir)
@@ -529,19 +612,25 @@ def check_resumable(saved: TrainConfig, current: TrainConfig, finished_epochs: i
     """Refuse to continue a checkpoint made with ``saved`` settings under ``current`` ones unless they
     differ only in :data:`RESUMABLE_SETTINGS` (``ValueError`` naming the keys and both values)."""
     old, new = saved.to_dict(), current.to_dict()
-    changed = [key for key in sorted(old.keys() | new.keys())
-               if key not in RESUMABLE_SETTINGS and old.get(key) != new.get(key)]
+    changed = [
+        key for key in sorted(old.keys() | new.keys()) if key not in RESUMABLE_SETTINGS and old.get(key) != new.get(key)
+    ]
     if changed:
         details = ", ".join(f"{key} {old.get(key)!r} -> {new.get(key)!r}" for key in changed)
-        raise ValueError(f"{CONFIG_FILE} differs from the checkpoint's settings in {details}; restore them "
-                         f"(on resume only {', '.join(RESUMABLE_SETTINGS)} may change)")
+        raise ValueError(
+            f"{CONFIG_FILE} differs from the checkpoint's settings in {details}; restore them "
+            f"(on resume only {', '.join(RESUMABLE_SETTINGS)} may change)"
+        )
     if current.epochs < finished_epochs:
-        raise ValueError(f"epochs = {current.epochs} is fewer than the {finished_epochs} epochs this run has "
-                         "finished; give at least that many")
+        raise ValueError(
+            f"epochs = {current.epochs} is fewer than the {finished_epochs} epochs this run has "
+            "finished; give at least that many"
+        )
 
 
-def train(config: TrainConfig, observer: TrainingObserver | None = None,
-          data: ArrayData | Sequence[Dataset] | None = None) -> list[dict[str, Any]]:
+def train(
+    config: TrainConfig, observer: TrainingObserver | None = None, data: ArrayData | Sequence[Dataset] | None = None
+) -> list[dict[str, Any]]:
     """Every run of ``config``: for each seed the network with its rule, then (``baseline``) with ``bp``.
 
     ``data``: the user's own data instead of ``config.dataset``: torch ``Dataset``s ``(train, test)`` or
