@@ -37,8 +37,6 @@ def test_split_at_activations_including_nested_sequentials():
         (nn.Sequential(nn.Linear(3, 3), nn.ReLU()), "ends with activation"),
         (nn.Sequential(nn.ReLU(), nn.Linear(3, 3)), "no block before it"),
         (nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Tanh(), nn.Linear(3, 3)), "no block before it"),
-        (nn.Sequential(nn.Linear(3, 3), nn.Softmax(dim=1), nn.Linear(3, 2)), "Softmax"),
-        (nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.RNN(3, 3)), "RNN"),
     ],
 )
 def test_non_layered_models_are_rejected_with_the_module_named(model, fragment):
@@ -52,8 +50,7 @@ def test_registered_elementwise_activation_is_accepted():
             return x * x
 
     model = nn.Sequential(nn.Linear(3, 4), Square(), nn.Linear(4, 2))
-    with pytest.raises(ValueError, match="register_activation"):
-        capture_graph(model)
+    assert capture_graph(model).depth == 1  # undeclared, the square is a part of the one block
     dualprop.register_activation(Square)
     assert capture_graph(model).depth == 2
 

@@ -1,7 +1,7 @@
 """dualprop: single-phase contrastive Hebbian learning (dual propagation, DP and DP⊤) for PyTorch."""
 
 from dualprop import models
-from dualprop.graph import NeuronGraph, capture_graph, register_activation, register_block_module
+from dualprop.graph import NeuronGraph, capture_graph, neuron, register_activation, register_block_module
 from dualprop.learner import DyadicStates, Learner, LearnerSettings, StepResult
 
 __version__ = "0.1.0"
@@ -11,6 +11,7 @@ __all__ = [
     "DyadicStates",
     "StepResult",
     "models",
+    "neuron",
     "register_activation",
     "register_block_module",
     "capture_graph",

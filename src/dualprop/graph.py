@@ -1,25 +1,43 @@
-"""Capture any ``nn.Module`` as a graph of dyadic neurons and the blocks between them (DESIGN §1b).
+"""Capture any ``nn.Module`` as a graph of dyadic neurons and the blocks between them.
 
 A **neuron** is the input (neuron 0), the output of every elementwise activation site of the model's
 ``forward`` — an activation module, a ``torch.nn.functional`` or ``torch`` call, or a tensor method,
-in-place or not — in topological order (neurons ``1..N−1``), and the output (neuron ``N``, the logits,
-with no activation). The **block** ``B_k`` of neuron ``k`` is everything computed between the neurons
-``P(k)`` it reads and neuron ``k``'s activation site, so that ``s_k = f_k(B_k(s_{P(k)}))``. An
-``nn.Sequential`` becomes a chain: ``P(k) = (k−1,)``.
+in-place or not —, every **identity neuron** (``f = id``) and the output (neuron ``N``, the logits, with no
+activation), in topological order. An identity neuron sits wherever a value that is not an activation
+output is read by two or more blocks (the residual stream of a pre-activation ResNet, a ConvNeXt, Mixer
+or transformer; a MobileNet's linear bottleneck; DenseNet's features), so that no block recomputes
+another's work, and wherever the model calls :func:`neuron`.
+
+The **block** ``B_k`` of neuron ``k`` is everything computed between the neurons ``P(k)`` it reads and
+neuron ``k``'s activation site, so that ``s_k = f_k(B_k(s_{P(k)}))``: any function autograd can
+differentiate — Linear, Conv, pooling, reshapes, skip additions, concatenation, normalisation, dropout,
+softmax and attention, products of signals (squeeze-excitation gates, GLU), embeddings of integer token
+ids, layer scale, stochastic depth. An ``nn.Sequential`` becomes a chain: ``P(k) = (k−1,)``. A block
+whose operations are all affine in its inputs (``affine``) has a constant Jacobian.
+
+Shapes are not signals: ``x.shape``, ``size()``, ``dim()`` and arithmetic or comparisons on them
+(``c // 2``, ``torch._assert(x.shape[1] == 3, …)``), and tensors made from shapes alone (``new_empty``,
+``zeros_like``, ``arange``), are constants of the step. Random draws of the model's code (dropout,
+stochastic depth) are made once per step (:class:`dualprop.network.StepDropout`,
+:class:`dualprop.network.StepRandom`), as are functional batch-normalisation updates.
 
 The capture uses ``torch.fx`` symbolic tracing: it records the user's own ``forward`` op by op without
 running it on data, keeps the user's modules (so their parameters are trained in place and Linear, Conv
-and normalisation stay recognisable), and stops at data-dependent control flow by construction.
-``torch.export`` would decompose modules into ATen operations and lose exactly that structure.
+and normalisation stay recognisable), and stops at data-dependent control flow by construction. It
+records the model as it is in one mode: :func:`mode_key` tells when a model's modes or settings (a
+dropout's ``p``, ``training`` flags read by ``forward``) have changed so that the graph is captured again.
 
-Anything the mathematics cannot express is refused with a ``ValueError`` naming the operation and the
-line of the model's code: data-dependent control flow, a nonlinearity that is not elementwise (softmax,
-attention, a product of two signals), several outputs, an activation as the output.
+What is refused, with a ``ValueError`` naming the operation and the line of the model's code: control
+flow on tensor values, operations that are not differentiable (``argmax``, rounding, ``.item()``),
+several outputs, an activation as the output, and modules declared with :func:`register_activation` that
+have parameters or are not elementwise.
 """
 
 from __future__ import annotations
 
+import inspect
 import operator
+import os
 import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
@@ -29,7 +47,16 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from dualprop.network import WEIGHTED_TYPES, Block, GraphBlock, StepDropout
+from dualprop.network import WEIGHTED_TYPES, Block, FunctionalBatchNorm, GraphBlock, StepDropout, StepRandom
+
+
+def neuron(x: Tensor) -> Tensor:
+    """Mark ``x`` as a neuron (an identity neuron, ``f = id``, unless ``x`` already is one) in a model's
+    ``forward``: ``x = dualprop.neuron(x)``. The identity when run; a marker for the capture."""
+    if isinstance(x, fx.Proxy):
+        return x.tracer.create_proxy("call_function", neuron, (x,), {})
+    return x
+
 
 _ACTIVATION_TYPES: set[type[nn.Module]] = {
     nn.ReLU,
@@ -49,6 +76,8 @@ _ACTIVATION_TYPES: set[type[nn.Module]] = {
     nn.Hardswish,
     nn.Softsign,
 }
+_BUILTIN_ACTIVATION_TYPES = frozenset(_ACTIVATION_TYPES)
+# Modules fx records as one call (the rest is traced into); any other torch.nn module is a block part too.
 _BLOCK_TYPES: set[type[nn.Module]] = {
     nn.Linear,
     nn.Conv1d,
@@ -83,7 +112,10 @@ _AFFINE_TYPES = (
     nn.Unflatten,
     nn.Identity,
     StepDropout,
+    StepRandom,
 )
+_DROPOUT_MODULES = {nn.Dropout: False, nn.Dropout1d: True, nn.Dropout2d: True, nn.Dropout3d: True}
+_DROPOUT_FUNCTIONS = {F.dropout: False, F.dropout1d: True, F.dropout2d: True, F.dropout3d: True}
 
 # Elementwise activation functions, each with its out-of-place form.
 _ACTIVATION_FUNCTIONS: dict[Callable[..., Tensor], Callable[..., Tensor]] = {
@@ -114,6 +146,7 @@ _ACTIVATION_FUNCTIONS: dict[Callable[..., Tensor], Callable[..., Tensor]] = {
     F.mish: F.mish,
     F.hardswish: F.hardswish,
     F.softsign: F.softsign,
+    neuron: neuron,
 }
 _ACTIVATION_METHODS = {
     "relu": torch.relu,
@@ -145,6 +178,9 @@ _AFFINE_FUNCTIONS = {
     torch.permute,
     torch.mean,
     torch.sum,
+    torch.roll,
+    torch.chunk,
+    torch.split,
     F.linear,
     F.conv1d,
     F.conv2d,
@@ -153,20 +189,19 @@ _AFFINE_FUNCTIONS = {
     F.adaptive_avg_pool1d,
     F.adaptive_avg_pool2d,
     F.pad,
+    F.embedding,
     getattr,
 }
 # Products: affine as long as at most one factor is a signal (and a divisor is never one).
-_PRODUCT_FUNCTIONS = {operator.mul, operator.truediv, operator.matmul, torch.mul, torch.div, torch.matmul, torch.mm}
-# Piecewise-linear or normalising operations: allowed, with a Jacobian that depends on the point.
-_POINT_DEPENDENT_FUNCTIONS = {
-    F.max_pool1d,
-    F.max_pool2d,
-    F.adaptive_max_pool1d,
-    F.adaptive_max_pool2d,
-    torch.max_pool1d,
-    torch.max_pool2d,
-    F.layer_norm,
-    F.group_norm,
+_PRODUCT_FUNCTIONS = {
+    operator.mul,
+    operator.truediv,
+    operator.matmul,
+    torch.mul,
+    torch.div,
+    torch.matmul,
+    torch.mm,
+    torch.bmm,
 }
 _AFFINE_METHODS = {
     "view",
@@ -175,8 +210,6 @@ _AFFINE_METHODS = {
     "permute",
     "transpose",
     "contiguous",
-    "size",
-    "dim",
     "unsqueeze",
     "squeeze",
     "mean",
@@ -189,33 +222,102 @@ _AFFINE_METHODS = {
     "t",
     "view_as",
     "reshape_as",
+    "chunk",
+    "split",
+    "roll",
+    "flip",
+    "repeat",
+    "unbind",
+    "narrow",
+    "unflatten",
 }
-_PRODUCT_METHODS = {"mul", "div", "matmul", "__mul__", "__truediv__"}
+_PRODUCT_METHODS = {"mul", "div", "matmul", "__mul__", "__truediv__", "__matmul__"}
 _DIVISIONS = {operator.truediv, torch.div, "div", "__truediv__"}
-_TORCH_DIR = torch.__file__.rsplit("/", 1)[0]
-_NON_ELEMENTWISE = {
-    "softmax",
-    "log_softmax",
-    "softmin",
-    "scaled_dot_product_attention",
-    "normalize",
-    "multi_head_attention_forward",
-    "bmm",
-    "einsum",
-    "baddbmm",
+# Reading a tensor's metadata, or making a tensor from shapes alone: constants of the step, not signals.
+_SHAPE_ATTRIBUTES = {"shape", "ndim", "dtype", "device", "is_cuda", "layout"}
+_SHAPE_METHODS = {"size", "dim", "numel", "nelement", "get_device", "new_empty", "new_zeros", "new_ones", "new_full"}
+_SHAPE_FUNCTIONS = {
+    torch.empty_like,
+    torch.zeros_like,
+    torch.ones_like,
+    torch.full_like,
+    torch.rand_like,
+    torch.randn_like,
+    torch.randint_like,
+    torch.numel,
 }
+# Random draws of the model's code, made once per step.
+_RANDOM_FUNCTIONS = {
+    torch.rand,
+    torch.randn,
+    torch.randint,
+    torch.randperm,
+    torch.rand_like,
+    torch.randn_like,
+    torch.randint_like,
+    torch.bernoulli,
+    torch.normal,
+    torch.multinomial,
+}
+_RANDOM_METHODS = {"bernoulli_", "bernoulli", "uniform_", "normal_", "random_", "exponential_", "geometric_"}
+# Operations without a derivative: a signal passed through them cannot carry feedback.
+_NOT_DIFFERENTIABLE = {
+    "argmax",
+    "argmin",
+    "argsort",
+    "round",
+    "floor",
+    "ceil",
+    "trunc",
+    "sign",
+    "item",
+    "tolist",
+    "numpy",
+    "nonzero",
+    "bincount",
+    "unique",
+    "multinomial",
+    "bernoulli",
+    "randint_like",
+}
+_TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
 
 
 def register_activation(module_type: type[nn.Module]) -> type[nn.Module]:
-    """Declare a module type elementwise, so that its call sites are neurons. Usable as a decorator."""
+    """Declare a module type an elementwise activation, so that its call sites are neurons. Usable as a
+    decorator.
+
+    Raises ``TypeError`` for anything but a subclass of ``nn.Module``. The capture refuses an instance that
+    has parameters (an activation is a fixed function; leave such a module undeclared and its parameters
+    are trained as part of its block), and the first step refuses one that is not elementwise."""
+    if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
+        raise TypeError(
+            f"register_activation takes a subclass of torch.nn.Module, got {module_type!r} "
+            f"({type(module_type).__name__})"
+        )
     _ACTIVATION_TYPES.add(module_type)
     return module_type
 
 
 def register_block_module(module_type: type[nn.Module]) -> type[nn.Module]:
-    """Declare a module type an affine or piecewise-linear block part (its VJP comes from autograd)."""
+    """Record calls of a module type as one operation of a block, without tracing into its ``forward``
+    (which may then hold control flow on values); its VJP comes from autograd."""
+    if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
+        raise TypeError(f"register_block_module takes a subclass of torch.nn.Module, got {module_type!r}")
     _BLOCK_TYPES.add(module_type)
     return module_type
+
+
+def mode_key(model: nn.Module) -> tuple:
+    """What a capture of ``model`` depends on besides its code: each module's ``training`` flag and plain
+    settings (numbers, strings, flags such as a dropout's ``p``). Equal keys give the same graph."""
+    return tuple(
+        (name, tuple((k, v) for k, v in vars(m).items() if type(v) in _SETTING_TYPES and k[:1] != "_"))
+        for name, m in model.named_modules()
+    )
+
+
+_SETTING_TYPES = (bool, int, float, str, type(None))
 
 
 def _wrapper_chain(model: nn.Module) -> Iterator[nn.Module]:
@@ -290,10 +392,16 @@ class _FunctionalActivation:
         return self.function(drive, *self.args, **self.kwargs)
 
 
+def is_identity(activation: Callable[[Tensor], Tensor]) -> bool:
+    """Whether an activation of a :class:`NeuronGraph` is the identity of an identity neuron."""
+    return isinstance(activation, _FunctionalActivation) and activation.function is neuron
+
+
 @dataclass
 class NeuronGraph:
     """Neurons ``0..N`` and their blocks: ``blocks[k−1] = B_k``, ``parents[k−1] = P(k)``,
-    ``activations[k−1] = f_k`` (k < N), ``levels[k]`` the longest path from the input to neuron ``k``."""
+    ``activations[k−1] = f_k`` (k < N; the identity for an identity neuron), ``levels[k]`` the longest path
+    from the input to neuron ``k``."""
 
     blocks: list[nn.Module]
     activations: list[Callable[[Tensor], Tensor]]
@@ -303,8 +411,15 @@ class NeuronGraph:
     """Whether each block's Jacobian is constant (it holds only affine operations)."""
     root: fx.GraphModule = field(repr=False)
     activation_nodes: list[fx.Node] = field(repr=False)
-    dropouts: list[StepDropout] = field(repr=False)
+    dropouts: list[nn.Module] = field(repr=False)
+    """The per-step random draws (dropout masks, stochastic depth) to forget at each new step."""
     norms: list[nn.Module] = field(repr=False)
+    token_inputs: bool = False
+    """Whether the input holds integer ids that only embeddings read (a language model's tokens)."""
+    declared: list[int] = field(default_factory=list, repr=False)
+    """The neurons whose activation is a module type declared with :func:`register_activation`."""
+    mode: tuple = field(default=(), repr=False)
+    """The :func:`mode_key` of the model when it was captured."""
 
     def __post_init__(self) -> None:
         self._feed_forward = self._rebuild(None, feed_forward=True)
@@ -312,6 +427,7 @@ class NeuronGraph:
         for k, parents in enumerate(self.parents, start=1):
             for p in parents:
                 self.children[p].append(k)
+        self._declared_checked = not self.declared
 
     @property
     def depth(self) -> int:
@@ -323,22 +439,49 @@ class NeuronGraph:
         """Whether every neuron reads exactly the one before it (a layered network)."""
         return all(parents == (k - 1,) for k, parents in enumerate(self.parents, start=1))
 
+    @property
+    def identity_neurons(self) -> list[int]:
+        """The hidden neurons with ``f = id``."""
+        return [k for k, f in enumerate(self.activations, start=1) if is_identity(f)]
+
     def feed_forward(self, x: Tensor) -> tuple[list[Tensor], list[Tensor | None]]:
         """One pass of the whole model: states ``[x, s_1, …, s_N]`` and drives ``[None, a_1, …, a_N]``.
 
         This is the step's one ordinary forward: normalisation updates its running statistics here and
-        every dropout site draws its mask (after :meth:`new_step`)."""
+        every dropout site and random draw draws its value (after :meth:`new_step`)."""
         drives, states = self._feed_forward(x)
+        if not self._declared_checked:
+            self._check_declared(drives)
         return [x, *states, drives[-1]], [None, *drives]
 
     def new_step(self) -> None:
-        """Forget the dropout masks of the previous step."""
+        """Forget the dropout masks and random draws of the previous step."""
         for dropout in self.dropouts:
             dropout.reset()
 
     def with_activations(self, replacements: Sequence[nn.Module]) -> fx.GraphModule:
         """The model's forward ``x ↦ logits`` with activation site ``k`` replaced by ``replacements[k−1]``."""
         return self._rebuild(replacements, feed_forward=False)
+
+    def _check_declared(self, drives: Sequence[Tensor]) -> None:
+        """Refuse a declared activation that is not elementwise, found on the first step's drives: an
+        elementwise ``f`` commutes with every permutation of its input's entries, ``f(Pa) = P f(a)``."""
+        with torch.no_grad():
+            for k in self.declared:
+                drive = drives[k - 1][:1]
+                activation = self.activations[k - 1]
+                order = torch.randperm(drive.numel(), generator=torch.Generator().manual_seed(0)).to(drive.device)
+                permuted = activation(drive.flatten()[order].reshape(drive.shape))
+                expected = activation(drive).flatten()[order].reshape(drive.shape)
+                if permuted.shape != drive.shape or not torch.allclose(permuted, expected, rtol=1e-4, atol=1e-6):
+                    node = self.activation_nodes[k - 1]
+                    raise ValueError(
+                        f"{_describe(node, self.root)}{_location(node)} is declared an activation but is not "
+                        f"elementwise (or not deterministic): its output entries do not each depend on their "
+                        f"own input entry alone. Do not declare it with register_activation; it is then a "
+                        f"part of its block"
+                    )
+        self._declared_checked = True
 
     def _rebuild(self, replacements: Sequence[nn.Module] | None, feed_forward: bool) -> fx.GraphModule:
         graph = fx.Graph()
@@ -364,27 +507,44 @@ class NeuronGraph:
 
 
 def capture_graph(model: nn.Module) -> NeuronGraph:
-    """Capture ``model`` (unwrapped from DDP / ``torch.compile``) as a :class:`NeuronGraph`.
+    """Capture ``model`` (unwrapped from DDP / ``torch.compile``) in its current mode as a
+    :class:`NeuronGraph`.
 
-    Raises ``ValueError`` naming the operation (and the line of the model's code, where known) that the
-    dyadic network cannot express.
+    Optional arguments of ``forward`` (those with defaults) are captured at their defaults. Raises
+    ``ValueError`` naming the operation (and the line of the model's code, where known) that the dyadic
+    network cannot express.
     """
     model = unwrap(model)
     tracer = _Tracer()
     try:
-        graph = tracer.trace(model)
+        graph = tracer.trace(model, concrete_args=_defaults(model))
     except Exception as error:  # fx raises TraceError, TypeError, … for constructs it cannot trace
+        if "control flow" in str(error):
+            what = "it branches on tensor values (control flow on values cannot be expressed)"
+        else:
+            what = f"{_first_line(error)} (data-dependent control flow cannot be expressed)"
         raise ValueError(
-            f"the model's forward cannot be captured as a graph of neurons"
-            f"{_error_location(error)}: {_first_line(error)} (data-dependent control flow "
-            f"cannot be expressed)"
+            f"the model's forward cannot be captured as a graph of neurons{_error_location(error)}: {what}"
         ) from None
     root = fx.GraphModule(tracer.root, graph)
-    return _Capture(root).neuron_graph()
+    result = _Capture(root).neuron_graph()
+    result.mode = mode_key(model)
+    return result
+
+
+def _defaults(model: nn.Module) -> dict[str, Any] | None:
+    """The optional arguments of ``model.forward`` with their defaults (captured as constants)."""
+    try:
+        parameters = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    defaults = {p.name: p.default for p in parameters[1:] if p.kind in kinds and p.default is not p.empty}
+    return defaults or None
 
 
 class _Tracer(fx.Tracer):
-    """Symbolic tracer whose leaves are the known block and activation modules."""
+    """Symbolic tracer whose leaves are the known block and activation modules (and torch's own)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -402,39 +562,62 @@ class _Capture:
     def __init__(self, root: fx.GraphModule):
         self.root = root
         self.graph = root.graph
-        self.nodes = list(self.graph.nodes)
-        self.dropouts: list[StepDropout] = []
+        self.dropouts: list[nn.Module] = []
         self.norms: list[nn.Module] = []
+        self._drop_specialised_arguments()
+        self.nodes = list(self.graph.nodes)
+
+    def _drop_specialised_arguments(self) -> None:
+        """Remove the placeholders of optional arguments captured at their defaults (and fx's checks of them)."""
+        placeholders = [n for n in self.graph.nodes if n.op == "placeholder"]
+        for node in placeholders[1:]:
+            if not node.args:  # no default: a second input the batch cannot fill
+                continue
+            for user in list(node.users):
+                if user.op == "call_function" and getattr(user.target, "__name__", "").startswith("_assert_is"):
+                    self.graph.erase_node(user)
+            if not node.users:
+                self.graph.erase_node(node)
 
     def neuron_graph(self) -> NeuronGraph:
         placeholders = [n for n in self.nodes if n.op == "placeholder"]
         if len(placeholders) != 1:
             raise ValueError(
-                f"the model's forward takes {len(placeholders)} inputs; a Learner needs exactly one (the batch)"
+                f"the model's forward takes {len(placeholders)} inputs without defaults; a Learner needs "
+                f"exactly one (the batch)"
             )
         (output,) = [n for n in self.nodes if n.op == "output"]
         if not isinstance(output.args[0], fx.Node):
             raise ValueError(
                 f"the model returns several outputs{_location(output)}; it must return one tensor of logits"
             )
-        signals = self._signals(placeholders[0])
+        source = placeholders[0]
+        signals = self._signals(source)
+        self._make_draws_per_step(signals)
+        signals = self._signals(source)
         activation_nodes = [n for n in self.nodes if n in signals and self._classify(n, signals)]
-        self._make_dropouts_per_step(signals)
+        activation_nodes = self._drop_redundant_markers(activation_nodes)
+        logits = output.args[0]
+        activation_nodes = self._place_identity_neurons(source, activation_nodes, logits, signals)
+        declared = [
+            k
+            for k, node in enumerate(activation_nodes, start=1)
+            if node.op == "call_module" and type(self.root.get_submodule(node.target)) not in _BUILTIN_ACTIVATION_TYPES
+        ]
         activations = [self._out_of_place(node, k) for k, node in enumerate(activation_nodes)]
         self.graph.lint()
         self.root.recompile()
-        logits = output.args[0]
         if logits in activation_nodes:
             raise ValueError(
                 f"the model ends with activation {_describe(logits, self.root)}; the last block "
                 f"must output logits, so remove the final activation"
             )
-        neurons = {placeholders[0]: 0, **{node: k for k, node in enumerate(activation_nodes, start=1)}}
+        neurons = {source: 0, **{node: k for k, node in enumerate(activation_nodes, start=1)}}
         neurons[logits] = len(activation_nodes) + 1 if logits not in neurons else neurons[logits]
         if neurons[logits] == 0:
             raise ValueError("the model returns its input unchanged; it has no block to train")
         blocks, parents, affine = [], [], []
-        for node in activation_nodes + [logits]:
+        for node in [*activation_nodes, logits]:
             drive = _drive_of(node) if node is not logits else logits
             if drive in neurons and node is not logits:
                 previous = (
@@ -442,9 +625,9 @@ class _Capture:
                 )
                 raise ValueError(
                     f"{_describe(node, self.root)} is an activation with no block before it "
-                    f"({previous}); every activation must follow a Linear/Conv block"
+                    f"({previous}); every activation must follow a block (a Linear or Conv layer, say)"
                 )
-            block, block_parents, is_affine = self._block(drive, neurons)
+            block, block_parents, is_affine = self._block(drive, neurons, signals)
             blocks.append(block)
             parents.append(block_parents)
             affine.append(is_affine)
@@ -452,36 +635,60 @@ class _Capture:
         for block_parents in parents:
             levels.append(1 + max(levels[p] for p in block_parents))
         return NeuronGraph(
-            blocks, activations, parents, levels, affine, self.root, activation_nodes, self.dropouts, self.norms
+            blocks,
+            activations,
+            parents,
+            levels,
+            affine,
+            self.root,
+            activation_nodes,
+            self.dropouts,
+            self.norms,
+            token_inputs=self._reads_token_ids(source),
+            declared=declared,
         )
 
     def _signals(self, source: fx.Node) -> set[fx.Node]:
-        """The nodes whose value depends on the input."""
+        """The nodes whose value depends on the input's values. A tensor's metadata (shape, dtype, device)
+        and everything computed from metadata alone are constants of the step, not signals."""
         signals = {source}
         for node in self.nodes:
-            if node.op != "output" and any(a in signals for a in node.all_input_nodes):
+            if node.op == "output" or not any(a in signals for a in node.all_input_nodes):
+                continue
+            if not _reads_metadata_only(node):
                 signals.add(node)
         return signals
 
+    def _reads_token_ids(self, source: fx.Node) -> bool:
+        """Whether the input is read by embeddings only (apart from its metadata)."""
+        readers = [user for user in source.users if not _reads_metadata_only(user)]
+
+        def embeds(node: fx.Node) -> bool:
+            if node.op == "call_module":
+                return isinstance(self.root.get_submodule(node.target), nn.Embedding)
+            return node.op == "call_function" and node.target is F.embedding
+
+        return bool(readers) and all(embeds(user) for user in readers)
+
     def _classify(self, node: fx.Node, signals: set[fx.Node]) -> bool:
-        """True for an activation site; False for a supported block operation; ``ValueError`` otherwise."""
+        """True for an activation site; False for a block operation; ``ValueError`` for what is refused."""
         if node.op == "placeholder":
             return False
         if node.op == "call_module":
             module = self.root.get_submodule(node.target)
-            if type(module) in _ACTIVATION_TYPES:
-                return True
-            if type(module) in _BLOCK_TYPES:
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    self.norms.append(module)
+            if isinstance(module, (nn.modules.batchnorm._BatchNorm, FunctionalBatchNorm)):
+                self.norms.append(module)
+            if type(module) not in _ACTIVATION_TYPES:
                 return False
-            kind = type(module).__name__
-            raise ValueError(
-                f"module {node.target} ({kind}){_location(node)} is neither a supported block "
-                f"part (Linear, Conv, pooling, Flatten, normalisation, Dropout) nor an "
-                f"elementwise activation; if it acts elementwise, declare it with "
-                f"dualprop.register_activation({kind})"
-            )
+            parameters = [name for name, _ in module.named_parameters()]
+            if parameters:
+                raise ValueError(
+                    f"module {node.target} ({type(module).__name__}){_location(node)} is declared an activation "
+                    f"but has parameters ({', '.join(parameters)}); an activation is a fixed elementwise "
+                    f"function. Do not declare it with register_activation: its parameters are then "
+                    f"trained as part of its block"
+                )
+            return True
         name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
         if (
             node.op == "call_function"
@@ -491,61 +698,111 @@ class _Capture:
         ):
             extra = [a for a in list(node.args[1:]) + list(node.kwargs.values()) if isinstance(a, fx.Node)]
             if extra:
-                raise ValueError(
-                    f"activation {name}{_location(node)} takes a tensor argument besides its "
-                    f"input; only elementwise functions of one signal are neurons"
-                )
-            return False if _drive_of(node) not in signals else True
-        if name in _NON_ELEMENTWISE:
+                return False  # an elementwise function of two signals: a block operation
+            return _drive_of(node) in signals
+        if name in _NOT_DIFFERENTIABLE:
             raise ValueError(
-                f"operation {name}{_location(node)} is a nonlinearity that is not elementwise; "
-                f"a dyadic network can only express elementwise activations between blocks"
+                f"operation {name}{_location(node)} is not differentiable: a signal passed through it "
+                f"cannot carry feedback, so a block must be a differentiable function of its inputs"
             )
-        known = (
-            node.target in _AFFINE_FUNCTIONS | _PRODUCT_FUNCTIONS | _POINT_DEPENDENT_FUNCTIONS
-            if node.op == "call_function"
-            else node.target in _AFFINE_METHODS | _PRODUCT_METHODS
-        )
-        if node.op == "call_function" and node.target is F.dropout:
-            return False
-        if not known:
-            raise ValueError(
-                f"operation {name}{_location(node)} is not an elementwise activation nor an "
-                f"affine or piecewise-linear block operation that dualprop can express"
-            )
-        if node.target in _PRODUCT_FUNCTIONS or node.target in _PRODUCT_METHODS:
-            operands = [a for a in node.args if isinstance(a, fx.Node) and a in signals]
-            divisor_is_signal = node.target in _DIVISIONS and len(node.args) > 1 and node.args[1] in signals
-            if len(operands) > 1 or divisor_is_signal:
-                raise ValueError(
-                    f"operation {name}{_location(node)} multiplies or divides two signals; a "
-                    f"block must be affine or piecewise linear in its inputs"
-                )
         return False
 
-    def _make_dropouts_per_step(self, signals: set[fx.Node]) -> None:
-        """Route every dropout site through a :class:`StepDropout` (one mask per step)."""
-        for node in self.nodes:
-            if node not in signals:
-                continue
-            if node.op == "call_module" and type(self.root.get_submodule(node.target)) is nn.Dropout:
+    def _make_draws_per_step(self, signals: set[fx.Node]) -> None:
+        """Route every dropout site through a :class:`StepDropout` (one mask per step), every other random
+        draw through a :class:`StepRandom` (one draw per step), and every functional batch normalisation
+        through a :class:`FunctionalBatchNorm` (running statistics updated once per step)."""
+        for node in list(self.graph.nodes):
+            replacement_module: nn.Module | None = None
+            arguments: tuple = (node.args[0],) if node.args else ()
+            kwargs: dict[str, Any] = {}
+            if node.op == "call_module" and type(self.root.get_submodule(node.target)) in _DROPOUT_MODULES:
                 source = self.root.get_submodule(node.target)
-                dropout = StepDropout(source.p, source=source)
-            elif node.op == "call_function" and node.target is F.dropout:
+                if node not in signals:
+                    continue
+                replacement_module = StepDropout(source.p, source=source, channelwise=_DROPOUT_MODULES[type(source)])
+            elif node.op == "call_function" and node.target in _DROPOUT_FUNCTIONS:
+                if node not in signals:
+                    continue
                 p = node.kwargs.get("p", node.args[1] if len(node.args) > 1 else 0.5)
                 training = node.kwargs.get("training", node.args[2] if len(node.args) > 2 else True)
-                dropout = StepDropout(p, training=bool(training))
+                replacement_module = StepDropout(
+                    p, training=bool(training), channelwise=_DROPOUT_FUNCTIONS[node.target]
+                )
+            elif (node.op == "call_function" and node.target in _RANDOM_FUNCTIONS) or (
+                node.op == "call_method" and node.target in _RANDOM_METHODS
+            ):
+                if node in signals:
+                    continue  # a draw from a signal's values: refused as not differentiable, where it matters
+                method = node.target if node.op == "call_method" else None
+                draw = node.target if method is None else _MethodCall(method)
+                replacement_module = StepRandom(draw)
+                arguments, kwargs = tuple(node.args), dict(node.kwargs)
+            elif node.op == "call_function" and node.target is F.batch_norm:
+                replacement_module = FunctionalBatchNorm()
+                arguments, kwargs = tuple(node.args), dict(node.kwargs)
             else:
                 continue
-            name = f"dualprop_dropout_{len(self.dropouts)}"
-            self.root.add_submodule(name, dropout)
-            self.dropouts.append(dropout)
+            name = f"dualprop_step_{len(self.dropouts) + len(self.norms)}"
+            self.root.add_submodule(name, replacement_module)
+            if isinstance(replacement_module, FunctionalBatchNorm):
+                self.norms.append(replacement_module)
+            else:
+                self.dropouts.append(replacement_module)
             with self.graph.inserting_before(node):
-                replacement = self.graph.call_module(name, (node.args[0],))
+                replacement = self.graph.call_module(name, arguments, kwargs)
             replacement.meta = node.meta
             node.replace_all_uses_with(replacement)
             self.graph.erase_node(node)
         self.nodes = list(self.graph.nodes)
+
+    def _drop_redundant_markers(self, activation_nodes: list[fx.Node]) -> list[fx.Node]:
+        """A :func:`neuron` marker on what already is a neuron (the input, an activation output) marks
+        nothing: it is removed."""
+        neurons = {n for n in self.nodes if n.op == "placeholder"}
+        kept = []
+        for node in activation_nodes:
+            if node.op == "call_function" and node.target is neuron and _drive_of(node) in neurons:
+                node.replace_all_uses_with(_drive_of(node))
+                self.graph.erase_node(node)
+                continue
+            neurons.add(node)
+            kept.append(node)
+        self.nodes = list(self.graph.nodes)
+        return kept
+
+    def _place_identity_neurons(
+        self, source: fx.Node, activation_nodes: list[fx.Node], logits: fx.Node, signals: set[fx.Node]
+    ) -> list[fx.Node]:
+        """Insert an identity neuron after every signal that two or more blocks would otherwise each
+        compute: where the paths to the blocks that read it part (no single reader carries it to all of
+        them), repeated until no signal belongs to two blocks."""
+        neurons = {source, *activation_nodes}
+        while True:
+            drives = [_drive_of(n) for n in activation_nodes] + [logits]
+            membership: dict[fx.Node, set[int]] = {}
+            for k, drive in enumerate(drives):
+                for node in _block_members(drive, neurons):
+                    membership.setdefault(node, set()).add(k)
+            shared = [
+                node
+                for node, blocks in membership.items()
+                if len(blocks) > 1
+                and node in signals
+                and node is not logits
+                and not any(membership.get(user, set()) >= blocks for user in node.users if user not in neurons)
+            ]
+            if not shared:
+                break
+            for node in shared:
+                with self.graph.inserting_after(node):
+                    marker = self.graph.call_function(neuron, (node,))
+                marker.meta = dict(node.meta)
+                node.replace_all_uses_with(marker, delete_user_cb=lambda user, marker=marker: user is not marker)
+                signals.add(marker)
+                neurons.add(marker)
+            self.nodes = list(self.graph.nodes)
+            activation_nodes = [n for n in self.nodes if n in neurons and n is not source]
+        return activation_nodes
 
     def _out_of_place(self, node: fx.Node, k: int) -> Callable[[Tensor], Tensor]:
         """Neuron ``k+1``'s activation as an out-of-place callable; the site itself made out-of-place."""
@@ -566,22 +823,15 @@ class _Capture:
         node.kwargs = {k: v for k, v in node.kwargs.items() if k != "inplace"}
         return _FunctionalActivation(function, tuple(node.args[1:]), dict(node.kwargs))
 
-    def _block(self, drive: fx.Node, neurons: dict[fx.Node, int]) -> tuple[nn.Module, tuple[int, ...], bool]:
+    def _block(
+        self, drive: fx.Node, neurons: dict[fx.Node, int], signals: set[fx.Node]
+    ) -> tuple[nn.Module, tuple[int, ...], bool]:
         """The block computing ``drive`` from its parent neurons, its parents and whether it is affine."""
-        members: set[fx.Node] = set()
-        parents: set[fx.Node] = set()
-        stack = [drive]
-        while stack:
-            node = stack.pop()
-            if node in neurons and node is not drive or node.op == "placeholder":
-                parents.add(node)
-                continue
-            if node not in members:
-                members.add(node)
-                stack.extend(node.all_input_nodes)
+        members = _block_members(drive, neurons.keys() - {drive})
+        parents = {a for n in members for a in n.all_input_nodes if a in neurons and a not in members}
         ordered_parents = sorted(parents, key=lambda n: neurons[n])
         ordered = [n for n in self.nodes if n in members]
-        affine = all(self._is_affine(n) for n in ordered)
+        affine = all(self._is_affine(n, signals) for n in ordered)
         modules = self._chain_modules(ordered, ordered_parents)
         if modules is not None:
             return Block(modules), (neurons[ordered_parents[0]],), affine
@@ -613,14 +863,66 @@ class _Capture:
             previous = node
         return [self.root.get_submodule(node.target) for node in ordered]
 
-    def _is_affine(self, node: fx.Node) -> bool:
+    def _is_affine(self, node: fx.Node, signals: set[fx.Node]) -> bool:
+        """Whether ``node`` is an affine function of the block's inputs (constants and shapes are)."""
+        if node not in signals:
+            return True
         if node.op == "call_module":
             return isinstance(self.root.get_submodule(node.target), _AFFINE_TYPES)
-        if node.op == "call_function":
-            return node.target in _AFFINE_FUNCTIONS or node.target in _PRODUCT_FUNCTIONS
-        if node.op == "call_method":
-            return node.target in _AFFINE_METHODS or node.target in _PRODUCT_METHODS
-        return True
+        target = node.target
+        if (
+            node.op == "call_function"
+            and target in _AFFINE_FUNCTIONS
+            or node.op == "call_method"
+            and target in _AFFINE_METHODS
+        ):
+            return True
+        if (
+            node.op == "call_function"
+            and target in _PRODUCT_FUNCTIONS
+            or node.op == "call_method"
+            and target in _PRODUCT_METHODS
+        ):
+            operands = [a for a in node.args if isinstance(a, fx.Node) and a in signals]
+            divisor_is_signal = target in _DIVISIONS and len(node.args) > 1 and node.args[1] in signals
+            return len(operands) <= 1 and not divisor_is_signal
+        return node.op in ("placeholder", "get_attr")
+
+
+class _MethodCall:
+    """A tensor method called by name: ``_MethodCall("bernoulli_")(t, p) = t.bernoulli_(p)``."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __call__(self, tensor: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        return getattr(tensor, self.name)(*args, **kwargs)
+
+
+def _reads_metadata_only(node: fx.Node) -> bool:
+    """Whether ``node`` reads its tensor inputs' metadata only (shape, dtype, device) or makes a tensor from
+    it (``new_zeros``, ``rand_like``): its value is a constant of the step however the inputs' values move."""
+    if node.op == "call_function" and node.target is getattr:
+        return len(node.args) > 1 and node.args[1] in _SHAPE_ATTRIBUTES
+    if node.op == "call_method":
+        return node.target in _SHAPE_METHODS
+    return node.op == "call_function" and node.target in _SHAPE_FUNCTIONS
+
+
+def _block_members(drive: fx.Node, neurons: Any) -> set[fx.Node]:
+    """The nodes computed between ``drive``'s parent neurons and ``drive`` (``drive`` included unless it is
+    a neuron itself); placeholders and neurons are where the walk stops."""
+    members: set[fx.Node] = set()
+    if drive in neurons:
+        return members
+    stack = [drive]
+    while stack:
+        node = stack.pop()
+        if node in members or node in neurons or node.op == "placeholder":
+            continue
+        members.add(node)
+        stack.extend(node.all_input_nodes)
+    return members
 
 
 def _drive_of(node: fx.Node) -> fx.Node:
@@ -636,8 +938,8 @@ def _describe(node: fx.Node, root: fx.GraphModule) -> str:
 
 
 def _location(node: fx.Node) -> str:
-    """`` at FILE:LINE (code)`` of the model's own line that created ``node`` (the innermost frame outside
-    torch), and the user's module it lies in with a hint to declare that module elementwise."""
+    """`` at FILE:LINE (code)`` of the model's own line that created ``node``: the innermost frame outside
+    torch's own files (code in other installed packages, such as a model zoo, counts as the model's)."""
     frames = []
     lines = (node.stack_trace or "").strip().splitlines()
     for header, code in zip(lines, lines[1:]):
@@ -645,25 +947,15 @@ def _location(node: fx.Node) -> str:
         if header.startswith("File "):
             parts = header.split(", ")
             file = parts[0][len("File ") :].strip('"')
-            if not file.startswith(_TORCH_DIR):
+            if not file.startswith(_TORCH_DIR) and not file.endswith(os.path.join("dualprop", "graph.py")):
                 frames.append(f" at {file}:{parts[1].replace('line ', '')} ({code.strip()})")
-    where = frames[-1] if frames else ""
-    stack = node.meta.get("nn_module_stack") or {}
-    if stack:
-        path, kind = list(stack.values())[-1]
-        kind = kind if isinstance(kind, type) else None
-        if kind is not None and not kind.__module__.startswith("torch."):
-            where += (
-                f" inside module {path} ({kind.__name__}; if it acts elementwise, declare it with "
-                f"dualprop.register_activation({kind.__name__}))"
-            )
-    return where
+    return frames[-1] if frames else ""
 
 
 def _error_location(error: BaseException) -> str:
     """`` at FILE:LINE`` of the last frame of a tracing error that lies outside torch."""
     frames = [f for f in traceback.extract_tb(error.__traceback__) if not f.filename.startswith(_TORCH_DIR)]
-    user = [f for f in frames if not f.filename.endswith("dualprop/graph.py")]
+    user = [f for f in frames if not f.filename.endswith(os.path.join("dualprop", "graph.py"))]
     if not user:
         return ""
     frame = user[-1]

@@ -30,7 +30,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 WEIGHTED_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d)
 # Normalisation layers: each keeps its input (an activation-sized tensor) for its backward.
-NORMALISATION_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+NORMALISATION_TYPES: tuple[type[nn.Module], ...] = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 # Modules whose Jacobian does not depend on the point, so their VJP needs no forward pass.
 _POINT_FREE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Flatten, nn.Unflatten)
 
@@ -39,15 +39,22 @@ class StepDropout(nn.Module):
     """Dropout whose mask is drawn once per step and reused by every evaluation until :meth:`reset`.
 
     ``x ↦ x ⊙ m / (1 − p)`` with ``m ~ Bernoulli(1 − p)`` while active: while ``source.training`` for a
-    dropout module, or as the captured ``training`` flag of a functional call; otherwise the identity.
+    dropout module (whose ``p`` is read at each call, so a change after capture is followed), or as the
+    captured ``training`` flag of a functional call; otherwise the identity. ``channelwise`` draws one
+    value per sample and channel (``Dropout1d/2d/3d``), broadcast over the remaining dimensions.
     """
 
-    def __init__(self, p: float, source: nn.Module | None = None, training: bool = True):
+    def __init__(self, p: float, source: nn.Module | None = None, training: bool = True, channelwise: bool = False):
         super().__init__()
-        self.p = float(p)
-        self.__dict__["source"] = source  # the user's module, read for its mode only
+        self.fixed_p = float(p)
+        self.__dict__["source"] = source  # the user's module, read for its mode and p only
         self.active_flag = training
+        self.channelwise = channelwise
         self.mask: Tensor | None = None
+
+    @property
+    def p(self) -> float:
+        return float(self.source.p) if self.source is not None else self.fixed_p
 
     def active(self) -> bool:
         return self.source.training if self.source is not None else self.active_flag
@@ -57,12 +64,55 @@ class StepDropout(nn.Module):
         self.mask = None
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self.active() or self.p == 0.0:
+        p = self.p
+        if not self.active() or p == 0.0:
             return x
-        if self.mask is None or self.mask.shape != x.shape or self.mask.dtype != x.dtype:
-            keep = 1.0 - self.p
-            self.mask = torch.empty_like(x).bernoulli_(keep).div_(keep) if keep > 0 else torch.zeros_like(x)
+        shape = (*x.shape[:2], *([1] * (x.dim() - 2))) if self.channelwise else x.shape
+        if self.mask is None or self.mask.shape != shape or self.mask.dtype != x.dtype:
+            keep = 1.0 - p
+            mask = x.new_empty(shape)
+            self.mask = mask.bernoulli_(keep).div_(keep) if keep > 0 else mask.zero_()
         return x * self.mask
+
+
+class StepRandom(nn.Module):
+    """A random draw of the model's own code (``bernoulli_``, ``torch.rand``, … — e.g. the mask of stochastic
+    depth) made once per step: the first evaluation after :meth:`reset` draws, every later one with the
+    same argument shapes returns that draw, so a block is one fixed function within a step."""
+
+    def __init__(self, draw: Callable[..., Tensor]):
+        super().__init__()
+        self.__dict__["draw"] = draw
+        self.value: Tensor | None = None
+        self.key: tuple | None = None
+
+    def reset(self) -> None:
+        """Forget the draw: the next evaluation draws anew."""
+        self.value = None
+
+    def forward(self, *args: object, **kwargs: object) -> Tensor:
+        key = tuple(a.shape if isinstance(a, Tensor) else a for a in (*args, *kwargs.values()))
+        if self.value is None or key != self.key:
+            self.value, self.key = self.draw(*args, **kwargs), key
+        return self.value
+
+
+class FunctionalBatchNorm(nn.Module):
+    """A call of ``F.batch_norm`` in the model's code as a module, so that within a step it normalises with
+    its input's batch statistics without updating the running ones again (see :func:`frozen_statistics`),
+    like a ``BatchNorm`` module: ``F.batch_norm(x, running_mean, running_var, …, training, momentum, eps)``
+    with the running buffers left out while ``track_running_stats`` is off."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.track_running_stats = True
+
+    def forward(self, x: Tensor, running_mean: Tensor | None, running_var: Tensor | None, *args: object,
+                **kwargs: object) -> Tensor:
+        training = kwargs.get("training", args[2] if len(args) > 2 else False)
+        if training and not self.track_running_stats:
+            running_mean = running_var = None
+        return nn.functional.batch_norm(x, running_mean, running_var, *args, **kwargs)  # type: ignore[arg-type]
 
 
 class frozen_statistics:
@@ -71,7 +121,11 @@ class frozen_statistics:
     class rather than a generator, so that ``torch.compile`` traces through it.)"""
 
     def __init__(self, norms: Sequence[nn.Module]):
-        self.frozen = [m for m in norms if isinstance(m, _BatchNorm) and m.training and m.track_running_stats]
+        self.frozen = [
+            m
+            for m in norms
+            if isinstance(m, FunctionalBatchNorm) or isinstance(m, _BatchNorm) and m.training and m.track_running_stats
+        ]
 
     def __enter__(self) -> None:
         for module in self.frozen:
@@ -198,7 +252,7 @@ class GraphBlock(nn.Module):
         self.module = module
         self._weighted = weighted
         self.closed_form_part = None  # see Block: a captured sub-graph is differentiated by autograd
-        self.normalises = any(isinstance(m, NORMALISATION_TYPES) for m in module.modules())
+        self.normalises = any(isinstance(m, (*NORMALISATION_TYPES, FunctionalBatchNorm)) for m in module.modules())
 
     def forward(self, *inputs: Tensor) -> Tensor:
         return self.module(*inputs)
