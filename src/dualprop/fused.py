@@ -36,7 +36,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from dualprop.graph import NeuronGraph, forward_module, run_as_forward
+from dualprop.graph import NeuronGraph, forward_module, is_identity, run_as_forward
 from dualprop.losses import batch_loss
 from dualprop.rules import nudge_weights
 
@@ -103,8 +103,10 @@ class FusedSweep:
         self.graph = graph
         self.rule = rule
         self.loss = loss
+        # an identity neuron's difference quotient is the incoming gradient itself: its site stays the identity
         self._fused = [FusedActivation(activation, 1.0, (0.5, 0.5)) for activation in graph.activations]
-        self._forward = graph.with_activations(self._fused)
+        sites = [nn.Identity() if is_identity(a) else f for a, f in zip(graph.activations, self._fused)]
+        self._forward = graph.with_activations(sites)
 
     def objective(self, model: nn.Module, x: Tensor, y: Tensor, alpha: float, beta: float) -> tuple[Tensor, Tensor]:
         """The batch-mean loss through the fused activations (its ``backward()`` accumulates the fused

@@ -18,13 +18,14 @@ def _reference_tensor(model: nn.Module) -> Tensor | None:
     return parameter if parameter is not None else next(iter(model.buffers()), None)
 
 
-def check_batch(model: nn.Module, x: Tensor, y: Tensor | None = None) -> None:
+def check_batch(model: nn.Module, x: Tensor, y: Tensor | None = None, token_ids: bool = False) -> None:
     """Raise ``ValueError`` naming the fix when the batch ``(x, y)`` cannot be fed to ``model``.
 
     ``x`` must be a non-empty floating-point tensor (samples along dimension 0) on the device of the
     model's parameters and, outside ``torch.autocast``, of their dtype; ``y``, when given, a tensor with
     one target per sample on the same device (the loss checks its kind, see
-    :func:`dualprop.losses.check_target`).
+    :func:`dualprop.losses.check_target`). With ``token_ids`` (a model whose input only embeddings read)
+    ``x`` must instead hold integer ids.
     """
     if not isinstance(x, Tensor):
         raise ValueError(
@@ -37,7 +38,10 @@ def check_batch(model: nn.Module, x: Tensor, y: Tensor | None = None) -> None:
             "samples along the first dimension"
         )
     reference = _reference_tensor(model)
-    if not x.is_floating_point():
+    if token_ids:
+        if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+            raise ValueError(f"inputs are {x.dtype}, but the model embeds integer token ids: give them as torch.long")
+    elif not x.is_floating_point():
         wanted = reference.dtype if reference is not None and reference.is_floating_point() else torch.float32
         raise ValueError(f"inputs are {x.dtype}, not floating point: convert them with x.to({wanted})")
     if reference is not None:
@@ -47,7 +51,7 @@ def check_batch(model: nn.Module, x: Tensor, y: Tensor | None = None) -> None:
                 f"with x.to({str(reference.device)!r}) (or the network with model.to(...))"
             )
         mixed_precision = torch.is_autocast_enabled(x.device.type)
-        if reference.is_floating_point() and x.dtype != reference.dtype and not mixed_precision:
+        if reference.is_floating_point() and x.dtype != reference.dtype and not mixed_precision and not token_ids:
             raise ValueError(
                 f"inputs are {x.dtype} but the network's parameters are {reference.dtype}: "
                 f"convert them with x.to({reference.dtype}) (or the network with "

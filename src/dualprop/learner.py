@@ -25,7 +25,15 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from dualprop.fused import FUSED_RULES, FusedSweep
-from dualprop.graph import NeuronGraph, capture_graph, find_ddp, forward_module, run_as_forward, unwrap
+from dualprop.graph import (
+    NeuronGraph,
+    capture_graph,
+    find_ddp,
+    forward_module,
+    mode_key,
+    run_as_forward,
+    unwrap,
+)
 from dualprop.hardware import CompartmentPerturbation, noisy_backprop
 from dualprop.inputs import check_batch
 from dualprop.losses import batch_loss, check_loss, check_target, output_gradient, target_distribution
@@ -327,29 +335,46 @@ class Learner(nn.Module):
         self.feedback, self.power_iterations = settings.feedback, settings.power_iterations
         self.model = unwrap(model)
         self.__dict__["wrapper"] = model  # what runs; kept out of the module tree (no duplicate state)
-        self.network: NeuronGraph = capture_graph(self.model)
         # hardware realism: compartment noise and resolution, asynchronous order
         self.perturbation = settings.perturbation()
         self._order_generator = torch.Generator().manual_seed(noise_seed) if self.schedule == "random" else None
-        self.order = (
-            None
-            if self.schedule == "random"
-            else layer_order(self.schedule, self.network.depth, self.passes, self.network.levels)
-        )
-        self._last_visits = _last_visits(self.order) if self.order is not None else {}
-        self._sites = [_Site(activation) for activation in self.network.activations] if self.perturbation.active else []
-        # kept out of the module tree: it holds the model's own modules
-        self.__dict__["_noisy_forward"] = self.network.with_activations(self._sites) if self._sites else None
         self.feedback_weights = nn.ParameterList()
         self._feedback_index: dict[nn.Module, int] = {}
-        if feedback == "kolen-pollack":
-            self._make_feedback_weights()
-        self.implementation = self._resolve_implementation(settings.implementation)
         self._spectral_estimators: dict[tuple[int, int], SpectralNormEstimator] = {}
         self._compiled_objective: Callable[..., StepResult] | None = None
+        self._graphs: dict[tuple, NeuronGraph] = {}
+        self._adopt(capture_graph(self.model))
+
+    def _adopt(self, graph: NeuronGraph) -> None:
+        """Make ``graph`` (a capture of the model in its current mode) the one the steps run on, with what
+        derives from it: the visit order, the feedback weights of new parts, the implementation."""
+        if self.settings.rule == "adversarial" and graph.token_inputs:
+            raise ValueError("rule 'adversarial' moves the inputs along their gradient; integer token ids have none")
+        if hasattr(self, "network") and self.network.parents != graph.parents:
+            self._spectral_estimators = {}
+        self.network: NeuronGraph = graph
+        self._graphs[graph.mode] = graph
+        self.order = (
+            None if self.schedule == "random" else layer_order(self.schedule, graph.depth, self.passes, graph.levels)
+        )
+        self._last_visits = _last_visits(self.order) if self.order is not None else {}
+        self._sites = [_Site(activation) for activation in graph.activations] if self.perturbation.active else []
+        # kept out of the module tree: it holds the model's own modules
+        self.__dict__["_noisy_forward"] = graph.with_activations(self._sites) if self._sites else None
+        if self.feedback == "kolen-pollack":
+            self._make_feedback_weights()
+        self.implementation = self._resolve_implementation(self.settings.implementation)
         self._dependencies = self._visit_dependencies()
         if self.rule == "dp-damped":
             self._check_damping_norms()
+
+    def follow_model(self) -> None:
+        """Follow the model's current mode and settings: ``train()``/``eval()``, a dropout's ``p``, flags its
+        ``forward`` branches on. A model captured in another mode is captured again (each mode once, then
+        cached). Every step calls this first."""
+        key = mode_key(self.model)
+        if key != self.network.mode:
+            self._adopt(self._graphs.get(key) or capture_graph(self.model))
 
     def _resolve_implementation(self, implementation: str) -> str:
         """``fused`` where asked (its settings checked by :class:`LearnerSettings`) or, for ``auto``, where
@@ -424,6 +449,7 @@ class Learner(nn.Module):
 
     def feed_forward(self, x: Tensor) -> list[Tensor]:
         """``[s_0, …, s_N]`` with ``s_k = f_k(B_k(s_{P(k)}))`` and ``s_N = B_N(s_{P(N)})``, without grad."""
+        self.follow_model()
         self.network.new_step()
         with torch.no_grad():
             return self.network.feed_forward(x)[0]
@@ -435,7 +461,8 @@ class Learner(nn.Module):
         dropout masks drawn once); the visits then see every block as that fixed function."""
         if self.rule == "bp":
             raise ValueError("rule 'bp' has no dyadic states to infer")
-        check_batch(self.model, x, y)
+        self.follow_model()
+        check_batch(self.model, x, y, token_ids=self.network.token_inputs)
         return self._infer(x, y)
 
     def _infer(self, x: Tensor, y: Tensor) -> DyadicStates:
@@ -650,7 +677,7 @@ class Learner(nn.Module):
                 term = self._block_term(block, delta, *inputs)
             total = term if total is None else total + term
         if unmoved or total is None:
-            zero = ZeroTerm.apply(means[0], *unmoved)
+            zero = ZeroTerm.apply(_floating(means, deltas), *unmoved)
             total = zero if total is None else total + zero
         return total * (-1.0 / (self.beta * means[0].shape[0]))
 
@@ -722,13 +749,14 @@ class Learner(nn.Module):
 
         A batch that cannot be fed to the model (empty, integer or mismatched dtype or device, targets not
         one per sample or of the wrong kind) is a ``ValueError`` that says what to change."""
+        self.follow_model()
         if self._compiled_objective is not None:
             return self._compiled_objective(self, x, y)
         return self._objective(x, y)
 
     def _objective(self, x: Tensor, y: Tensor) -> StepResult:
         """:meth:`objective`, uncompiled."""
-        check_batch(self.model, x, y)
+        check_batch(self.model, x, y, token_ids=self.network.token_inputs)
         if self.rule == "bp":
             if self._noisy_forward is None:
                 logits = self.wrapper(x)
@@ -803,6 +831,11 @@ def _check_compiler(mode: str, device: torch.device) -> None:
             f"torch.compile in mode {mode!r} cannot build code on {device} here "
             f"({type(error).__name__}: {cause}); train without compiling"
         ) from None
+
+
+def _floating(means: list[Tensor], deltas: list[Tensor | None]) -> Tensor:
+    """A floating-point tensor of the step to take a zero from (the input may hold integer token ids)."""
+    return next(t for t in [means[0], *deltas, *means[1:]] if t is not None and t.is_floating_point())
 
 
 def _last_visits(order: list[int]) -> dict[int, int]:

@@ -107,8 +107,9 @@ class FunctionalBatchNorm(nn.Module):
         super().__init__()
         self.track_running_stats = True
 
-    def forward(self, x: Tensor, running_mean: Tensor | None, running_var: Tensor | None, *args: object,
-                **kwargs: object) -> Tensor:
+    def forward(
+        self, x: Tensor, running_mean: Tensor | None, running_var: Tensor | None, *args: object, **kwargs: object
+    ) -> Tensor:
         training = kwargs.get("training", args[2] if len(args) > 2 else False)
         if training and not self.track_running_stats:
             running_mean = running_var = None
