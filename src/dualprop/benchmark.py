@@ -42,12 +42,15 @@ from dualprop.graph import capture_graph
 from dualprop.learner import COMPILE_MODES, Learner
 from dualprop.schedules import layer_order, parse_schedule
 
-MODELS: dict[str, tuple[Callable[[], nn.Sequential], tuple[int, ...]]] = {
+MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "digits-mlp": (lambda: models.mlp([64, 256, 256, 10]), (64,)),
     "mnist-mlp": (lambda: models.mlp([784, 1024, 1024, 10]), (784,)),
     "vgg-like": (lambda: models.vgg_like(10, 3, 32), (3, 32, 32)),
     "vgg16": (lambda: models.vgg16(10, 3, 32), (3, 32, 32)),
     "resnet20": (lambda: models.resnet20(10, 3, 32), (3, 32, 32)),
+    "vit": (lambda: models.vit(10, 1, 28), (1, 28, 28)),
+    "mixer": (lambda: models.mixer(10, 1, 28), (1, 28, 28)),
+    "convnext": (lambda: models.convnext(10, 3, 32), (3, 32, 32)),
 }
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 AUTOCAST_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}

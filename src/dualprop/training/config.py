@@ -87,7 +87,9 @@ class TrainConfig:
     pad_to: int = _setting(0, "zero-pad images to this size")
     # network
     model: str = _setting(
-        "mlp", "mlp, a conv model (vgg16, vgg_like, cnn, mini_cnn) or a residual network (resnet20, resnet8)"
+        "mlp",
+        "mlp, a conv model (vgg16, vgg_like, cnn, mini_cnn), a residual network (resnet20, resnet8), "
+        "or a patch-based net (vit, mixer, convnext; activation sets their MLPs', gelu in the papers)",
     )
     hidden: list[int] = _setting([256, 256], "hidden widths of the MLP")
     activation: str = _setting("relu", "activation function")
