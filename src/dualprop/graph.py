@@ -549,6 +549,7 @@ class _Tracer(fx.Tracer):
     def __init__(self) -> None:
         super().__init__()
         self.record_stack_traces = True
+        self.proxy_buffer_attributes = True  # a buffer sliced by a shape (a causal mask) stays in the graph
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return (
@@ -752,6 +753,8 @@ class _Capture:
                 replacement = self.graph.call_module(name, arguments, kwargs)
             replacement.meta = node.meta
             node.replace_all_uses_with(replacement)
+            if node.op == "call_method" and isinstance(node.args[0], fx.Node):
+                _read_after_from(node.args[0], replacement)  # `mask.bernoulli_(p)` drew into `mask`
             self.graph.erase_node(node)
         self.nodes = list(self.graph.nodes)
 
@@ -791,6 +794,9 @@ class _Capture:
                 and node is not logits
                 and not any(membership.get(user, set()) >= blocks for user in node.users if user not in neurons)
             ]
+            # a tuple (``chunk``, ``split``) is no tensor to hold in a neuron: its input is marked instead
+            shared = list(dict.fromkeys(_tensor_source(node, neurons, signals) for node in shared))
+            shared = [node for node in shared if node is not None]
             if not shared:
                 break
             for node in shared:
@@ -897,6 +903,26 @@ class _MethodCall:
 
     def __call__(self, tensor: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         return getattr(tensor, self.name)(*args, **kwargs)
+
+
+def _tensor_source(node: fx.Node, neurons: set[fx.Node], signals: set[fx.Node]) -> fx.Node | None:
+    """``node`` itself if it holds a tensor; for a tuple (all its readers take items of it) the signal it is
+    computed from, if that is no neuron yet; else None."""
+    while node.users and all(u.op == "call_function" and u.target is operator.getitem for u in node.users):
+        sources = [a for a in node.all_input_nodes if a in signals]
+        if len(sources) != 1 or sources[0] in neurons:
+            return None
+        node = sources[0]
+    return node
+
+
+def _read_after_from(mutated: fx.Node, replacement: fx.Node) -> None:
+    """Make the readers of ``mutated`` that come after ``replacement`` read ``replacement`` instead: the value
+    an in-place method call left in its tensor."""
+    order = {node: position for position, node in enumerate(replacement.graph.nodes)}
+    for user in list(mutated.users):
+        if user is not replacement and order[user] > order[replacement]:
+            user.replace_input_with(mutated, replacement)
 
 
 def _reads_metadata_only(node: fx.Node) -> bool:

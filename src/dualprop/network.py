@@ -78,7 +78,7 @@ class StepDropout(nn.Module):
 class StepRandom(nn.Module):
     """A random draw of the model's own code (``bernoulli_``, ``torch.rand``, … — e.g. the mask of stochastic
     depth) made once per step: the first evaluation after :meth:`reset` draws, every later one with the
-    same argument shapes returns that draw, so a block is one fixed function within a step."""
+    same argument shapes returns (a copy of) that draw, so a block is one fixed function within a step."""
 
     def __init__(self, draw: Callable[..., Tensor]):
         super().__init__()
@@ -94,7 +94,7 @@ class StepRandom(nn.Module):
         key = tuple(a.shape if isinstance(a, Tensor) else a for a in (*args, *kwargs.values()))
         if self.value is None or key != self.key:
             self.value, self.key = self.draw(*args, **kwargs), key
-        return self.value
+        return self.value.clone()  # the model's code may scale its draw in place (``mask.div_(keep)``)
 
 
 class FunctionalBatchNorm(nn.Module):
