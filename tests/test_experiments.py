@@ -33,6 +33,7 @@ EXPECTED = {
     "icml2024-fashion-mnist-mlp",
     "icml2024-fashion-mnist-cnn",
     "fashion-mnist-resnet8",
+    "fashion-mnist-vit",
 }
 
 
@@ -99,6 +100,22 @@ def test_fashion_mnist_mlp_study_grid():
         ("dpT", 0.5, "forward-backward", 2),
     ]
     assert all((c.model, c.dataset, c.seeds) == ("resnet8", "fashion-mnist", [1988, 1542, 8697]) for c in resnet)
+
+
+def test_fashion_mnist_vit_compares_backprop_with_generic_and_fused_dpT():
+    configs = load_experiment("fashion-mnist-vit").configs
+    assert [(c.rule, c.schedule, c.passes, c.implementation) for c in configs] == [
+        ("bp", "backward", 1, "generic"),
+        ("dpT", "forward-backward", 1, "generic"),
+        ("dpT", "backward", 1, "fused"),
+    ]
+    assert [(c.alpha, c.beta) for c in configs[1:]] == [(0.5, 0.1), (1.0, 0.1)]
+    for c in configs:
+        assert (c.model, c.activation, c.dataset, c.seeds) == ("vit", "gelu", "fashion-mnist", [1988, 1542, 8697])
+        assert (c.optimizer, c.lr, c.warmup_epochs, c.momentum, c.baseline) == ("adam", 1e-3, 1, None, False)
+        # a 2-core budget: at most 3 epochs of 150 batches, and the training samples they need cover the
+        # whole official test set of 10 000 images, which is read up to the same count
+        assert c.epochs * c.limit_batches <= 450 and c.limit_batches * c.batch_size / 0.9 >= 10_000
 
 
 def test_runs_go_seed_by_seed_with_baselines():
