@@ -1,6 +1,7 @@
 """Graph capture of any nn.Module and dual propagation on it, against autograd of the same model."""
 
 import copy
+import types
 
 import pytest
 import torch
@@ -343,3 +344,109 @@ def test_a_residual_network_trains_and_is_diagnosed_and_attacked_from_the_comman
     assert "spectral norms per block input" in report and "product bound" in report
     assert main(["diagnose", run_dir, "--batches", "1", "--output-dir", str(tmp_path / "angles")]) == 0
     assert "block" in capsys.readouterr().out
+
+
+def test_register_activation_takes_module_types_only():
+    for wrong in (42, "relu", torch.relu, nn.ReLU()):
+        with pytest.raises(TypeError, match="subclass of torch.nn.Module"):
+            dualprop.register_activation(wrong)
+
+
+def test_a_declared_activation_with_parameters_is_refused_and_undeclared_it_is_trained():
+    class Scaled(nn.Module):  # elementwise, but with a parameter of its own (like PReLU)
+        def __init__(self):
+            super().__init__()
+            self.slope = nn.Parameter(torch.tensor(0.7, dtype=torch.float64))
+
+        def forward(self, x):
+            return torch.tanh(x) * self.slope
+
+    def model():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(4, 5), Scaled(), nn.Linear(5, 3)).double()
+
+    x, y = torch.randn(6, 4, dtype=torch.float64), torch.randint(0, 3, (6,))
+    net = model()
+    learner = Learner(net, rule="dpT", alpha=0.5, beta=1e-6, schedule="fwbw1")
+    learner.step(x, y)  # undeclared: the tanh is a neuron and the scale a part of the next block
+    reference = model()
+    F.cross_entropy(reference(x), y).backward()
+    for got, expected in zip(net.parameters(), reference.parameters()):
+        torch.testing.assert_close(got.grad, expected.grad, rtol=1e-4, atol=1e-8)
+    dualprop.register_activation(Scaled)
+    with pytest.raises(ValueError, match=r"test_graph.py:\d+ is declared an activation but has parameters \(slope\)"):
+        Learner(model())
+
+
+def test_a_declared_activation_that_is_not_elementwise_is_refused_at_the_first_step():
+    class Mixing(nn.Module):  # mixes features: a softmax across them
+        def forward(self, x):
+            return torch.softmax(x, dim=-1)
+
+    dualprop.register_activation(Mixing)
+    learner = Learner(nn.Sequential(nn.Linear(4, 5), Mixing(), nn.Linear(5, 3)))
+    with pytest.raises(ValueError, match="declared an activation but is not elementwise"):
+        learner.step(torch.randn(6, 4), torch.randint(0, 3, (6,)))
+
+
+def test_a_neuron_marker_places_an_identity_neuron_by_hand():
+    class Marked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c, self.d = nn.Linear(4, 6), nn.Linear(6, 6), nn.Linear(6, 5), nn.Linear(5, 3)
+
+        def forward(self, x):
+            h = dualprop.neuron(self.b(self.a(x)))  # one reader only: no neuron without the marker
+            h = dualprop.neuron(torch.relu(self.c(h)))  # already a neuron: the marker marks nothing
+            return self.d(h)
+
+    torch.manual_seed(0)
+    model = Marked().double()
+    graph = capture_graph(model)
+    assert graph.depth == 3 and graph.identity_neurons == [1]
+    assert [len(block.weighted_parts()) for block in graph.blocks] == [2, 1, 1]
+    x, y = torch.randn(5, 4, dtype=torch.float64), torch.randint(0, 3, (5,))
+    torch.testing.assert_close(graph.feed_forward(x)[0][-1], model(x))
+    reference = copy.deepcopy(model)
+    F.cross_entropy(reference(x), y).backward()
+    Learner(model, rule="dpT", alpha=0.5, beta=1e-6, schedule="fwbw1").step(x, y)
+    for got, expected in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(got.grad, expected.grad, rtol=1e-4, atol=1e-8)
+
+
+def test_refusals_name_code_inside_other_installed_packages():
+    """A model zoo installed beside torch (its path starts with torch's directory name) is the user's code."""
+    from dualprop.graph import _TORCH_DIR, _location
+
+    zoo_file = _TORCH_DIR.rstrip("/") + "vision/models/resnet.py"
+    torch_file = _TORCH_DIR + "nn/modules/module.py"
+    node = types.SimpleNamespace(
+        stack_trace=f'  File "{zoo_file}", line 12, in forward\n    out = self.block(x)\n'
+        f'  File "{torch_file}", line 99, in _call_impl\n    return forward_call(*args)\n',
+        meta={},
+    )
+    assert _location(node) == f" at {zoo_file}:12 (out = self.block(x))"
+
+
+def test_shape_arithmetic_asserts_and_optional_arguments_are_constants():
+    class Shaped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(6, 6), nn.Linear(6, 3)
+
+        def forward(self, x, scale=None):
+            torch._assert(x.shape[1] == 6, "six features")
+            h = torch.relu(self.a(x))
+            b, c = h.shape
+            h = h.view(b, 2, c // 2).flip(1).reshape(b, c)  # a shuffle by shape arithmetic
+            if scale is not None:
+                h = h * scale
+            return self.b(h)
+
+    torch.manual_seed(0)
+    model = Shaped().double()
+    graph = capture_graph(model)
+    assert graph.parents == [(0,), (1,)]
+    x = torch.randn(5, 6, dtype=torch.float64)
+    torch.testing.assert_close(graph.feed_forward(x)[0][-1], model(x))
+    torch.testing.assert_close(graph.feed_forward(x[:3])[0][-1], model(x[:3]))  # shapes follow the batch

@@ -83,8 +83,9 @@ def test_dp_top_at_small_beta_is_autograd_in_the_same_mode(name, train):
     model = _model(entry, train)
     reference = _autograd(copy.deepcopy(model), x, y, seed=1)
     for alpha in (0.0, 0.5, 1.0):
-        learner = Learner(copy.deepcopy(model), rule="dpT", alpha=alpha, beta=1e-6, schedule="fwbw1",
-                          implementation="generic")
+        learner = Learner(
+            copy.deepcopy(model), rule="dpT", alpha=alpha, beta=1e-6, schedule="fwbw1", implementation="generic"
+        )
         _assert_same_update(_rule(learner, x, y, seed=1), reference, cosine=0.9999)
 
 
@@ -94,12 +95,14 @@ def test_fused_sweep_equals_the_generic_backward_sweep(name):
     x, y = zoo_batch(entry)
     model = _model(entry, train=False)
     for alpha in (0.0, 1.0):
-        generic = Learner(copy.deepcopy(model), rule="dpT", alpha=alpha, beta=0.05, schedule="backward",
-                          implementation="generic")
+        generic = Learner(
+            copy.deepcopy(model), rule="dpT", alpha=alpha, beta=0.05, schedule="backward", implementation="generic"
+        )
         if alpha == 0.0 and generic.implementation != "fused" and _has_nonlinear_join(generic):
             continue  # s⁺ of one parent moves before a nonlinear join reads it: the sweeps differ by design
-        fused = Learner(copy.deepcopy(model), rule="dpT", alpha=alpha, beta=0.05, schedule="backward",
-                        implementation="fused")
+        fused = Learner(
+            copy.deepcopy(model), rule="dpT", alpha=alpha, beta=0.05, schedule="backward", implementation="fused"
+        )
         expected = _rule(generic, x, y, seed=1)
         got = _rule(fused, x, y, seed=1)
         assert expected.keys() == got.keys()

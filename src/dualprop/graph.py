@@ -465,21 +465,29 @@ class NeuronGraph:
 
     def _check_declared(self, drives: Sequence[Tensor]) -> None:
         """Refuse a declared activation that is not elementwise, found on the first step's drives: an
-        elementwise ``f`` commutes with every permutation of its input's entries, ``f(Pa) = P f(a)``."""
+        elementwise ``f`` gives the same output twice, of its input's shape, and moving one entry of its
+        input moves that entry of its output only."""
         with torch.no_grad():
             for k in self.declared:
                 drive = drives[k - 1][:1]
                 activation = self.activations[k - 1]
-                order = torch.randperm(drive.numel(), generator=torch.Generator().manual_seed(0)).to(drive.device)
-                permuted = activation(drive.flatten()[order].reshape(drive.shape))
-                expected = activation(drive).flatten()[order].reshape(drive.shape)
-                if permuted.shape != drive.shape or not torch.allclose(permuted, expected, rtol=1e-4, atol=1e-6):
+                output = activation(drive)
+                elementwise = output.shape == drive.shape and torch.equal(output, activation(drive))
+                generator = torch.Generator().manual_seed(k)
+                for index in torch.randint(drive.numel(), (3,), generator=generator).tolist():
+                    if not elementwise:
+                        break
+                    moved = drive.clone()
+                    moved.view(-1)[index] += 1e-2 * (1.0 + moved.view(-1)[index].abs())
+                    change = (activation(moved) - output).view(-1).abs()
+                    change[index] = 0.0
+                    elementwise = bool(change.max() <= 1e-6 * (1.0 + output.abs().max()))
+                if not elementwise:
                     node = self.activation_nodes[k - 1]
                     raise ValueError(
-                        f"{_describe(node, self.root)}{_location(node)} is declared an activation but is not "
-                        f"elementwise (or not deterministic): its output entries do not each depend on their "
-                        f"own input entry alone. Do not declare it with register_activation; it is then a "
-                        f"part of its block"
+                        f"{_describe(node, self.root)} is declared an activation but is not elementwise (or not "
+                        f"deterministic): each output entry must depend on its own input entry alone. Do not "
+                        f"declare it with register_activation; it is then a part of its block"
                     )
         self._declared_checked = True
 
@@ -600,6 +608,7 @@ class _Capture:
         activation_nodes = self._drop_redundant_markers(activation_nodes)
         logits = output.args[0]
         activation_nodes = self._place_identity_neurons(source, activation_nodes, logits, signals)
+        activation_nodes = self._place_join_neurons(source, activation_nodes, logits, signals)
         declared = [
             k
             for k, node in enumerate(activation_nodes, start=1)
@@ -684,7 +693,8 @@ class _Capture:
             parameters = [name for name, _ in module.named_parameters()]
             if parameters:
                 raise ValueError(
-                    f"module {node.target} ({type(module).__name__}){_location(node)} is declared an activation "
+                    f"module {node.target} ({type(module).__name__}){_location(node) or _defined_at(module)} "
+                    f"is declared an activation "
                     f"but has parameters ({', '.join(parameters)}); an activation is a fixed elementwise "
                     f"function. Do not declare it with register_activation: its parameters are then "
                     f"trained as part of its block"
@@ -809,6 +819,41 @@ class _Capture:
             self.nodes = list(self.graph.nodes)
             activation_nodes = [n for n in self.nodes if n in neurons and n is not source]
         return activation_nodes
+
+    def _place_join_neurons(
+        self, source: fx.Node, activation_nodes: list[fx.Node], logits: fx.Node, signals: set[fx.Node]
+    ) -> list[fx.Node]:
+        """Insert an identity neuron where the inputs of a block with several parents join, if all of the
+        block's nonlinear work comes after the join (a pre-LN transformer's residual sum before its
+        attention, DenseNet's concatenation before its batch norm): the feedback to every parent then
+        differentiates the nonlinear part once, not once per parent."""
+        neurons = {source, *activation_nodes}
+        for node in [*activation_nodes, logits]:
+            drive = node if node is logits else _drive_of(node)
+            members = _block_members(drive, neurons)
+            parents = {a for n in members for a in n.all_input_nodes if a in neurons}
+            if len(parents) < 2 or all(self._is_affine(n, signals) for n in members):
+                continue
+            reads: dict[fx.Node, set[fx.Node]] = {}
+            for member in (n for n in self.nodes if n in members):
+                reads[member] = {a for a in member.all_input_nodes if a in parents}
+                for a in member.all_input_nodes:
+                    reads[member] |= reads.get(a, set())
+            joins = [n for n in self.nodes if n in members and n is not drive and reads[n] == parents and n in signals]
+            for join in joins:
+                if _tensor_source(join, neurons, signals) is not join:
+                    continue
+                tail = _block_members(drive, neurons | {join})
+                if {a for n in tail for a in n.all_input_nodes if a in neurons or a is join} == {join}:
+                    with self.graph.inserting_after(join):
+                        marker = self.graph.call_function(neuron, (join,))
+                    marker.meta = dict(join.meta)
+                    join.replace_all_uses_with(marker, delete_user_cb=lambda user, marker=marker: user is not marker)
+                    signals.add(marker)
+                    neurons.add(marker)
+                    self.nodes = list(self.graph.nodes)
+                break
+        return [n for n in self.nodes if n in neurons and n is not source]
 
     def _out_of_place(self, node: fx.Node, k: int) -> Callable[[Tensor], Tensor]:
         """Neuron ``k+1``'s activation as an out-of-place callable; the site itself made out-of-place."""
@@ -976,6 +1021,16 @@ def _location(node: fx.Node) -> str:
             if not file.startswith(_TORCH_DIR) and not file.endswith(os.path.join("dualprop", "graph.py")):
                 frames.append(f" at {file}:{parts[1].replace('line ', '')} ({code.strip()})")
     return frames[-1] if frames else ""
+
+
+def _defined_at(module: nn.Module) -> str:
+    """`` defined at FILE:LINE`` of a module's class, where its source can be found."""
+    try:
+        file = inspect.getsourcefile(type(module))
+        line = inspect.getsourcelines(type(module))[1]
+    except (OSError, TypeError):
+        return ""
+    return f" defined at {file}:{line}" if file else ""
 
 
 def _error_location(error: BaseException) -> str:
