@@ -25,7 +25,7 @@ The capture uses ``torch.fx`` symbolic tracing: it records the user's own ``forw
 running it on data, keeps the user's modules (so their parameters are trained in place and Linear, Conv
 and normalisation stay recognisable), and stops at data-dependent control flow by construction. It
 records the model as it is in one mode: :func:`mode_key` tells when a model's modes or settings (a
-dropout's ``p``, ``training`` flags read by ``forward``) have changed so that the graph is captured again.
+drop probability, ``training`` flags read by ``forward``) have changed so that the graph is captured again.
 
 What is refused, with a ``ValueError`` naming the operation and the line of the model's code: control
 flow on tensor values, operations that are not differentiable (``argmax``, rounding, ``.item()``),
@@ -308,12 +308,18 @@ def register_block_module(module_type: type[nn.Module]) -> type[nn.Module]:
     return module_type
 
 
-def mode_key(model: nn.Module) -> tuple:
-    """What a capture of ``model`` depends on besides its code: each module's ``training`` flag and plain
-    settings (numbers, strings, flags such as a dropout's ``p``). Equal keys give the same graph."""
+def traced_modules(model: nn.Module) -> list[nn.Module]:
+    """The modules whose ``forward`` the capture records op by op (the others run as one call, reading their
+    mode and settings when they run): what a capture depends on besides the model's code."""
+    tracer = _Tracer()
+    return [m for name, m in model.named_modules() if not tracer.is_leaf_module(m, name)]
+
+
+def mode_key(modules: Sequence[nn.Module]) -> tuple:
+    """The ``training`` flag and plain settings (numbers, strings, flags such as a drop probability) of the
+    :func:`traced_modules` of a model: equal keys give the same graph."""
     return tuple(
-        (name, tuple((k, v) for k, v in vars(m).items() if type(v) in _SETTING_TYPES and k[:1] != "_"))
-        for name, m in model.named_modules()
+        tuple((k, v) for k, v in m.__dict__.items() if k[:1] != "_" and type(v) in _SETTING_TYPES) for m in modules
     )
 
 
@@ -418,8 +424,15 @@ class NeuronGraph:
     """Whether the input holds integer ids that only embeddings read (a language model's tokens)."""
     declared: list[int] = field(default_factory=list, repr=False)
     """The neurons whose activation is a module type declared with :func:`register_activation`."""
+    traced: list[nn.Module] = field(default_factory=list, repr=False)
+    """The model's :func:`traced_modules`."""
     mode: tuple = field(default=(), repr=False)
-    """The :func:`mode_key` of the model when it was captured."""
+    """Their :func:`mode_key` when the model was captured."""
+
+    def current_mode(self) -> tuple:
+        """The :func:`mode_key` of the model now (it differs from :attr:`mode` after ``train()``/``eval()`` or
+        a change of a setting its ``forward`` reads)."""
+        return mode_key(self.traced)
 
     def __post_init__(self) -> None:
         self._feed_forward = self._rebuild(None, feed_forward=True)
@@ -536,7 +549,8 @@ def capture_graph(model: nn.Module) -> NeuronGraph:
         ) from None
     root = fx.GraphModule(tracer.root, graph)
     result = _Capture(root).neuron_graph()
-    result.mode = mode_key(model)
+    result.traced = traced_modules(model)
+    result.mode = mode_key(result.traced)
     return result
 
 

@@ -30,7 +30,6 @@ from dualprop.graph import (
     capture_graph,
     find_ddp,
     forward_module,
-    mode_key,
     run_as_forward,
     unwrap,
 )
@@ -372,7 +371,7 @@ class Learner(nn.Module):
         """Follow the model's current mode and settings: ``train()``/``eval()``, a dropout's ``p``, flags its
         ``forward`` branches on. A model captured in another mode is captured again (each mode once, then
         cached). Every step calls this first."""
-        key = mode_key(self.model)
+        key = self.network.current_mode()
         if key != self.network.mode:
             self._adopt(self._graphs.get(key) or capture_graph(self.model))
 
