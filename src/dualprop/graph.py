@@ -1,4 +1,4 @@
-"""Capture any ``nn.Module`` as a graph of dyadic neurons and the blocks between them (DESIGN §1b).
+"""Capture any ``nn.Module`` as a graph of dyadic neurons and the blocks between them.
 
 A **neuron** is the input (neuron 0), the output of every elementwise activation site of the model's
 ``forward`` — an activation module, a ``torch.nn.functional`` or ``torch`` call, or a tensor method,
