@@ -90,31 +90,19 @@ def _subparsers() -> dict[str, argparse.ArgumentParser]:
     return dict(action.choices)
 
 
-def _invocation(action: argparse.Action) -> str:
-    """How an option is written: ``--flag N …``, ``--flag / --no-flag``, or a positional's name."""
-    if not action.option_strings:
-        name = action.metavar or action.dest
-        return f"{name} …" if action.nargs in ("+", "*") else name
-    if isinstance(action, argparse.BooleanOptionalAction):
-        return " / ".join(action.option_strings)
-    flags = ", ".join(action.option_strings)
-    if action.nargs == 0:
-        return flags
-    metavar = action.metavar or action.dest.upper()
-    if action.nargs in ("+", "*"):
-        return f"{flags} {metavar} …"
-    if isinstance(action.nargs, int):
-        return f"{flags} {' '.join([metavar] * action.nargs)}"
-    return f"{flags} {metavar}"
+def _invocation(parser: argparse.ArgumentParser, action: argparse.Action) -> str:
+    """How an option is written, as argparse's own help writes it: ``--flag N [N ...]``, ``--dtype {a,b}``."""
+    return parser._get_formatter()._format_action_invocation(action)
 
 
 def _help(action: argparse.Action) -> str:
-    text = (action.help or "") % {"default": action.default, "prog": "dualprop"}
-    return text
+    return (action.help or "") % {"default": action.default, "prog": "dualprop"}
 
 
 def command_reference(name: str) -> str:
     """The description and option tables of one subcommand of ``dualprop``."""
+    from dualprop.training.config import field_names
+
     parser = _subparsers()[name]
     lines = [parser.description or "", "", "```text", parser.format_usage().strip(), "```"]
     for group in parser._action_groups:
@@ -123,14 +111,17 @@ def command_reference(name: str) -> str:
             continue
         lines += ["", f"**{group.title[0].upper()}{group.title[1:]}**", ""]
         if group.title == SETTINGS_GROUP:
-            lines.append(
+            lines += [
                 "Every setting of the [settings table](#settings), as a flag here and a key of the "
-                "`--config` file, with the same meaning."
-            )
-            continue
+                "`--config` file, with the same meaning.",
+                "",
+            ]
+            actions = [a for a in actions if a.dest not in field_names()]
+            if not actions:
+                continue
         lines += ["| option | meaning |", "|---|---|"]
         for action in actions:
-            lines.append(f"| {_code(_invocation(action))} | {_cell(_help(action))} |")
+            lines.append(f"| {_code(_invocation(parser, action))} | {_cell(_help(action))} |")
     return "\n".join(lines)
 
 
