@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 
 
-def _hook():
-    spec = importlib.util.spec_from_file_location("cli_reference", DOCS / "hooks" / "cli_reference.py")
+def _hook(name="cli_reference"):
+    spec = importlib.util.spec_from_file_location(name, DOCS / "hooks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -102,3 +102,10 @@ def test_nothing_cites_a_document_outside_the_repository():
     sources = [*ROOT.glob("src/**/*.py"), *ROOT.glob("tests/*.py"), *DOCS.rglob("*.md"), ROOT / "README.md"]
     pattern = re.compile("DESIGN" + r"(\.md| §)")  # split so that this file does not match itself
     assert [str(path) for path in sources if pattern.search(path.read_text(encoding="utf-8"))] == []
+
+
+def test_docstring_roles_are_dropped_before_inline_code_only():
+    html = "see :func:<code>random_order</code> and :class:<code>Learner</code>; a ratio 1:2 and :func: alone"
+    assert _hook("docstring_roles").on_page_content(html, None, None, None) == (
+        "see <code>random_order</code> and <code>Learner</code>; a ratio 1:2 and :func: alone"
+    )
