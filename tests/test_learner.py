@@ -1,5 +1,6 @@
 """The Learner against independent computations: a scalar case worked by hand, a NumPy re-derivation of
-the state loop, autograd of the plain network (β → 0) and the known facts of DESIGN §1."""
+the state loop, autograd of the plain network (β → 0) and the known facts of the method
+(docs/method.md)."""
 
 import copy
 import math
@@ -69,7 +70,7 @@ def test_scalar_network_by_hand(rule):
 
 
 def _numpy_states(weights, biases, act, x, y, rule, alpha, beta, order, loss):
-    """States by the table of DESIGN §1, written out with explicit matrices."""
+    """States by the compartment updates of docs/method.md, written out with explicit matrices."""
     L = len(weights)
 
     def grad(z):

@@ -3,12 +3,25 @@ follow the numbers."""
 
 import importlib.util
 import json
+import math
 
+import numpy as np
 import pytest
 
-from dualprop.analysis.noise_study import ASYNC, NoiseSetting, NoiseStudyConfig, noise_findings
+from dualprop.analysis.noise_study import (
+    ASYNC,
+    NoiseSetting,
+    NoiseStudyConfig,
+    by_rule,
+    chance_accuracy,
+    dataset_classes,
+    learning_threshold,
+    learns,
+    noise_findings,
+)
 from dualprop.analysis.study import RESULTS_FILE, TABLE_FILE, StudyConfig, create_study, load_study, run_study
 from dualprop.cli import main
+from dualprop.data import DataError
 
 
 def test_grid_holds_every_block_once():
@@ -87,8 +100,10 @@ def _record(rule, alpha, beta, sigma, acc, quantum=0.0, timing="sync", status="f
     }
 
 
-def test_findings_follow_the_numbers():
+def _small_study(dataset="fashion-mnist"):
+    """A hand-made study of DP⊤ α=0.5 over β × σ, with backprop, one asynchronous and one rounded cell."""
     config = NoiseStudyConfig(
+        dataset=dataset,
         dpt_alphas=[0.5],
         dp_alphas=[],
         betas=[0.01, 0.1, 1.0],
@@ -112,23 +127,87 @@ def test_findings_follow_the_numbers():
     records = [_record("dpT", 0.5, b, s, a) for (b, s), a in acc.items()]
     records += [_record("bp", None, None, s, a) for s, a in ((0.0, 85), (0.01, 84), (0.1, 70))]
     records += [_record("dpT", 0.5, 1.0, 0.0, 70, timing=ASYNC), _record("dpT", 0.5, 1.0, 0.0, 79, quantum=0.1)]
-    text = noise_findings(config, records)
+    return config, records
+
+
+def test_chance_and_learning_threshold_follow_the_class_count():
+    assert chance_accuracy(10) == pytest.approx(10.0) and chance_accuracy(100) == pytest.approx(1.0)
+    assert learning_threshold(10) == pytest.approx(10 + 0.1 * 90)  # 19 %
+    assert learning_threshold(100) == pytest.approx(1 + 0.1 * 99)  # 10.9 %
+    assert learns(19.0, 10) and not learns(18.9, 10)
+    assert learns(12.0, 100) and not learns(12.0, 10)
+    assert not learns(math.nan, 100)
+
+
+def test_dataset_classes_from_the_registry_or_the_training_labels(tmp_path):
+    assert dataset_classes("fashion-mnist") == 10
+    assert dataset_classes("cifar100") == 100
+    assert dataset_classes("digits") == 10
+    arrays = tmp_path / "three.npz"
+    labels = np.array([0, 2, 1, 2])
+    np.savez(arrays, x_train=np.zeros((4, 2)), y_train=labels, x_test=np.zeros((1, 2)), y_test=np.array([1]))
+    assert dataset_classes(str(arrays)) == 3
+    with pytest.raises(DataError, match="y_train"):
+        dataset_classes(str(tmp_path / "missing.npz"))
+    np.savez(tmp_path / "unlabelled.npz", x_train=np.zeros((4, 2)))
+    with pytest.raises(DataError, match="y_train"):
+        dataset_classes(str(tmp_path / "unlabelled.npz"))
+
+
+def test_by_rule_names_the_rules_only_where_they_differ():
+    assert by_rule([("DP⊤ α=0", "β ≥ 0.1"), ("DP α=0.5", "β ≥ 0.1")]) == "β ≥ 0.1 for every rule"
+    assert by_rule([("DP⊤ α=0", "β ≥ 0.1")]) == "β ≥ 0.1 for DP⊤ α=0"
     assert (
-        "At σ = 0.01 the smallest β that learns (test accuracy ≥ 20 %) is — DP⊤ α=0.5: β ≥ 0.1 "
-        "(within 5 points of its noise-free best from β = 0.1)." in text
+        by_rule([("A", "β ≥ 0.1"), ("B", "β ≥ 1"), ("C", "β ≥ 0.1"), ("D", "β ≥ 0.1")])
+        == "β ≥ 0.1 for A, C and D; β ≥ 1 for B"
     )
-    assert "At σ = 0.1 the smallest β that learns (test accuracy ≥ 20 %) is — DP⊤ α=0.5: β ≥ 1." in text
+
+
+def test_findings_follow_the_numbers():
+    config, records = _small_study()
+    text = noise_findings(config, records)
+    bullets = text.splitlines()
+    assert len(bullets) == 5 and all(line.startswith("- **") for line in bullets)
+    assert "(test accuracy ≥ 19 %; chance is 10 % with 10 classes;" in bullets[0]
+    assert "σ = 0: β ≥ 0.01 for DP⊤ α=0.5." in bullets[0]
+    assert "σ = 0.01: β ≥ 0.1 (near its noise-free accuracy from β = 0.1) for DP⊤ α=0.5." in bullets[0]
+    # 60 % is learning but more than 5 points below the noise-free best of 82 %.
+    assert bullets[0].endswith("σ = 0.1: β ≥ 1 for DP⊤ α=0.5.")
     # Learning cells: ratios 0.1/(√2·0.01) = 7.07, 1/(√2·0.01) = 70.7, 1/(√2·0.1) = 7.07;
     # failing: 0.01/(√2·0.01) = 0.707, 0.01/(√2·0.1) = 0.0707, 0.1/(√2·0.1) = 0.707.
-    assert "every noisy cell with β/(√2σ) ≥ 7.07 learned and every one with β/(√2σ) ≤ 0.707 did not" in text
-    assert "β/σ = 1: 10.0–12.0 % over 2 cells; β/σ = 10: 60.0–79.0 % over 2 cells." in text
-    assert "σ=0.1: 70.0 % (best dual propagation 60.0 %)" in text
-    assert "mean difference -11.0 points over 1 pairs (σ=0: -11.0 over 1), 1 more than 5 points worse" in text
-    assert "q=0.1: mean -2.0, worst -2.0" in text
-    mixed = records + [_record("dpT", 0.5, 1.0, 0.01, 15)]  # a learning ratio that now fails
-    mixed = [r for r in mixed if not (r["beta"] == 1.0 and r["sigma"] == 0.01 and r["test_acc"] == 80)]
+    assert "every noisy cell at 7.07 or above learned, every one at 0.707 or below did not." in bullets[1]
+    assert bullets[1].endswith("Accuracy by β/σ (diverged runs at chance): 10.0–12.0 % at 1, 60.0–79.0 % at 10.")
+    assert bullets[2].endswith(
+        "85.0, 84.0, 70.0 % at σ = 0, 0.01, 0.1; the best dual-propagation setting: 82.0, 80.0, 60.0 %."
+    )
+    assert (
+        "mean change in points: -11.0 at σ = 0 (1 pair); 1 of 1 lost more than 5 points, the most -11.0" in (bullets[3])
+    )
+    assert "(DP⊤ α=0.5, β = 1, σ = 0)." in bullets[3]
+    assert bullets[4].endswith("(mean, worst): q = 0.1: -2.0, -2.0.")
+
+
+def test_learning_is_judged_against_chance_of_the_datasets_classes():
+    config, records = _small_study(dataset="cifar100")
+    text = noise_findings(config, records)
+    # With 100 classes chance is 1 % and 12 % learns: the smallest learning β at σ = 0.1 drops to 0.1, and the
+    # cell at ratio 0.707 that stayed at 10 % now breaks the clean separation.
+    assert "(test accuracy ≥ 10.9 %; chance is 1 % with 100 classes;" in text
+    assert "σ = 0.1: β ≥ 0.1 for DP⊤ α=0.5." in text
+    assert "the smallest learning ratio is 0.707, the largest failing one 0.707; 1 of 6 noisy cells" in text
+    assert "(diverged runs at chance)" in text
+    assert noise_findings(config, records, classes=10) == noise_findings(_small_study()[0], records)
+
+
+def test_findings_name_what_diverged_and_say_when_nothing_finished():
+    config, records = _small_study()
+    mixed = [r for r in records if not (r["beta"] == 1.0 and r["sigma"] == 0.01)]
+    mixed.append(_record("dpT", 0.5, 1.0, 0.01, 15))  # a ratio of 70.7 that fails
     assert "does not separate the cells cleanly" in noise_findings(config, mixed)
     records[-2] = _record("dpT", 0.5, 1.0, 0.0, None, timing=ASYNC, status="diverged")
-    assert "1 asynchronous run(s) diverged where the synchronous one did not (DP⊤ α=0.5 β=1 σ=0)" in noise_findings(
-        config, records
-    )
+    text = noise_findings(config, records)
+    assert "- **Asynchronous updates.** Diverged only when asynchronous: DP⊤ α=0.5, β = 1, σ = 0." in text
+    diverged = [_record("dpT", 0.5, b, s, None, status="diverged") for b in config.betas for s in config.sigmas]
+    assert "No noisy cell learned" in noise_findings(config, diverged)
+    assert "10.0 % at 1" in noise_findings(config, diverged)  # diverged runs counted at chance
+    assert noise_findings(config, []) == "No setting finished, so there is nothing to report."

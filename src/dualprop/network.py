@@ -1,7 +1,7 @@
 """Blocks of a network of dyadic neurons: their forward maps and vector–Jacobian products.
 
 The block ``B_k`` of neuron ``k`` is everything the model computes between the neurons ``P(k)`` it reads
-and neuron ``k``'s activation site (DESIGN §1b). A block offers
+and neuron ``k``'s activation site (see :mod:`dualprop.graph`). A block offers
 
 * its forward map ``a_k = B_k(s_{P(k)})`` (one input per parent neuron),
 * the vector–Jacobian product ``J_{B_k, p}(s⁺_{P(k)})ᵀ v`` with respect to each input ``p`` — the

@@ -24,15 +24,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
+
 from dualprop.analysis.heatmap import HeatmapPanel, plot_heatmaps
 from dualprop.analysis.study import Setting, train_setting
+from dualprop.data import DataError, get_spec
 from dualprop.training.config import TrainConfig
 from dualprop.training.trainer import TrainingObserver
 
 SYNC, ASYNC = "sync", "async"
-CHANCE_CLASSES = 10
 MATCH_POINTS = 5.0
-"""A noisy setting "matches" its rule's noise-free accuracy when it is at most this many points below."""
+"""A noisy setting is near its rule's noise-free accuracy when it is at most this many points below."""
+LEARNING_MARGIN = 0.1
+"""A setting learns when its accuracy is this share of the way from chance to 100 % or more."""
 
 
 @dataclass(frozen=True)
@@ -239,9 +243,36 @@ def _cell(record: dict[str, Any] | None) -> str:
     return "–" if record["test_acc"] is None else f"{record['test_acc']:.1f}"
 
 
-def learns(accuracy: float) -> bool:
-    """Learning: test accuracy at least twice chance (20 % with 10 classes)."""
-    return math.isfinite(accuracy) and accuracy >= 2 * 100.0 / CHANCE_CLASSES
+def dataset_classes(dataset: str) -> int:
+    """The number of classes of ``dataset``: the registry's count for a named dataset, ``max(y_train) + 1``
+    (the rule of :mod:`dualprop.data.arrays`) for an ``.npz`` file; ``DataError`` if that file is unreadable."""
+    if not dataset.lower().endswith(".npz"):
+        return get_spec(dataset).num_classes
+    try:
+        with np.load(dataset, allow_pickle=False) as archive:
+            labels = archive["y_train"]
+    except (OSError, KeyError, ValueError) as error:
+        raise DataError(f"cannot read the training labels y_train of {dataset}: {error}") from None
+    if not labels.size:
+        raise DataError(f"{dataset} holds no training labels y_train")
+    return int(labels.max()) + 1
+
+
+def chance_accuracy(classes: int) -> float:
+    """Test accuracy in % of guessing among ``classes`` equally frequent classes: ``100 / classes``."""
+    return 100.0 / classes
+
+
+def learning_threshold(classes: int) -> float:
+    """The accuracy in % from which a setting counts as learning: ``LEARNING_MARGIN`` of the way from chance
+    to 100 % (19 % with 10 classes, 10.9 % with 100)."""
+    chance = chance_accuracy(classes)
+    return chance + LEARNING_MARGIN * (100.0 - chance)
+
+
+def learns(accuracy: float, classes: int) -> bool:
+    """Whether a test accuracy (in %; NaN for a diverged or missing run) is clearly above chance."""
+    return math.isfinite(accuracy) and accuracy >= learning_threshold(classes)
 
 
 # -- the report --------------------------------------------------------------------------------------------
@@ -326,146 +357,199 @@ def noise_markdown(config: NoiseStudyConfig, records: Sequence[dict[str, Any]]) 
     return "\n".join(lines)
 
 
-def noise_findings(config: NoiseStudyConfig, records: Sequence[dict[str, Any]]) -> str:
-    """What the numbers show: the smallest β that learns at each σ, whether ``β/(√2σ)`` separates learning
-    from failure, the bp reference, asynchronous against synchronous, and the cost of each quantum."""
-    sentences = []
-    variants = config.variants()
-    # Smallest β that learns, and that matches the noise-free accuracy, at each σ.
-    for sigma in config.sigmas:
-        parts = []
-        for rule, alpha in variants:
-            runs = [(b, _accuracy(_find(records, rule, alpha, b, sigma))) for b in sorted(config.betas)]
-            runs = [(b, acc) for b, acc in runs if _find(records, rule, alpha, b, sigma) is not None]
-            if not runs:
-                continue
-            learning = [b for b, acc in runs if learns(acc)]
-            clean = max((_accuracy(_find(records, rule, alpha, b, 0.0)) for b in config.betas), default=math.nan)
-            clean = clean if math.isfinite(clean) else math.nan
-            matching = [b for b, acc in runs if math.isfinite(clean) and acc >= clean - MATCH_POINTS]
-            text = f"{_variant_label(rule, alpha)}: " + (f"β ≥ {learning[0]:g}" if learning else "none")
-            if sigma > 0 and matching:
-                text += f" (within {MATCH_POINTS:g} points of its noise-free best from β = {matching[0]:g})"
-            parts.append(text)
-        if parts:
-            sentences.append(
-                f"At σ = {sigma:g} the smallest β that learns (test accuracy ≥ "
-                f"{2 * 100 // CHANCE_CLASSES} %) is — " + "; ".join(parts) + "."
-            )
-    # Signal-to-noise: does β/(√2σ) separate learning cells from failing ones?
-    noisy = [r for r in records if r["rule"] != "bp" and r["timing"] == SYNC and r["quantum"] == 0 and r["sigma"] > 0]
-    cells = [(r["beta"] / (math.sqrt(2) * r["sigma"]), learns(_accuracy(r))) for r in noisy]
-    if cells:
-        good = [ratio for ratio, ok in cells if ok]
-        bad = [ratio for ratio, ok in cells if not ok]
-        reading = (
-            "s⁺ − s⁻ carries the signal β·∇ℓ against noise of standard deviation √2·σ, so the "
-            "signal-to-noise ratio is β/(√2σ) times the gradient's size."
-        )
-        if good and bad and min(good) > max(bad):
-            reading += (
-                f" In this grid that ratio alone decides: every noisy cell with β/(√2σ) ≥ {min(good):.3g} "
-                f"learned and every one with β/(√2σ) ≤ {max(bad):.3g} did not."
-            )
-        elif good and bad:
-            threshold = min(good)
-            exceptions = sum(1 for ratio, ok in cells if (ratio >= threshold) != ok)
-            reading += (
-                f" The ratio does not separate the cells cleanly: the smallest learning ratio is "
-                f"{threshold:.3g}, the largest failing one {max(bad):.3g}; {exceptions} of {len(cells)} "
-                f"noisy cells at or above {threshold:.3g} failed."
-            )
-        elif good:
-            reading += f" Every noisy cell learned (smallest ratio {min(good):.3g})."
-        else:
-            reading += f" No noisy cell learned (largest ratio {max(bad):.3g})."
-        sentences.append(reading)
-        diagonals: dict[float, list[float]] = {}
-        for r in noisy:
-            accuracy = _accuracy(r)
-            diagonals.setdefault(float(f"{r['beta'] / r['sigma']:.3g}"), []).append(
-                accuracy if math.isfinite(accuracy) else 100.0 / CHANCE_CLASSES
-            )
-        spans = [(ratio, values) for ratio, values in sorted(diagonals.items()) if len(values) >= 2]
-        if spans:
-            sentences.append(
-                "Along each diagonal of constant β/σ (diverged runs counted at chance), test accuracy "
-                "spans: "
-                + "; ".join(f"β/σ = {ratio:g}: {min(v):.1f}–{max(v):.1f} % over {len(v)} cells" for ratio, v in spans)
-                + "."
-            )
-    # Backprop with the same noise.
-    bp = [
-        (s, _accuracy(_find(records, "bp", None, None, s)))
-        for s in config.sigmas
-        if _find(records, "bp", None, None, s) is not None
+def noise_findings(config: NoiseStudyConfig, records: Sequence[dict[str, Any]], classes: int | None = None) -> str:
+    """What the numbers show, one short bullet per question: the smallest β that learns at each σ, whether
+    ``β/(√2σ)`` decides, the bp reference, asynchronous against synchronous, and the cost of rounding.
+    ``classes`` (default: those of the study's dataset) sets chance and the learning threshold."""
+    classes = dataset_classes(config.dataset) if classes is None else classes
+    findings = [
+        smallest_beta_finding(config, records, classes),
+        signal_to_noise_finding(records, classes),
+        backprop_finding(config, records),
+        asynchrony_finding(config, records),
+        rounding_finding(config, records),
     ]
-    if bp:
-        comparison = []
-        for sigma, acc in bp:
-            best = max(
-                (_accuracy(_find(records, rule, alpha, b, sigma)) for rule, alpha in variants for b in config.betas),
-                key=lambda v: -math.inf if math.isnan(v) else v,
-                default=math.nan,
-            )
-            comparison.append(f"σ={sigma:g}: {_number(acc)} % (best dual propagation {_number(best)} %)")
-        sentences.append(
-            "Backprop with the same noise on its activations and per-sample gradients: " + "; ".join(comparison) + "."
+    bullets = [f"- {finding}" for finding in findings if finding]
+    return "\n".join(bullets) if bullets else "No setting finished, so there is nothing to report."
+
+
+def by_rule(texts: Sequence[tuple[str, str]]) -> str:
+    """``[(rule label, text)]`` as ``text for every rule`` when all of several rules agree, else each distinct
+    text ``for`` its rules, in order of first appearance."""
+    groups: dict[str, list[str]] = {}
+    for label, text in texts:
+        groups.setdefault(text, []).append(label)
+    if len(groups) == 1 and len(texts) > 1:
+        return f"{next(iter(groups))} for every rule"
+    return "; ".join(f"{text} for {_and(labels)}" for text, labels in groups.items())
+
+
+def smallest_beta_finding(config: NoiseStudyConfig, records: Sequence[dict[str, Any]], classes: int) -> str | None:
+    """Per σ, the smallest β whose run learns and (σ > 0) the smallest within ``MATCH_POINTS`` of the rule's
+    best noise-free accuracy."""
+    parts = []
+    for sigma in config.sigmas:
+        texts = []
+        for rule, alpha in config.variants():
+            runs = [(b, _find(records, rule, alpha, b, sigma)) for b in sorted(config.betas)]
+            accuracies = [(b, _accuracy(r)) for b, r in runs if r is not None]
+            if not accuracies:
+                continue
+            learning = [b for b, acc in accuracies if learns(acc, classes)]
+            text = f"β ≥ {learning[0]:g}" if learning else "none"
+            clean = max((_accuracy(_find(records, rule, alpha, b, 0.0)) for b in config.betas), key=_finite_key)
+            matching = [b for b, acc in accuracies if math.isfinite(clean) and acc >= clean - MATCH_POINTS]
+            if sigma > 0 and matching:
+                text += f" (near its noise-free accuracy from β = {matching[0]:g})"
+            texts.append((_variant_label(rule, alpha), text))
+        if texts:
+            parts.append(f"σ = {sigma:g}: {by_rule(texts)}")
+    if not parts:
+        return None
+    return (
+        f"**Smallest β that learns** (test accuracy ≥ {learning_threshold(classes):.3g} %; chance is "
+        f"{chance_accuracy(classes):.3g} % with {classes} classes; near: within {MATCH_POINTS:g} points of the "
+        f"rule's best noise-free accuracy). " + ". ".join(parts) + "."
+    )
+
+
+def signal_to_noise_finding(records: Sequence[dict[str, Any]], classes: int) -> str | None:
+    """Whether ``β/(√2σ)`` separates the noisy synchronous cells that learn from those that do not, and the
+    spread of accuracy along each diagonal of constant ``β/σ`` (diverged runs counted at chance)."""
+    noisy = [r for r in records if r["rule"] != "bp" and r["timing"] == SYNC and r["quantum"] == 0 and r["sigma"] > 0]
+    if not noisy:
+        return None
+    cells = [(r["beta"] / (math.sqrt(2) * r["sigma"]), learns(_accuracy(r), classes)) for r in noisy]
+    good = [ratio for ratio, ok in cells if ok]
+    bad = [ratio for ratio, ok in cells if not ok]
+    text = "**Signal to noise.** s⁺ − s⁻ carries β·∇ℓ against noise of standard deviation √2·σ."
+    if good and bad and min(good) > max(bad):
+        text += (
+            f" Here β/(√2σ) alone decides: every noisy cell at {min(good):.3g} or above learned, every one at "
+            f"{max(bad):.3g} or below did not."
         )
-    # Asynchronous against synchronous.
-    both = [
+    elif good and bad:
+        exceptions = sum(1 for ratio, ok in cells if ratio >= min(good) and not ok)
+        text += (
+            f" β/(√2σ) does not separate the cells cleanly: the smallest learning ratio is {min(good):.3g}, the "
+            f"largest failing one {max(bad):.3g}; {exceptions} of {len(cells)} noisy cells at or above "
+            f"{min(good):.3g} failed."
+        )
+    elif good:
+        text += f" Every noisy cell learned (smallest ratio {min(good):.3g})."
+    else:
+        text += f" No noisy cell learned (largest ratio {max(bad):.3g})."
+    diagonals: dict[float, list[float]] = {}
+    for r in noisy:
+        accuracy = _accuracy(r)
+        diagonals.setdefault(float(f"{r['beta'] / r['sigma']:.3g}"), []).append(
+            accuracy if math.isfinite(accuracy) else chance_accuracy(classes)
+        )
+    spans = [(ratio, values) for ratio, values in sorted(diagonals.items()) if len(values) >= 2]
+    if spans:
+        text += (
+            " Accuracy by β/σ (diverged runs at chance): "
+            + ", ".join(f"{_span(values)} at {ratio:g}" for ratio, values in spans)
+            + "."
+        )
+    return text
+
+
+def backprop_finding(config: NoiseStudyConfig, records: Sequence[dict[str, Any]]) -> str | None:
+    """Backprop's accuracy at each σ beside the best dual-propagation setting at that σ."""
+    sigmas = [s for s in config.sigmas if _find(records, "bp", None, None, s) is not None]
+    if not sigmas:
+        return None
+    bp = [_accuracy(_find(records, "bp", None, None, s)) for s in sigmas]
+    best = [
+        max(
+            (_accuracy(_find(records, rule, alpha, b, s)) for rule, alpha in config.variants() for b in config.betas),
+            key=_finite_key,
+            default=math.nan,
+        )
+        for s in sigmas
+    ]
+    return (
+        f"**Backprop with the same noise** on activations and per-sample gradients: {_numbers(bp)} % at "
+        f"σ = {', '.join(f'{s:g}' for s in sigmas)}; the best dual-propagation setting: {_numbers(best)} %."
+    )
+
+
+def asynchrony_finding(config: NoiseStudyConfig, records: Sequence[dict[str, Any]]) -> str | None:
+    """The mean accuracy change from synchronous to asynchronous updates per σ, the largest loss, and the runs
+    that diverged only when asynchronous."""
+    pairs = [
         (rule, alpha, b, s, _find(records, rule, alpha, b, s, timing=ASYNC), _find(records, rule, alpha, b, s))
-        for rule, alpha in variants
+        for rule, alpha in config.variants()
         for b in config.async_betas
         for s in config.async_sigmas
     ]
-    both = [p for p in both if p[4] is not None and p[5] is not None]
-    lost = [p for p in both if p[4]["status"] == "diverged" and p[5]["status"] != "diverged"]
-    pairs = [(*p[:4], _accuracy(p[4]), _accuracy(p[5])) for p in both]
-    pairs = [p for p in pairs if math.isfinite(p[4]) and math.isfinite(p[5])]
-    if pairs:
-        differences = [late - sync for *_, late, sync in pairs]
-        worst = min(pairs, key=lambda p: p[4] - p[5])
-        by_sigma = []
+    pairs = [p for p in pairs if p[4] is not None and p[5] is not None]
+    lost = [p for p in pairs if p[4]["status"] == "diverged" and p[5]["status"] != "diverged"]
+    changes = [(*p[:4], _accuracy(p[4]) - _accuracy(p[5])) for p in pairs]
+    changes = [c for c in changes if math.isfinite(c[4])]
+    sentences = []
+    if changes:
+        per_sigma = []
         for sigma in config.async_sigmas:
-            values = [p[4] - p[5] for p in pairs if p[3] == sigma]
+            values = [c[4] for c in changes if c[3] == sigma]
             if values:
-                by_sigma.append(f"σ={sigma:g}: {sum(values) / len(values):+.1f} over {len(values)}")
+                per_sigma.append(f"{sum(values) / len(values):+.1f} at σ = {sigma:g} ({_count(len(values), 'pair')})")
+        worst = min(changes, key=lambda c: c[4])
+        large = sum(c[4] < -MATCH_POINTS for c in changes)
         sentences.append(
-            f"Asynchronous updates (random × {config.async_passes}) against synchronous "
-            f"({config.schedule} × {config.passes}): mean difference {sum(differences) / len(differences):+.1f} "
-            f"points over {len(pairs)} pairs ({'; '.join(by_sigma)}), "
-            f"{sum(d < -MATCH_POINTS for d in differences)} more than {MATCH_POINTS:g} points worse; the "
-            f"largest loss is {worst[4] - worst[5]:+.1f} ({_variant_label(worst[0], worst[1])}, "
-            f"β={worst[2]:g}, σ={worst[3]:g})."
+            f"**Asynchronous updates** (random × {config.async_passes}) against synchronous ({config.schedule} × "
+            f"{config.passes}), mean change in points: {', '.join(per_sigma)}; {large} of {len(changes)} "
+            f"lost more than {MATCH_POINTS:g} points, the most {worst[4]:+.1f} "
+            f"({_variant_label(worst[0], worst[1])}, β = {worst[2]:g}, σ = {worst[3]:g})."
         )
     if lost:
         sentences.append(
-            f"{len(lost)} asynchronous run(s) diverged where the synchronous one did not ("
-            + ", ".join(f"{_variant_label(p[0], p[1])} β={p[2]:g} σ={p[3]:g}" for p in lost)
-            + ")."
+            ("" if changes else "**Asynchronous updates.** ")
+            + "Diverged only when asynchronous: "
+            + "; ".join(f"{_variant_label(p[0], p[1])}, β = {p[2]:g}, σ = {p[3]:g}" for p in lost)
+            + "."
         )
-    # Resolution.
+    return " ".join(sentences) or None
+
+
+def rounding_finding(config: NoiseStudyConfig, records: Sequence[dict[str, Any]]) -> str | None:
+    """Per quantum q, the mean and the worst accuracy change against q = 0 over the rules and β of its block."""
     costs = []
     for q in config.quanta:
-        drops = [
+        changes = [
             _accuracy(_find(records, rule, alpha, b, 0.0, q)) - _accuracy(_find(records, rule, alpha, b, 0.0))
-            for rule, alpha in variants
+            for rule, alpha in config.variants()
             for b in config.quantum_betas
         ]
-        drops = [d for d in drops if math.isfinite(d)]
-        if drops:
-            costs.append(f"q={q:g}: mean {sum(drops) / len(drops):+.1f}, worst {min(drops):+.1f}")
-    if costs:
-        sentences.append(
-            "Stochastic rounding, accuracy change against q = 0 in points over the rules and β of "
-            "its block: " + "; ".join(costs) + "."
-        )
-    return " ".join(sentences) if sentences else "No setting finished, so there is nothing to report."
+        changes = [c for c in changes if math.isfinite(c)]
+        if changes:
+            costs.append(f"q = {q:g}: {sum(changes) / len(changes):+.1f}, {min(changes):+.1f}")
+    if not costs:
+        return None
+    return "**Stochastic rounding**, change in points against q = 0 (mean, worst): " + "; ".join(costs) + "."
 
 
-def _number(value: float) -> str:
-    return "–" if not math.isfinite(value) else f"{value:.1f}"
+def _and(labels: Sequence[str]) -> str:
+    return labels[0] if len(labels) == 1 else f"{', '.join(labels[:-1])} and {labels[-1]}"
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def _finite_key(value: float) -> float:
+    """Sort key that ranks NaN (a diverged or missing run) below every number."""
+    return -math.inf if math.isnan(value) else value
+
+
+def _span(values: Sequence[float]) -> str:
+    low, high = min(values), max(values)
+    return f"{low:.1f} %" if f"{low:.1f}" == f"{high:.1f}" else f"{low:.1f}–{high:.1f} %"
+
+
+def _numbers(values: Sequence[float]) -> str:
+    return ", ".join("–" if not math.isfinite(v) else f"{v:.1f}" for v in values)
 
 
 def plot_noise_heatmap(config: NoiseStudyConfig, records: Sequence[dict[str, Any]], path: str | Path) -> bool:
@@ -497,7 +581,7 @@ def plot_noise_heatmap(config: NoiseStudyConfig, records: Sequence[dict[str, Any
         row_label="β",
         column_label="σ",
         colour_label="test accuracy (%)",
-        vmin=100.0 / CHANCE_CLASSES,
+        vmin=chance_accuracy(dataset_classes(config.dataset)),
         vmax=100.0,
         annotate=True,
         title=f"MLP {'–'.join(map(str, config.hidden))} on {config.dataset}: test accuracy "
