@@ -450,3 +450,35 @@ def test_shape_arithmetic_asserts_and_optional_arguments_are_constants():
     x = torch.randn(5, 6, dtype=torch.float64)
     torch.testing.assert_close(graph.feed_forward(x)[0][-1], model(x))
     torch.testing.assert_close(graph.feed_forward(x[:3])[0][-1], model(x[:3]))  # shapes follow the batch
+
+
+class FunctionalParts(nn.Module):
+    """timm-style functional batch norm on registered buffers, a gated product (addcmul, GLU) and a PReLU:
+    block parts, whose parameters the rule trains."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.g, self.b = nn.Linear(5, 8), nn.Linear(5, 8), nn.Linear(4, 3)
+        self.weight, self.bias = nn.Parameter(torch.rand(8) + 0.5), nn.Parameter(0.1 * torch.randn(8))
+        self.register_buffer("running_mean", torch.zeros(8))
+        self.register_buffer("running_var", torch.ones(8))
+        self.prelu = nn.PReLU(4)
+
+    def forward(self, x):
+        h = F.batch_norm(self.a(x), self.running_mean, self.running_var, self.weight, self.bias, self.training, 0.1)
+        h = torch.addcmul(h, h, torch.sigmoid(self.g(x)))
+        return self.b(self.prelu(F.glu(torch.tanh(h), dim=-1)))
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_functional_batch_norm_gates_and_prelu_are_block_parts_trained_as_autograd(train):
+    torch.manual_seed(0)
+    model = FunctionalParts().double().train(train)
+    x, y = torch.randn(7, 5, dtype=torch.float64), torch.randint(0, 3, (7,))
+    reference = copy.deepcopy(model)
+    F.cross_entropy(reference(x), y).backward()
+    Learner(model, rule="dpT", alpha=0.5, beta=1e-6, schedule="fwbw2").step(x, y)
+    for (name, got), expected in zip(model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(got.grad, expected.grad, rtol=1e-4, atol=1e-8, msg=name)
+    torch.testing.assert_close(model.running_mean, reference.running_mean)  # moved once in the step
+    torch.testing.assert_close(model.running_var, reference.running_var)
