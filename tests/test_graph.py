@@ -289,7 +289,7 @@ class TwoOutputs(nn.Module):
     [
         (ControlFlow(), ["control flow", "test_graph.py", "if x.sum() > 0"]),
         (Rounded(), ["round", "not differentiable", "test_graph.py", "torch.relu(self.a(x)).round()"]),
-        (TwoOutputs(), ["several outputs"]),
+        (TwoOutputs(), ["several outputs", "test_graph.py", "def forward(self, x)"]),
     ],
 )
 def test_constructs_that_cannot_be_expressed_are_refused_naming_the_operation_and_line(model, fragments):

@@ -548,7 +548,7 @@ def capture_graph(model: nn.Module) -> NeuronGraph:
             f"the model's forward cannot be captured as a graph of neurons{_error_location(error)}: {what}"
         ) from None
     root = fx.GraphModule(tracer.root, graph)
-    result = _Capture(root).neuron_graph()
+    result = _Capture(root, type(model).forward).neuron_graph()
     result.traced = traced_modules(model)
     result.mode = mode_key(result.traced)
     return result
@@ -582,8 +582,9 @@ class _Tracer(fx.Tracer):
 class _Capture:
     """One capture: classify the nodes of the traced graph, then cut it into neurons and blocks."""
 
-    def __init__(self, root: fx.GraphModule):
+    def __init__(self, root: fx.GraphModule, model_forward: Callable[..., Any] | None = None):
         self.root = root
+        self.model_forward = model_forward
         self.graph = root.graph
         self.dropouts: list[nn.Module] = []
         self.norms: list[nn.Module] = []
@@ -612,7 +613,8 @@ class _Capture:
         (output,) = [n for n in self.nodes if n.op == "output"]
         if not isinstance(output.args[0], fx.Node):
             raise ValueError(
-                f"the model returns several outputs{_location(output)}; it must return one tensor of logits"
+                f"the model returns several outputs{_location(output) or self._forward_location()}; it must "
+                f"return one tensor of logits"
             )
         source = placeholders[0]
         signals = self._signals(source)
@@ -671,6 +673,15 @@ class _Capture:
             token_inputs=self._reads_token_ids(source),
             declared=declared,
         )
+
+    def _forward_location(self) -> str:
+        """`` at FILE:LINE (def forward…)`` of the traced model's ``forward``, where its source can be found."""
+        try:
+            file = inspect.getsourcefile(self.model_forward)  # type: ignore[arg-type]
+            lines, line = inspect.getsourcelines(self.model_forward)  # type: ignore[arg-type]
+        except (OSError, TypeError, AttributeError):
+            return ""
+        return f" at {file}:{line} ({lines[0].strip()})" if file else ""
 
     def _signals(self, source: fx.Node) -> set[fx.Node]:
         """The nodes whose value depends on the input's values. A tensor's metadata (shape, dtype, device)
