@@ -77,9 +77,14 @@ class DyadicActivationFunction(torch.autograd.Function):
         c_1, c_2 = ctx.weights
         scale = ctx.beta * drive.shape[0]
         activation = ctx.activation
-        upper = output if c_1 == 0.0 else activation(torch.add(drive, grad_output, alpha=c_1 * scale))
-        lower = output if c_2 == 0.0 else activation(torch.add(drive, grad_output, alpha=-c_2 * scale))
-        return torch.sub(upper, lower).div_(scale), None, None, None
+        if c_1 == 0.0:  # the difference in place in the one tensor computed here (no further allocation)
+            difference = activation(torch.add(drive, grad_output, alpha=-c_2 * scale)).sub_(output).neg_()
+        elif c_2 == 0.0:
+            difference = activation(torch.add(drive, grad_output, alpha=c_1 * scale)).sub_(output)
+        else:
+            upper = activation(torch.add(drive, grad_output, alpha=c_1 * scale))
+            difference = upper.sub_(activation(torch.add(drive, grad_output, alpha=-c_2 * scale)))
+        return difference.div_(scale), None, None, None
 
 
 class FusedActivation(nn.Module):
