@@ -1,7 +1,8 @@
 """Saved Learner states of the first layout (``tests/data/learner-v1-*.pt``) load into the current Learner.
 
 The files were written by ``torch.save(learner.state_dict())`` after one ``step`` of the Learners that
-:func:`_learner` builds: Kolen–Pollack feedback weights as ``feedback_weights.{i}``, the damped-DP
+:func:`_learner` builds (the model's parameters first multiplied by 4, so that damped DP's spectral norms exceed one
+and its damping is not zero): Kolen–Pollack feedback weights as ``feedback_weights.{i}``, the damped-DP
 power-iteration vectors as ``spectral_vector_{k}_{c}``, the noise and random-order generators' states.
 """
 
