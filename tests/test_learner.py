@@ -158,7 +158,7 @@ def test_infer_visits_layers_in_schedule_order_skipping_only_visits_that_change_
     # the last visit of layer 1 follows its previous visit with nothing it reads changed in between
     assert learner.order == [4, 3, 2, 1, 2, 3, 4, 3, 2, 1, 1]
     assert visits == [4, 3, 2, 1, 2, 3, 4, 3, 2, 1]
-    monkeypatch.setattr(dualprop.learner._Versions, "visit_needed", lambda self, k: True)
+    monkeypatch.setattr(dualprop.states.StateVersions, "visit_needed", lambda self, k: True)
     visits.clear()
     every_visit = learner.infer(x, y)
     assert visits == learner.order

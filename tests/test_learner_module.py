@@ -107,15 +107,19 @@ def test_feedback_weights_and_spectral_estimates_are_registered_state():
     learner = Learner(model, rule="dp-damped", alpha=0.5, schedule="fw2")
     learner.step(x, y)
     keys = set(learner.state_dict())
-    assert {"spectral_vector_1_2", "spectral_vector_2_3"} <= keys  # neuron k, its child c
+    assert {"damping.vector_1_2", "damping.vector_2_3"} <= keys  # neuron k, its child c
+    assert learner.state_dict()["damping.vector_1_2"].shape == (1, 7)  # one sample of s_1
     assert {f"model.{name}" for name, _ in model.named_parameters()} <= keys
     restored = Learner(copy.deepcopy(model), rule="dp-damped", alpha=0.5, schedule="fw2")
+    assert restored.state_dict()["damping.vector_1_2"].numel() == 0  # made at construction, empty until a step
     restored.load_state_dict(learner.state_dict())
-    torch.testing.assert_close(restored.spectral_vector_1_2, learner.spectral_vector_1_2)
+    torch.testing.assert_close(restored.damping.vector_1_2, learner.damping.vector_1_2)
 
     kp = Learner(models.mlp([5, 7, 6, 3]), rule="dpT", feedback="kolen-pollack")
     names = [name for name, _ in kp.named_parameters()]
-    assert names[-2:] == ["feedback_weights.0", "feedback_weights.1"]
+    assert names[-2:] == ["kolen_pollack.weights.0", "kolen_pollack.weights.1"]
+    assert kp.feedback_weights[0] is kp.kolen_pollack.weights[0]
+    assert Learner(models.mlp([5, 7, 6, 3]), rule="dpT").kolen_pollack is None  # symmetric: no module
     assert len(list(kp.parameters())) == len(list(kp.model.parameters())) + 2
 
 

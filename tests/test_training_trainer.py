@@ -131,6 +131,6 @@ def test_kolen_pollack_feedback_weights_are_trained_and_resumed(tmp_path):
     assert resumed["test_acc"] == pytest.approx(reference["test_acc"])
     finished = load_checkpoint(f"{reference['run_dir']}/checkpoint-last.pt")
     hidden = finished["learner"]["model.2.weight"]  # the output layer's forward weights (block 2)
-    feedback = finished["learner"]["feedback_weights.0"]
+    feedback = finished["learner"]["kolen_pollack.weights.0"]
     assert feedback.shape == hidden.shape and not torch.equal(feedback, hidden)
     assert reference["test_acc"] > 80.0

@@ -38,15 +38,14 @@ from torch import Tensor, nn
 
 from dualprop.graph import NeuronGraph, forward_module, run_as_forward
 from dualprop.losses import batch_loss
-from dualprop.rules import nudge_weights
-
-FUSED_RULES = ("dp", "dpT")
+from dualprop.rules import FUSED_RULES, Rule, find_rule, nudge_weights
 
 
-def finite_difference_weights(rule: str, alpha: float) -> tuple[float, float]:
+def finite_difference_weights(rule: Rule | str, alpha: float) -> tuple[float, float]:
     """``(c₁, c₂)``: ``(α, 1−α)`` for DP⊤ and ``(1−α, α)`` for DP — the weights ``(c⁻, c⁺)`` swapped."""
-    if rule not in FUSED_RULES:
-        raise ValueError(f"the fused sweep supports rules {', '.join(FUSED_RULES)}, not {rule!r}")
+    rule = find_rule(rule) if isinstance(rule, str) else rule
+    if not rule.fused:
+        raise ValueError(f"the fused sweep supports rules {', '.join(FUSED_RULES)}, not {rule.name!r}")
     c_plus, c_minus = nudge_weights(rule, alpha)
     return c_minus, c_plus
 
@@ -98,10 +97,10 @@ class FusedActivation(nn.Module):
 class FusedSweep:
     """One fused sweep per call: the model's graph with fused activations as its forward, then the loss."""
 
-    def __init__(self, graph: NeuronGraph, rule: str, loss: str):
-        finite_difference_weights(rule, 0.5)  # validates the rule
+    def __init__(self, graph: NeuronGraph, rule: Rule | str, loss: str):
+        self.rule = find_rule(rule) if isinstance(rule, str) else rule
+        finite_difference_weights(self.rule, 0.5)  # validates the rule
         self.graph = graph
-        self.rule = rule
         self.loss = loss
         self._fused = [FusedActivation(activation, 1.0, (0.5, 0.5)) for activation in graph.activations]
         self._forward = graph.with_activations(self._fused)

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from dualprop.network import WEIGHTED_TYPES, Block, GraphBlock, StepDropout
+from dualprop.network import WEIGHTED_TYPES, Block, BlockLike, GraphBlock, StepDropout
 
 _ACTIVATION_TYPES: set[type[nn.Module]] = {
     nn.ReLU,
@@ -295,7 +295,7 @@ class NeuronGraph:
     """Neurons ``0..N`` and their blocks: ``blocks[k−1] = B_k``, ``parents[k−1] = P(k)``,
     ``activations[k−1] = f_k`` (k < N), ``levels[k]`` the longest path from the input to neuron ``k``."""
 
-    blocks: list[nn.Module]
+    blocks: list[BlockLike]
     activations: list[Callable[[Tensor], Tensor]]
     parents: list[tuple[int, ...]]
     levels: list[int]
