@@ -17,45 +17,28 @@ fixed, returned by :meth:`Learner.objective` for the caller's ``backward()`` (or
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NoReturn
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from dualprop.compilation import COMPILE_MODES, check_compiler
-from dualprop.damping import SpectralDamping, vector_name
+from dualprop.damping import SpectralDamping
 from dualprop.feedback import KolenPollackFeedback
 from dualprop.fused import FusedSweep
-from dualprop.graph import NeuronGraph, capture_graph, find_ddp, forward_module, run_as_forward, unwrap
-from dualprop.hardware import ActivationSite, noisy_backprop
+from dualprop.graph import NeuronGraph, capture_graph, find_ddp, run_as_forward, unwrap
 from dualprop.inputs import check_batch
+from dualprop.learner_state import generator_states, restore_generators, upgrade_version_1
 from dualprop.losses import batch_loss, check_target, output_gradient, target_distribution
 from dualprop.network import BlockLike, ZeroTerm, frozen_statistics, hebbian_term
+from dualprop.reference import Backprop, adversarial_input, adversarial_objective
 from dualprop.rules import Rule, damped_hidden_compartments, hidden_compartments, nudge_weights, output_compartments
 from dualprop.schedules import last_visits, layer_order, random_order
-from dualprop.settings import LearnerSettings
+from dualprop.settings import LearnerSettings, setting_view
 from dualprop.states import DyadicStates, StateVersions, StepResult
 
 __all__ = ["COMPILE_MODES", "DyadicStates", "Learner", "LearnerSettings", "StepResult"]
-
-_NOISE_GENERATOR = "noise_generator_"
-_ORDER_GENERATOR = "order_generator"
-
-
-def _setting_view(name: str) -> Any:
-    """A read-only attribute of the Learner that reads ``learner.settings.<name>``."""
-
-    def read(learner: Learner) -> Any:
-        return getattr(learner.settings, name)
-
-    def refuse(learner: Learner, value: object) -> NoReturn:
-        raise AttributeError(
-            f"Learner.{name} is read-only: it is learner.settings.{name}; build a new Learner "
-            f"with {name}={value!r} (e.g. Learner(model, settings=dataclasses.replace(learner.settings, ...)))"
-        )
-
-    return property(read, refuse, doc=f"``settings.{name}`` (read-only).")
 
 
 class Learner(nn.Module):
@@ -93,14 +76,14 @@ class Learner(nn.Module):
 
     _version = 2  # 1: feedback weights as feedback_weights.{i}, damping vectors as spectral_vector_{k}_{c}
 
-    rule: str = _setting_view("rule")
-    alpha: float = _setting_view("alpha")
-    beta: float = _setting_view("beta")
-    schedule: str = _setting_view("schedule")
-    passes: int = _setting_view("passes")
-    loss: str = _setting_view("loss")
-    feedback: str = _setting_view("feedback")
-    power_iterations: int = _setting_view("power_iterations")
+    rule: str = setting_view("rule")
+    alpha: float = setting_view("alpha")
+    beta: float = setting_view("beta")
+    schedule: str = setting_view("schedule")
+    passes: int = setting_view("passes")
+    loss: str = setting_view("loss")
+    feedback: str = setting_view("feedback")
+    power_iterations: int = setting_view("power_iterations")
 
     kolen_pollack: KolenPollackFeedback | None
     damping: SpectralDamping | None
@@ -120,15 +103,15 @@ class Learner(nn.Module):
         self._order_generator = torch.Generator().manual_seed(self.settings.noise_seed) if random else None
         self.order = None if random else layer_order(self.schedule, graph.depth, self.passes, graph.levels)
         self._last_visits = last_visits(self.order) if self.order is not None else {}
-        self._sites = [ActivationSite(f) for f in graph.activations] if self.perturbation.active else []
-        # kept out of the module tree: it holds the model's own modules
-        self.__dict__["_noisy_forward"] = graph.with_activations(self._sites) if self._sites else None
+        reference = not self._rule.dyadic and not self._rule.moves_input
+        self._backprop = Backprop(graph, self.perturbation, self.loss) if reference else None
         self.kolen_pollack = KolenPollackFeedback(graph) if self.feedback == "kolen-pollack" else None
         self.damping = SpectralDamping(graph, self.power_iterations) if self._rule.damped else None
         self.implementation = self.settings.resolved_implementation(graph)
         self._fused_sweep = FusedSweep(graph, self._rule, self.loss) if self.implementation == "fused" else None
         self._compiled_objective: Callable[..., StepResult] | None = None
         self._dependencies = StateVersions.dependencies(graph)
+        self._closed_form = [block.closed_form_part is not None for block in graph.blocks]
 
     @property
     def graph(self) -> NeuronGraph:
@@ -164,13 +147,10 @@ class Learner(nn.Module):
     # -- state -------------------------------------------------------------------------------------
 
     def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
-        """Besides parameters and buffers, the states of the noise and random-order generators, so that a
-        resumed noisy or asynchronous run draws what the uninterrupted one would have drawn."""
+        """Besides parameters and buffers, the generators' states (:mod:`dualprop.learner_state`)."""
         super()._save_to_state_dict(destination, prefix, keep_vars)
-        for device, state in self.perturbation.generator_states().items():
-            destination[f"{prefix}{_NOISE_GENERATOR}{str(device).replace(':', '_')}"] = state
-        if self._order_generator is not None:
-            destination[prefix + _ORDER_GENERATOR] = self._order_generator.get_state()
+        for name, state in generator_states(self.perturbation, self._order_generator).items():
+            destination[prefix + name] = state
 
     def _load_from_state_dict(
         self,
@@ -182,38 +162,14 @@ class Learner(nn.Module):
         unexpected_keys: list[str],
         error_msgs: list[str],
     ) -> None:
-        """Continue the saved generators; take a state of version 1 (or without version) in the current
-        layout: ``feedback_weights.{i}`` → ``kolen_pollack.weights.{i}``, ``spectral_vector_{k}_{c}`` →
-        ``damping.vector_{k}_{c}`` (a vector not yet made is left empty)."""
+        """Continue the saved generators; take a state of version 1 (or of no version) in the current layout."""
         if local_metadata.get("version", 1) < 2:
-            for key in [key for key in state_dict if key.startswith(prefix)]:
-                name = key[len(prefix) :]
-                if name.startswith("feedback_weights."):
-                    state_dict[f"{prefix}kolen_pollack.weights.{name.split('.', 1)[1]}"] = state_dict.pop(key)
-                elif name.startswith("spectral_vector_"):
-                    k, c = name[len("spectral_vector_") :].split("_")
-                    state_dict[f"{prefix}damping.{vector_name(int(k), int(c))}"] = state_dict.pop(key)
-            if self.damping is not None:
-                for name, buffer in self.damping.named_buffers():
-                    state_dict.setdefault(f"{prefix}damping.{name}", buffer)
-        generators = []
-        for key, value in state_dict.items():
-            name = key[len(prefix) :]
-            if not key.startswith(prefix) or "." in name:
-                continue
-            if name.startswith(_NOISE_GENERATOR):
-                device = torch.device(name[len(_NOISE_GENERATOR) :].replace("_", ":"))
-                self.perturbation.set_generator_state(device, value)
-                generators.append(key)
-            elif name == _ORDER_GENERATOR and self._order_generator is not None:
-                self._order_generator.set_state(value.cpu())
-                generators.append(key)
+            upgrade_version_1(state_dict, prefix, self.damping)
+        generators = restore_generators(state_dict, prefix, self.perturbation, self._order_generator)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
-        for key in generators:
-            if key in unexpected_keys:
-                unexpected_keys.remove(key)
+        unexpected_keys[:] = [key for key in unexpected_keys if key not in generators]
 
     # -- inference ---------------------------------------------------------------------------------
 
@@ -333,7 +289,7 @@ class Learner(nn.Module):
         ``backward()`` gives both sets the same local update.
         """
         copy = dataclasses.replace(states, plus=list(states.plus), minus=list(states.minus), drives=list(states.drives))
-        return self._surrogate(*self._release_factors(copy))
+        return self._surrogate(*copy.release_factors(self._closed_form))
 
     def _surrogate(self, means: list[Tensor], deltas: list[Tensor | None], drives: list[Tensor | None]) -> Tensor:
         """:meth:`surrogate_objective` from the factors ``s̄_k`` (``k = 0..N−1``), ``δ_k`` (None where it is
@@ -371,26 +327,6 @@ class Learner(nn.Module):
             drive = block(*inputs) if feedback is None else feedback.tied_forward(block, list(inputs))
             return (delta * drive).sum()
 
-    def _release_factors(self, states: DyadicStates) -> tuple[list[Tensor], list[Tensor | None], list[Tensor | None]]:
-        """The factors of :meth:`_surrogate` taken out of ``states``, which are emptied on the way: each
-        neuron's compartments are released as soon as its ``s̄`` and ``δ`` exist, and the drives that no
-        closed-form term reads are dropped first, so that the update's factors never coexist with all the
-        compartments."""
-        graph = self.graph
-        drives: list[Tensor | None] = [None] + [
-            drive if block.closed_form_part is not None else None
-            for block, drive in zip(graph.blocks, states.drives[1:] or [None] * graph.depth)
-        ]
-        states.drives = []
-        means: list[Tensor] = [states.plus[0]]
-        deltas: list[Tensor | None] = [None]
-        for k in range(1, graph.depth + 1):
-            if k < graph.depth:
-                means.append(states.mean(k))
-            deltas.append(states.difference(k) if states.moved(k) else None)
-            states.plus[k] = states.minus[k] = None  # type: ignore[call-overload]
-        return means, deltas, drives
-
     def objective(self, x: Tensor, y: Tensor) -> StepResult:
         """Run inference and return the step's result with ``.objective``, the scalar whose
         ``backward()`` accumulates the rule's update into ``.grad`` exactly as :meth:`step` does (compiled,
@@ -405,30 +341,18 @@ class Learner(nn.Module):
     def _objective(self, x: Tensor, y: Tensor) -> StepResult:
         """:meth:`objective`, uncompiled."""
         check_batch(self.model, x, y)
-        if not self._rule.dyadic and not self._rule.moves_input:  # backprop
-            if self._noisy_forward is None:
-                logits = self.wrapper(x)
-            else:
-                self.graph.new_step()
-                with noisy_backprop(self.perturbation, self._sites, x.shape[0]) as neuron:
-                    logits = neuron(run_as_forward(forward_module(self.wrapper), self._noisy_forward, x))
-            loss = batch_loss(self.loss, logits, y)
-            return StepResult(loss.detach(), logits.detach(), objective=loss)
+        if self._backprop is not None:
+            return self._backprop.objective(self.wrapper, x, y)
         if self._fused_sweep is not None:
             loss_tensor, logits = self._fused_sweep.objective(self.wrapper, x, y, self.alpha, self.beta)
             return StepResult(loss_tensor.detach(), logits, torch.isfinite(logits).all(), objective=loss_tensor)
         if self._rule.moves_input:
-            moved, clean_logits = self.adversarial_input(x, y)
-            target = target_distribution(clean_logits, y)
-            objective = batch_loss(self.loss, self.wrapper(moved), target)
-            with torch.no_grad():
-                loss = batch_loss(self.loss, clean_logits, target)
-            return StepResult(loss, clean_logits, objective=objective)
+            return adversarial_objective(self.model, self.wrapper, self.loss, self.beta, x, y)
         states = self._infer(x, y)
         logits, finite = states.logits, states.all_finite()
         with torch.no_grad():
             loss = batch_loss(self.loss, logits, states.target)
-        factors = self._release_factors(states)
+        factors = states.release_factors(self._closed_form)
         ddp = find_ddp(self.wrapper)
         objective = self._surrogate(*factors) if ddp is None else run_as_forward(ddp, lambda: self._surrogate(*factors))
         return StepResult(loss, logits, finite, objective=objective)
@@ -461,8 +385,4 @@ class Learner(nn.Module):
         """``(x + β ∇ₓℓ, clean logits)`` with ``∇ₓℓ`` the per-sample loss gradient (not scaled by 1/B).
 
         The input gradient runs on the unwrapped model, so a DDP wrapper is not armed by it."""
-        with torch.enable_grad():
-            point = x.detach().requires_grad_(True)
-            logits = self.model(point)
-            (grad,) = torch.autograd.grad(batch_loss(self.loss, logits, y), point)
-        return (x + self.beta * x.shape[0] * grad).detach(), logits.detach()
+        return adversarial_input(self.model, self.loss, self.beta, x, y)

@@ -7,6 +7,7 @@ config's Learner fields are derived from these fields.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, NoReturn
 
 from dualprop import checks
 from dualprop.graph import NeuronGraph
@@ -115,3 +116,19 @@ class LearnerSettings:
             and not self.perturbation().active
         )
         return "fused" if exact else "generic"
+
+
+def setting_view(name: str) -> Any:
+    """A read-only attribute of an object with ``settings`` (the Learner) that reads ``settings.<name>``; assigning
+    to it is an ``AttributeError`` that says how to change it."""
+
+    def read(learner: Any) -> Any:
+        return getattr(learner.settings, name)
+
+    def refuse(learner: Any, value: object) -> NoReturn:
+        raise AttributeError(
+            f"Learner.{name} is read-only: it is learner.settings.{name}; build a new Learner "
+            f"with {name}={value!r} (e.g. Learner(model, settings=dataclasses.replace(learner.settings, ...)))"
+        )
+
+    return property(read, refuse, doc=f"``settings.{name}`` (read-only).")

@@ -41,6 +41,26 @@ class DyadicStates:
         are the feed-forward tensor itself, so ``δ_k`` is exactly zero."""
         return self.plus[k] is not self.minus[k]
 
+    def release_factors(self, reads_drive: list[bool]) -> tuple[list[Tensor], list[Tensor | None], list[Tensor | None]]:
+        """The factors of the update ``J``: ``s̄_k`` (``k = 0..N−1``), ``δ_k`` (None where it is exactly zero) and
+        the drives ``a_k`` of the blocks that ``reads_drive`` (``[k−1]``; index 0 unused, None elsewhere),
+        taken out of these states, which are emptied on the way: each neuron's compartments are released as
+        soon as its ``s̄`` and ``δ`` exist, and the drives nothing reads are dropped first, so that the
+        update's factors never coexist with all the compartments."""
+        depth = len(self.plus) - 1
+        drives: list[Tensor | None] = [None] + [
+            drive if reads else None for reads, drive in zip(reads_drive, self.drives[1:] or [None] * depth)
+        ]
+        self.drives = []
+        means: list[Tensor] = [self.plus[0]]
+        deltas: list[Tensor | None] = [None]
+        for k in range(1, depth + 1):
+            if k < depth:
+                means.append(self.mean(k))
+            deltas.append(self.difference(k) if self.moved(k) else None)
+            self.plus[k] = self.minus[k] = None  # type: ignore[call-overload]
+        return means, deltas, drives
+
     def all_finite(self) -> Tensor:
         """Whether every compartment is finite (a diverging DP run first shows up here), as a 0-dim bool
         tensor: one sum per compartment — NaN or ±inf anywhere makes it non-finite — and no device sync
