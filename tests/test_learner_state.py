@@ -13,6 +13,7 @@ import torch
 
 from dualprop import Learner, models
 from dualprop.rules import damping_from_spectral_norm
+from dualprop.training.checkpoint import atomic_save, load_checkpoint
 
 DATA = Path(__file__).parent / "data"
 
@@ -65,3 +66,25 @@ def test_first_layout_damping_warm_starts_from_the_saved_vectors_and_generators(
     state = learner.state_dict()
     assert torch.equal(state["noise_generator_cpu"], saved["noise_generator_cpu"])
     assert torch.equal(state["order_generator"], saved["order_generator"])
+
+
+def test_earlier_checkpoint_layout_with_a_feedback_list_loads_into_the_learner(tmp_path):
+    saved = _learner("kolen-pollack")
+    feedback = [torch.randn_like(w) for w in saved.feedback_parameters()]
+    atomic_save({"model": saved.model.state_dict(), "feedback": feedback, "epoch": 1}, tmp_path / "old.pt")
+    learner = _learner("kolen-pollack")
+    learner.load_state_dict(load_checkpoint(tmp_path / "old.pt")["learner"])
+    for loaded, weight in zip(learner.feedback_parameters(), feedback):
+        assert torch.equal(loaded, weight)
+
+
+def test_a_version_1_damped_learner_saved_before_its_first_step_loads_strictly():
+    learner = _learner("dp-damped")
+    state = {key: value for key, value in learner.state_dict().items() if not key.startswith("damping.")}
+    restored = _learner("dp-damped")
+    restored.load_state_dict(state)  # no version: read as version 1, which had no vectors before a step
+    assert all(buffer.numel() == 0 for buffer in restored.damping.buffers())
+    with pytest.raises(RuntimeError, match="Missing key"):
+        state = learner.state_dict()
+        del state["damping.vector_1_2"]
+        restored.load_state_dict(state)  # version 2 names every vector
