@@ -221,3 +221,13 @@ def test_surrogate_objective_of_inferred_states_is_the_step_and_leaves_the_state
     assert all(torch.equal(a, b) for a, b in zip(kept, states.plus + states.minus))
     for a, b in zip(_grads(learner), _grads(stepped)):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_every_captured_block_meets_the_block_contract_and_graph_is_the_learners_neuron_graph():
+    from dualprop.network import BlockLike
+
+    for model in (models.mlp([5, 7, 6, 3]), models.resnet8(num_classes=3, size=8)):
+        learner = Learner(model, rule="dpT")
+        assert learner.graph is learner.network
+        assert learner.graph.blocks and all(isinstance(block, BlockLike) for block in learner.graph.blocks)
+    assert not isinstance(nn.Linear(2, 2), BlockLike)  # no input_vjp: not a block

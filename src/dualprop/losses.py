@@ -15,14 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dualprop import checks
+
 LOSSES = ("cross_entropy", "mse")
 
 
 def check_loss(name: str) -> str:
     """Return ``name`` if it is a known loss, else raise ``ValueError``."""
-    if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
-    return name
+    return checks.one_of("loss", name, LOSSES)
 
 
 def check_target(name: str, logits: Tensor, target: Tensor) -> None:

@@ -22,7 +22,7 @@ mask the feed-forward pass drew (:class:`StepDropout`).
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Protocol, Sequence
+from typing import Callable, Iterator, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import Tensor, fx, nn
@@ -35,6 +35,7 @@ NORMALISATION_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNor
 _POINT_FREE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Flatten, nn.Unflatten)
 
 
+@runtime_checkable
 class BlockLike(Protocol):
     """The contract of a block ``B_k`` (met by :class:`Block` and :class:`GraphBlock`): what the state loop and
     the update ``J`` ask of it."""
