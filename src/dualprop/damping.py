@@ -31,6 +31,8 @@ class SpectralDamping(nn.Module):
     warm-started power-iteration steps per call. Every buffer exists from construction, empty until the
     first call sizes it to one sample of ``s_k``."""
 
+    graph: NeuronGraph
+
     def __init__(self, graph: NeuronGraph, power_iterations: int):
         super().__init__()
         self.__dict__["graph"] = graph  # the model's blocks, kept out of this module's tree

@@ -36,7 +36,7 @@ class KolenPollackFeedback(nn.Module):
                 if part not in self._index:
                     self._index[part] = len(self.weights)
                     self.weights.append(
-                        nn.Parameter(nn.init.kaiming_uniform_(torch.empty_like(part.weight), a=math.sqrt(5)))
+                        nn.Parameter(nn.init.kaiming_uniform_(torch.empty_like(_weight(part)), a=math.sqrt(5)))
                     )
 
     def _weight_of(self, part: nn.Module) -> Tensor | None:
@@ -50,10 +50,11 @@ class KolenPollackFeedback(nn.Module):
         parts = block.weighted_parts()
         weights = [self.weights[self._index[part]] for part in parts]
         for weight, part in zip(weights, parts):
-            if weight.dtype != part.weight.dtype or weight.device != part.weight.device:
+            forward = _weight(part)
+            if weight.dtype != forward.dtype or weight.device != forward.device:
                 raise ValueError(
                     f"the feedback weights are {weight.dtype} on {weight.device} but the model "
-                    f"is {part.weight.dtype} on {part.weight.device}; move the Learner with "
+                    f"is {forward.dtype} on {forward.device}; move the Learner with "
                     f"learner.to(...) rather than the model alone"
                 )
         return weights
@@ -75,8 +76,15 @@ class KolenPollackFeedback(nn.Module):
         for part in block.weighted_parts():
             weight = self._weight_of(part)
             if weight is not None:
-                tied[f"{names[part]}.weight"] = part.weight + (weight - weight.detach())
+                tied[f"{names[part]}.weight"] = _weight(part) + (weight - weight.detach())
         if not tied:
             return block(*inputs)
         result: Tensor = torch.func.functional_call(block, tied, tuple(inputs))
         return result
+
+
+def _weight(part: nn.Module) -> Tensor:
+    """The weight ``W`` of a weighted part (Linear, Conv)."""
+    weight = part.weight
+    assert isinstance(weight, Tensor)
+    return weight

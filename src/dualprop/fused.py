@@ -31,7 +31,7 @@ are built once and reused. The same holds on any graph: a residual network train
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -59,10 +59,10 @@ class DyadicActivationFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx,
+        ctx: Any,
         drive: Tensor,
-        activation: nn.Module,
-        beta: float,  # type: ignore[override]
+        activation: Callable[[Tensor], Tensor],
+        beta: float,
         weights: tuple[float, float],
     ) -> Tensor:
         output = activation(drive)
@@ -71,7 +71,7 @@ class DyadicActivationFunction(torch.autograd.Function):
         return output
 
     @staticmethod
-    def backward(ctx, grad_output: Tensor):  # type: ignore[override]
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor, None, None, None]:
         drive, output = ctx.saved_tensors
         c_1, c_2 = ctx.weights
         scale = ctx.beta * drive.shape[0]
@@ -91,7 +91,8 @@ class FusedActivation(nn.Module):
         self.weights = weights
 
     def forward(self, drive: Tensor) -> Tensor:
-        return DyadicActivationFunction.apply(drive, self.activation, self.beta, self.weights)
+        output: Tensor = DyadicActivationFunction.apply(drive, self.activation, self.beta, self.weights)  # type: ignore[no-untyped-call]
+        return output
 
 
 class FusedSweep:

@@ -87,6 +87,7 @@ class Learner(nn.Module):
 
     kolen_pollack: KolenPollackFeedback | None
     damping: SpectralDamping | None
+    wrapper: nn.Module  # the model as given (a DDP or compile wrapper, or the model itself)
 
     def __init__(self, model: nn.Module, *args: Any, settings: LearnerSettings | None = None, **kwargs: Any):
         super().__init__()
@@ -315,7 +316,7 @@ class Learner(nn.Module):
                 term = self._block_term(block, delta, *inputs)
             total = term if total is None else total + term
         if unmoved or total is None:
-            zero = ZeroTerm.apply(means[0], *unmoved)
+            zero = ZeroTerm.apply(means[0], *unmoved)  # type: ignore[no-untyped-call]
             total = zero if total is None else total + zero
         return total * (-1.0 / (self.beta * means[0].shape[0]))
 

@@ -103,7 +103,7 @@ class SpectralNormEstimator:
                 self.point = random_normal(self.input_shape, dtype, device, self.generator)
             point = self.point
         batch = point.detach().unsqueeze(0)
-        _, vjp_fn = torch.func.vjp(block, batch)
+        vjp_fn = torch.func.vjp(block, batch)[1]
         return (lambda v: torch.func.jvp(block, (batch,), (v,))[1]), (lambda u: vjp_fn(u)[0]), batch.dtype, batch.device
 
     def __call__(self, point: Tensor | None = None) -> float:

@@ -48,9 +48,8 @@ class DyadicStates:
         soon as its ``s̄`` and ``δ`` exist, and the drives nothing reads are dropped first, so that the
         update's factors never coexist with all the compartments."""
         depth = len(self.plus) - 1
-        drives: list[Tensor | None] = [None] + [
-            drive if reads else None for reads, drive in zip(reads_drive, self.drives[1:] or [None] * depth)
-        ]
+        current: list[Tensor | None] = self.drives[1:] or [None] * depth
+        drives: list[Tensor | None] = [None, *(drive if reads else None for reads, drive in zip(reads_drive, current))]
         self.drives = []
         means: list[Tensor] = [self.plus[0]]
         deltas: list[Tensor | None] = [None]
@@ -142,7 +141,9 @@ class StateVersions:
         if stamp != self._drive_seen[k]:
             self.drives[k] = compute()
             self._drive_seen[k] = stamp
-        return self.drives[k]
+        drive = self.drives[k]
+        assert drive is not None  # computed above unless its parents' stamp matched, which keeps it
+        return drive
 
     def current_drives(self) -> list[Tensor | None]:
         """The drives that still match their parents' states (None where a parent changed since or the
