@@ -72,7 +72,7 @@ def _check_label_range(target: Tensor, classes: int) -> None:
     message = f"class labels must lie in [0, {classes - 1}] for {classes} outputs"
     if torch.compiler.is_compiling():
         torch._assert_async(((target >= 0) & (target < classes)).all(), message)
-    elif target.numel() and (int(target.min()) < 0 or int(target.max()) >= classes):
+    elif target.numel() and bool(((target < 0) | (target >= classes)).any()):
         raise ValueError(message)
 
 
