@@ -296,17 +296,17 @@ class Learner(nn.Module):
         """:meth:`surrogate_objective` from the factors ``s̄_k`` (``k = 0..N−1``), ``δ_k`` (None where it is
         exactly zero: that block's term is zero and not computed, its parameters get zero gradients) and
         the current drives ``a_k`` (``k = 1..N``; index 0 unused)."""
-        feedback = self.kolen_pollack
+        kolen_pollack = self.kolen_pollack
         total = None
         unmoved: list[Tensor] = []
         for k, (block, parents) in enumerate(zip(self.graph.blocks, self.graph.parents), start=1):
             delta = deltas[k]
             if delta is None:
-                unmoved.extend([*block.parameters(), *(feedback.tied_parameters(block) if feedback else [])])
+                unmoved.extend([*block.parameters(), *(kolen_pollack.tied_parameters(block) if kolen_pollack else [])])
                 continue
             inputs = [means[p].detach() for p in parents]
             delta = delta.detach()
-            tied = feedback.closed_form_weight(block) if feedback is not None else None
+            tied = kolen_pollack.closed_form_weight(block) if kolen_pollack is not None else None
             term = hebbian_term(block, inputs, delta, drives[k], tied)
             if term is None and block.normalises:
                 term = checkpoint(
@@ -324,8 +324,8 @@ class Learner(nn.Module):
         """``⟨δ, B(s̄)⟩`` through the block's forward (with the feedback weights tied, see above), as the
         fixed function of this step (also when run again to differentiate it)."""
         with frozen_statistics(self.graph.norms):
-            feedback = self.kolen_pollack
-            drive = block(*inputs) if feedback is None else feedback.tied_forward(block, list(inputs))
+            kolen_pollack = self.kolen_pollack
+            drive = block(*inputs) if kolen_pollack is None else kolen_pollack.tied_forward(block, list(inputs))
             return (delta * drive).sum()
 
     def objective(self, x: Tensor, y: Tensor) -> StepResult:

@@ -118,8 +118,8 @@ class StateVersions:
     @staticmethod
     def dependencies(graph: NeuronGraph) -> list[tuple[int, ...]]:
         """For each neuron ``k``, the neurons whose states its update reads: its parents (drive), its
-        children and their other parents (feedback), and ``k`` itself where a child's Jacobian depends on
-        the point ``s⁺_k``. Unused index 0 holds ``()``."""
+        children and their other parents (the top-down signal ``Δ_k``), and ``k`` itself where a child's
+        Jacobian depends on the point ``s⁺_k``. Unused index 0 holds ``()``."""
         result: list[tuple[int, ...]] = [()]
         for k in range(1, graph.depth + 1):
             reads = set(graph.parents[k - 1])
