@@ -104,8 +104,8 @@ class Learner(nn.Module):
         self._order_generator = torch.Generator().manual_seed(self.settings.noise_seed) if random else None
         self.order = None if random else layer_order(self.schedule, graph.depth, self.passes, graph.levels)
         self._last_visits = last_visits(self.order) if self.order is not None else {}
-        reference = not self._rule.dyadic and not self._rule.moves_input
-        self._backprop = Backprop(graph, self.perturbation, self.loss) if reference else None
+        plain_backprop = not self._rule.dyadic and not self._rule.moves_input
+        self._backprop = Backprop(graph, self.perturbation, self.loss) if plain_backprop else None
         self.kolen_pollack = KolenPollackFeedback(graph) if self.feedback == "kolen-pollack" else None
         self.damping = SpectralDamping(graph, self.power_iterations) if self._rule.damped else None
         self.implementation = self.settings.resolved_implementation(graph)
