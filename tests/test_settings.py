@@ -42,6 +42,8 @@ def test_settings_are_read_only_views_on_the_learner(name):
     with pytest.raises(AttributeError, match=f"Learner.{name} is read-only: it is learner.settings.{name}"):
         setattr(learner, name, getattr(learner.settings, name))
     assert getattr(learner, name) == getattr(learner.settings, name)
+    with pytest.raises(AttributeError):
+        learner.settings = LearnerSettings()
 
 
 def test_train_config_sets_every_learner_setting():

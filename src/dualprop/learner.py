@@ -93,8 +93,8 @@ class Learner(nn.Module):
         super().__init__()
         if settings is not None and (args or kwargs):
             raise TypeError("Learner takes either settings=LearnerSettings(...) or the settings as arguments")
-        self.settings = settings if settings is not None else LearnerSettings(*args, **kwargs)
-        self._rule: Rule = self.settings.learning_rule
+        self._settings = settings if settings is not None else LearnerSettings(*args, **kwargs)
+        self._rule: Rule = self._settings.learning_rule
         self.model = unwrap(model)
         self.__dict__["wrapper"] = model  # what runs; kept out of the module tree (no duplicate state)
         self._graph = graph = capture_graph(self.model)
@@ -113,6 +113,11 @@ class Learner(nn.Module):
         self._compiled_objective: Callable[..., StepResult] | None = None
         self._dependencies = StateVersions.dependencies(graph)
         self._closed_form = [block.closed_form_part is not None for block in graph.blocks]
+
+    @property
+    def settings(self) -> LearnerSettings:
+        """The settings this Learner was built with (fixed: a Learner with other settings is a new Learner)."""
+        return self._settings
 
     @property
     def graph(self) -> NeuronGraph:
