@@ -41,6 +41,7 @@ def test_fgsm_matches_hand_gradient_of_softmax_cross_entropy():
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.slow
 def test_pgd_stays_in_ball_and_data_range(digits_model, norm):
     model, x, y = digits_model
     x, y = x[:64], y[:64]
@@ -64,6 +65,7 @@ def test_pgd_stays_in_ball_and_data_range(digits_model, norm):
 
 
 @pytest.mark.parametrize("norm, eps", [("linf", 0.1), ("l2", 1.0)])
+@pytest.mark.slow
 def test_attacks_lower_accuracy_of_trained_model(digits_model, norm, eps):
     model, x, y = digits_model
     clean = adversarial_accuracy(model, (x, y))

@@ -67,6 +67,7 @@ def test_build_model_and_bad_settings():
         BenchSettings(dtype="int8").check()
 
 
+@pytest.mark.slow
 def test_run_benchmark_reports_ratios_against_bp_of_the_same_run():
     threads = torch.get_num_threads()
     settings = BenchSettings(model="mlp:6-8-8-3", batch_size=4, repeats=3, warmup=1, passes=2, threads=1)
@@ -166,6 +167,7 @@ def test_fused_step_runs_each_block_once(monkeypatch):
     assert counts == {"linear": 3, "vjp": 0}
 
 
+@pytest.mark.slow
 def test_generic_peak_memory_does_not_grow_with_passes():
     model = models.mlp([32, 64, 64, 64, 10])
     x, y = torch.randn(16, 32), torch.randint(0, 10, (16,))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,14 +15,9 @@ from dualprop.cli import main
 from dualprop.training.checkpoint import load_checkpoint
 from dualprop.training.rundir import read_metrics
 
+from conftest import run_cli
+
 FAST = ["--hidden", "32", "--batch-size", "128", "--no-progress", "--no-tensorboard"]
-
-
-def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "dualprop", *args], capture_output=True, text=True, timeout=timeout, env=env
-    )
 
 
 def test_quick_start_reports_the_accuracies_it_saved(tmp_path, capsys):
@@ -85,6 +79,7 @@ def test_bad_settings_exit_2_with_one_line(args, message, tmp_path, capsys):
     assert not list(tmp_path.iterdir())  # no run directory was made
 
 
+@pytest.mark.slow
 def test_bad_setting_in_a_fresh_process_has_no_traceback(tmp_path):
     result = run_cli("train", "--alpha", "1.5", "--out", str(tmp_path))
     assert result.returncode == 2
@@ -160,6 +155,7 @@ def test_divergence_exits_3_and_records_where(tmp_path, capsys):
     assert summary["diverged_at"]["reason"] in ("non-finite loss", "non-finite weights")
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_keeps_one_row_per_epoch(tmp_path):
     out = tmp_path / "runs"
     epochs = 40

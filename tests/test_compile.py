@@ -17,7 +17,10 @@ from dualprop.training import TrainConfig, load_config
 
 torch._logging.set_logs(dynamo=logging.ERROR)
 # torch's own tracing machinery calls a deprecated torch.jit entry point
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"),
+    pytest.mark.slow,  # every test here compiles (about a second or more each)
+]
 needs_compiler = pytest.mark.skipif(
     shutil.which("c++") is None and shutil.which("g++") is None,
     reason="inductor's CPU code generation needs a C++ compiler",

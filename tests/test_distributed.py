@@ -5,7 +5,6 @@ failing or hanging rank ends the job with one line and a non-zero status instead
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,8 @@ from dualprop.training.distributed import (
     sum_across_ranks,
 )
 
+from conftest import free_port
+
 WORLD_SIZE = 2
 STEPS = 3
 PER_RANK = 5
@@ -39,12 +40,6 @@ CASES = {
     "dp-damped": dict(rule="dp-damped", alpha=0.2, beta=0.5, schedule="forward", passes=3),
     "adversarial": dict(rule="adversarial", beta=0.05),
 }
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def rank_environment(rank: int, port: int) -> dict[str, str]:
@@ -116,6 +111,7 @@ def load(directory: Path, name: str) -> list:
     return torch.load(directory / name, weights_only=True)
 
 
+@pytest.mark.slow
 def test_collectives_agree_across_ranks(two_rank_results):
     for rank in range(WORLD_SIZE):
         values = load(two_rank_results, f"collectives-{rank}.pt")
@@ -124,6 +120,7 @@ def test_collectives_agree_across_ranks(two_rank_results):
         assert values["any"] == [True, False]
 
 
+@pytest.mark.slow
 def test_wrapping_copies_rank_zero_weights(two_rank_results):
     rank0, rank1 = (load(two_rank_results, f"wrapped-{r}.pt") for r in range(WORLD_SIZE))
     assert not torch.equal(rank0[0], [p.detach() for p in network(seed=101).parameters()][0])  # seeds differ
@@ -132,6 +129,7 @@ def test_wrapping_copies_rank_zero_weights(two_rank_results):
 
 
 @pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.slow
 def test_replicas_stay_bit_identical(two_rank_results, name):
     rank0, rank1 = (load(two_rank_results, f"{name}-weights-{r}.pt") for r in range(WORLD_SIZE))
     initial = list(network(seed=0).parameters())
@@ -141,6 +139,7 @@ def test_replicas_stay_bit_identical(two_rank_results, name):
 
 
 @pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.slow
 def test_two_rank_update_equals_one_process_update_on_the_union(two_rank_results, name):
     model = network(seed=0)
     x, y = global_batches()[0]
@@ -191,6 +190,7 @@ def train_flags(out: Path) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_a_rank_that_fails_ends_the_job_on_every_rank(tmp_path):
     """Rank 1 stops with bad data before the first collective; rank 0 must not wait for it."""
     port = free_port()
@@ -216,6 +216,7 @@ def test_a_rank_that_fails_ends_the_job_on_every_rank(tmp_path):
     assert not any((tmp_path / "runs").glob("*/summary.json"))
 
 
+@pytest.mark.slow
 def test_a_rank_that_hangs_ends_the_job_after_the_timeout(tmp_path):
     """Rank 1 joins the job and then never takes part: rank 0 gives up after --dist-timeout."""
     port = free_port()

@@ -8,18 +8,15 @@ import csv
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from conftest import free_port
+
 LIMIT_BATCHES = 3
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def torchrun(*args: str) -> subprocess.CompletedProcess:
@@ -48,6 +45,7 @@ def metrics(run_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(file))
 
 
+@pytest.mark.slow
 def test_torchrun_trains_on_two_ranks_and_resumes(tmp_path):
     out = tmp_path / "runs"
     first = torchrun(

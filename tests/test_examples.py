@@ -32,6 +32,7 @@ def test_plain_loop_learns(capsys):
     assert "test accuracy" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_lightning_module_learns(tmp_path):
     pytest.importorskip("lightning")
     assert load_example("lightning_module").main(epochs=3, root=str(tmp_path)) > 0.85

@@ -148,6 +148,7 @@ alpha = 1.0
 """
 
 
+@pytest.mark.slow
 def test_parallel_jobs_equal_one_process_and_resume_keeps_finished_runs(tmp_path, capsys):
     experiment = tmp_path / "tiny.toml"
     experiment.write_text(TINY)
@@ -192,6 +193,7 @@ def write_idx(path: Path, array: np.ndarray) -> None:
         file.write(header + array.astype(np.uint8).tobytes())
 
 
+@pytest.mark.slow
 def test_mnist_cnn_experiment_runs_one_epoch_on_tiny_idx_files(tmp_path, capsys):
     rng = np.random.default_rng(0)
     mnist = tmp_path / "data" / "mnist"

@@ -29,6 +29,7 @@ def test_installed_files_have_the_official_contents(no_user_data: None) -> None:
     assert verify_dataset("fashion-mnist") == INSTALLED
 
 
+@pytest.mark.slow
 def test_one_short_epoch_on_the_real_data_passes_80_percent(
     no_user_data: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -11,6 +11,8 @@ from dualprop import Learner
 from dualprop.hardware import CompartmentPerturbation, noisy_backprop
 from dualprop.schedules import layer_order, parse_schedule, random_order
 
+from conftest import rule_grads
+
 
 def _mlp(seed=0):
     torch.manual_seed(seed)
@@ -20,13 +22,6 @@ def _mlp(seed=0):
 def _batch(n=16, seed=1):
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(n, 6, generator=generator, dtype=torch.float64), torch.randint(0, 4, (n,), generator=generator)
-
-
-def _step_grads(model, x, y, **settings):
-    model.zero_grad()
-    learner = Learner(model, **settings)
-    learner.step(x, y)
-    return [p.grad.clone() for p in model.parameters()]
 
 
 # -- the perturbation itself -------------------------------------------------------------------------------
@@ -101,17 +96,17 @@ def test_bad_settings_name_the_setting(name, kwargs):
 def test_zero_noise_is_bit_identical_to_no_noise():
     x, y = _batch()
     for rule in ("dp", "dpT", "dp-damped", "bp"):
-        plain = _step_grads(_mlp(), x, y, rule=rule, schedule="fwbw2")
-        zero = _step_grads(_mlp(), x, y, rule=rule, schedule="fwbw2", state_noise=0.0, state_quantum=0.0, noise_seed=9)
+        plain = rule_grads(_mlp(), x, y, rule=rule, schedule="fwbw2")
+        zero = rule_grads(_mlp(), x, y, rule=rule, schedule="fwbw2", state_noise=0.0, state_quantum=0.0, noise_seed=9)
         assert all(torch.equal(a, b) for a, b in zip(plain, zero)), rule
 
 
 def test_noisy_steps_are_reproducible_per_seed():
     x, y = _batch()
     settings = dict(rule="dpT", beta=0.5, schedule="random", passes=2, state_noise=0.05, state_quantum=0.01)
-    first = _step_grads(_mlp(), x, y, noise_seed=3, **settings)
-    again = _step_grads(_mlp(), x, y, noise_seed=3, **settings)
-    other = _step_grads(_mlp(), x, y, noise_seed=4, **settings)
+    first = rule_grads(_mlp(), x, y, noise_seed=3, **settings)
+    again = rule_grads(_mlp(), x, y, noise_seed=3, **settings)
+    other = rule_grads(_mlp(), x, y, noise_seed=4, **settings)
     assert all(torch.equal(a, b) for a, b in zip(first, again))
     assert not all(torch.equal(a, b) for a, b in zip(first, other))
 
@@ -188,8 +183,8 @@ def test_bp_noise_hits_every_activation_site_and_is_removed_afterwards():
         assert torch.equal(neuron(model(x)).detach(), clean)  # inactive: nothing registered
     assert not torch.equal(hidden_noisy, clean)
     assert torch.equal(model(x).detach(), clean)  # no hook stays registered
-    noisy_bp = _step_grads(_mlp(), x, y, rule="bp", state_noise=0.05)
-    clean_bp = _step_grads(_mlp(), x, y, rule="bp")
+    noisy_bp = rule_grads(_mlp(), x, y, rule="bp", state_noise=0.05)
+    clean_bp = rule_grads(_mlp(), x, y, rule="bp")
     assert not any(torch.equal(a, b) for a, b in zip(noisy_bp, clean_bp))
 
 

@@ -13,17 +13,9 @@ from torch import nn
 import dualprop
 from dualprop import Learner, models
 
+from conftest import rule_grads
+
 F = torch.nn.functional
-
-
-def _grads(model):
-    return [p.grad.detach().clone() for p in model.parameters()]
-
-
-def _rule_grads(model, x, y, **kw):
-    model.zero_grad()
-    Learner(model, **kw).step(x, y)
-    return _grads(model)
 
 
 def _cosine(a, b):
@@ -159,7 +151,7 @@ def test_infer_visits_layers_in_schedule_order_skipping_only_visits_that_change_
     # the last visit of layer 1 follows its previous visit with nothing it reads changed in between
     assert learner.order == [4, 3, 2, 1, 2, 3, 4, 3, 2, 1, 1]
     assert visits == [4, 3, 2, 1, 2, 3, 4, 3, 2, 1]
-    monkeypatch.setattr(dualprop.learner._Versions, "visit_needed", lambda self, k: True)
+    monkeypatch.setattr(dualprop.states.StateVersions, "visit_needed", lambda self, k: True)
     visits.clear()
     every_visit = learner.infer(x, y)
     assert visits == learner.order
@@ -207,7 +199,7 @@ def test_small_beta_recovers_backprop(make, shape, rule, alpha, loss):
     model = make().double()
     x = torch.randn(shape, dtype=torch.float64)
     y = torch.randint(0, 3, (shape[0],))
-    reference = _rule_grads(model, x, y, rule="bp", loss=loss)
+    reference = rule_grads(model, x, y, rule="bp", loss=loss)
     plain = model(x)  # independent check: the bp rule is autograd of the plain batch-mean loss
     manual = torch.autograd.grad(
         F.cross_entropy(plain, y) if loss == "cross_entropy" else 0.5 * ((plain - F.one_hot(y, 3)) ** 2).sum(1).mean(),
@@ -215,7 +207,7 @@ def test_small_beta_recovers_backprop(make, shape, rule, alpha, loss):
     )
     for a, b in zip(reference, manual):
         torch.testing.assert_close(a, b)
-    update = _rule_grads(model, x, y, rule=rule, alpha=alpha, beta=1e-4, schedule="fw4", loss=loss)
+    update = rule_grads(model, x, y, rule=rule, alpha=alpha, beta=1e-4, schedule="fw4", loss=loss)
     for a, b in zip(update, reference):
         assert _cosine(a, b) > 0.9999
         torch.testing.assert_close(a, b, rtol=5e-3, atol=5e-5)
@@ -270,7 +262,7 @@ def test_step_accumulates_like_backward_and_reports_feed_forward_loss():
     model = models.mlp([4, 5, 3]).double()
     x, y = torch.randn(6, 4, dtype=torch.float64), torch.randint(0, 3, (6,))
     learner = Learner(model, rule="dpT", alpha=0.0, beta=0.1)
-    once = _rule_grads(model, x, y, rule="dpT", alpha=0.0, beta=0.1)
+    once = rule_grads(model, x, y, rule="dpT", alpha=0.0, beta=0.1)
     model.zero_grad()
     learner.step(x, y)
     result = learner.step(x, y)
@@ -285,8 +277,8 @@ def test_float_targets_equal_class_indices():
     torch.manual_seed(7)
     model = models.mlp([4, 5, 3]).double()
     x, y = torch.randn(6, 4, dtype=torch.float64), torch.randint(0, 3, (6,))
-    by_index = _rule_grads(model, x, y, rule="dp", alpha=0.2, beta=0.3, schedule="fw2", loss="mse")
-    by_vector = _rule_grads(
+    by_index = rule_grads(model, x, y, rule="dp", alpha=0.2, beta=0.3, schedule="fw2", loss="mse")
+    by_vector = rule_grads(
         model, x, F.one_hot(y, 3).double(), rule="dp", alpha=0.2, beta=0.3, schedule="fw2", loss="mse"
     )
     for a, b in zip(by_index, by_vector):

@@ -107,15 +107,19 @@ def test_feedback_weights_and_spectral_estimates_are_registered_state():
     learner = Learner(model, rule="dp-damped", alpha=0.5, schedule="fw2")
     learner.step(x, y)
     keys = set(learner.state_dict())
-    assert {"spectral_vector_1_2", "spectral_vector_2_3"} <= keys  # neuron k, its child c
+    assert {"damping.vector_1_2", "damping.vector_2_3"} <= keys  # neuron k, its child c
+    assert learner.state_dict()["damping.vector_1_2"].shape == (1, 7)  # one sample of s_1
     assert {f"model.{name}" for name, _ in model.named_parameters()} <= keys
     restored = Learner(copy.deepcopy(model), rule="dp-damped", alpha=0.5, schedule="fw2")
+    assert restored.state_dict()["damping.vector_1_2"].numel() == 0  # made at construction, empty until a step
     restored.load_state_dict(learner.state_dict())
-    torch.testing.assert_close(restored.spectral_vector_1_2, learner.spectral_vector_1_2)
+    torch.testing.assert_close(restored.damping.vector_1_2, learner.damping.vector_1_2)
 
     kp = Learner(models.mlp([5, 7, 6, 3]), rule="dpT", feedback="kolen-pollack")
     names = [name for name, _ in kp.named_parameters()]
-    assert names[-2:] == ["feedback_weights.0", "feedback_weights.1"]
+    assert names[-2:] == ["kolen_pollack.weights.0", "kolen_pollack.weights.1"]
+    assert kp.feedback_weights[0] is kp.kolen_pollack.weights[0]
+    assert Learner(models.mlp([5, 7, 6, 3]), rule="dpT").kolen_pollack is None  # symmetric: no module
     assert len(list(kp.parameters())) == len(list(kp.model.parameters())) + 2
 
 
@@ -217,3 +221,13 @@ def test_surrogate_objective_of_inferred_states_is_the_step_and_leaves_the_state
     assert all(torch.equal(a, b) for a, b in zip(kept, states.plus + states.minus))
     for a, b in zip(_grads(learner), _grads(stepped)):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_every_captured_block_meets_the_block_contract_and_graph_is_the_learners_neuron_graph():
+    from dualprop.network import BlockLike
+
+    for model in (models.mlp([5, 7, 6, 3]), models.resnet8(num_classes=3, size=8)):
+        learner = Learner(model, rule="dpT")
+        assert learner.graph is learner.network
+        assert learner.graph.blocks and all(isinstance(block, BlockLike) for block in learner.graph.blocks)
+    assert not isinstance(nn.Linear(2, 2), BlockLike)  # no input_vjp: not a block

@@ -41,6 +41,7 @@ def test_below_product_of_layer_norms(mlp):
     assert 0 < estimate.max <= product_bound(norms)
 
 
+@pytest.mark.slow
 def test_samples_are_independent_and_modes_restored():
     torch.manual_seed(4)
     model = nn.Sequential(nn.Linear(3, 5), nn.BatchNorm1d(5), nn.ReLU(), nn.Dropout(0.5), nn.Linear(5, 2)).double()

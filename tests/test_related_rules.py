@@ -126,6 +126,7 @@ def test_kolen_pollack_feedback_with_conv_block_uses_feedback_kernel():
         torch.testing.assert_close(kp.infer(x, y).plus[k], symmetric.infer(x, y).plus[k])
 
 
+@pytest.mark.slow
 def test_kolen_pollack_feedback_converges_to_forward_weights():
     torch.manual_seed(5)
     teacher = models.mlp([6, 8, 3], "tanh")

@@ -48,6 +48,7 @@ def test_data_range_inputs_are_the_pixels(trained_run):
     torch.testing.assert_close(model(raw), run.model(inputs), atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_robustness_command_writes_json_without_overwriting(trained_run, capsys):
     run_dir = trained_run["run_dir"]
     config = load_config(f"{run_dir}/config.toml")

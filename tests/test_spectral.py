@@ -31,6 +31,7 @@ def test_linear_matches_largest_singular_value(generator):
     assert through_autograd == pytest.approx(exact, rel=1e-4)
 
 
+@pytest.mark.slow
 def test_conv_matches_explicit_jacobian(generator):
     torch.manual_seed(2)
     conv = nn.Conv2d(2, 3, kernel_size=3, padding=1).double()

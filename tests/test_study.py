@@ -53,6 +53,7 @@ def test_grid_has_bp_once_and_adversarial_over_beta_only():
     assert Setting("dp-damped", 0.5, 2.0).key == "dp-damped-a0.5-b2"
 
 
+@pytest.mark.slow
 def test_tiny_study_writes_one_row_per_setting_and_resumes(tmp_path):
     directory = create_study(tiny(), tmp_path)
     results = run_study(directory)

@@ -131,6 +131,67 @@ def test_kolen_pollack_feedback_weights_are_trained_and_resumed(tmp_path):
     assert resumed["test_acc"] == pytest.approx(reference["test_acc"])
     finished = load_checkpoint(f"{reference['run_dir']}/checkpoint-last.pt")
     hidden = finished["learner"]["model.2.weight"]  # the output layer's forward weights (block 2)
-    feedback = finished["learner"]["feedback_weights.0"]
+    feedback = finished["learner"]["kolen_pollack.weights.0"]
     assert feedback.shape == hidden.shape and not torch.equal(feedback, hidden)
     assert reference["test_acc"] > 80.0
+
+
+@pytest.mark.parametrize("reason", ["non-finite loss", "non-finite weights"])
+def test_a_divergence_between_two_reads_is_reported_at_its_own_step(tmp_path, monkeypatch, reason):
+    from dualprop.training import trainer
+
+    monkeypatch.setattr(trainer, "READ_EVERY", 4)  # steps 1–4 are read together, then 5–8: step 6 lies inside
+    original, calls, losses = Learner.step, {"n": 0}, []
+    observer = TrainingObserver()
+    observer.step_finished = lambda epoch, step, loss: losses.append((epoch, step, loss))
+
+    def failing_step(self, x, y):
+        calls["n"] += 1
+        result = original(self, x, y)
+        if calls["n"] == 6 and reason == "non-finite loss":
+            return StepResult(result.loss_tensor * float("nan"), result.logits, result.finite_tensor)
+        if calls["n"] == 6:
+            next(self.model.parameters()).grad.fill_(float("nan"))  # the optimizer then writes NaN weights
+        return result
+
+    monkeypatch.setattr(Learner, "step", failing_step)
+    summary = start_run(tiny(tmp_path, epochs=1), 5, observer)
+    assert summary["diverged_at"] == {"epoch": 1, "step": 6, "step_in_epoch": 6, "reason": reason}
+    assert summary["steps"] == 5  # the diverged step does not count as taken
+    assert [step for _, step, _ in losses] == [1, 2, 3, 4, 5]  # every step before it reported, in order
+    assert all(loss == loss and loss > 0 for _, _, loss in losses)
+
+
+def test_an_epoch_reads_the_device_once_per_read_window_besides_the_label_check(tmp_path, monkeypatch):
+    from dualprop.training import trainer
+
+    reads, counting = {}, {"on": False}
+
+    def counting_read(name):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args):
+            if counting["on"]:
+                reads[name] = reads.get(name, 0) + 1
+            return original(self, *args)
+
+        return counted
+
+    for name in ("tolist", "item", "__float__", "__int__", "__bool__"):
+        monkeypatch.setattr(torch.Tensor, name, counting_read(name))
+    train_epoch = trainer.Run._train_epoch
+
+    def counted_epoch(self, epoch):
+        counting["on"] = True
+        try:
+            return train_epoch(self, epoch)
+        finally:
+            counting["on"] = False
+
+    monkeypatch.setattr(trainer.Run, "_train_epoch", counted_epoch)
+    monkeypatch.setattr(trainer, "READ_EVERY", 4)
+    summary = start_run(tiny(tmp_path, epochs=1, limit_batches=10), 5)
+    assert summary["status"] == "finished" and summary["steps"] == 10
+    # the step results of 10 steps in windows of 4 (steps 1–4, 5–8, and 9–10 at the epoch's end), and one
+    # check per step that the labels lie in the class range
+    assert reads == {"tolist": 3, "__bool__": 10}

@@ -31,22 +31,21 @@ are built once and reused. The same holds on any graph: a residual network train
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 
 from dualprop.graph import NeuronGraph, forward_module, is_identity, run_as_forward
 from dualprop.losses import batch_loss
-from dualprop.rules import nudge_weights
-
-FUSED_RULES = ("dp", "dpT")
+from dualprop.rules import FUSED_RULES, Rule, find_rule, nudge_weights
 
 
-def finite_difference_weights(rule: str, alpha: float) -> tuple[float, float]:
+def finite_difference_weights(rule: Rule | str, alpha: float) -> tuple[float, float]:
     """``(c₁, c₂)``: ``(α, 1−α)`` for DP⊤ and ``(1−α, α)`` for DP — the weights ``(c⁻, c⁺)`` swapped."""
-    if rule not in FUSED_RULES:
-        raise ValueError(f"the fused sweep supports rules {', '.join(FUSED_RULES)}, not {rule!r}")
+    rule = find_rule(rule) if isinstance(rule, str) else rule
+    if not rule.fused:
+        raise ValueError(f"the fused sweep supports rules {', '.join(FUSED_RULES)}, not {rule.name!r}")
     c_plus, c_minus = nudge_weights(rule, alpha)
     return c_minus, c_plus
 
@@ -60,10 +59,10 @@ class DyadicActivationFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx,
+        ctx: Any,
         drive: Tensor,
-        activation: nn.Module,
-        beta: float,  # type: ignore[override]
+        activation: Callable[[Tensor], Tensor],
+        beta: float,
         weights: tuple[float, float],
     ) -> Tensor:
         output = activation(drive)
@@ -72,7 +71,7 @@ class DyadicActivationFunction(torch.autograd.Function):
         return output
 
     @staticmethod
-    def backward(ctx, grad_output: Tensor):  # type: ignore[override]
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor, None, None, None]:
         drive, output = ctx.saved_tensors
         c_1, c_2 = ctx.weights
         scale = ctx.beta * drive.shape[0]
@@ -97,16 +96,17 @@ class FusedActivation(nn.Module):
         self.weights = weights
 
     def forward(self, drive: Tensor) -> Tensor:
-        return DyadicActivationFunction.apply(drive, self.activation, self.beta, self.weights)
+        output: Tensor = DyadicActivationFunction.apply(drive, self.activation, self.beta, self.weights)  # type: ignore[no-untyped-call]
+        return output
 
 
 class FusedSweep:
     """One fused sweep per call: the model's graph with fused activations as its forward, then the loss."""
 
-    def __init__(self, graph: NeuronGraph, rule: str, loss: str):
-        finite_difference_weights(rule, 0.5)  # validates the rule
+    def __init__(self, graph: NeuronGraph, rule: Rule | str, loss: str):
+        self.rule = find_rule(rule) if isinstance(rule, str) else rule
+        finite_difference_weights(self.rule, 0.5)  # validates the rule
         self.graph = graph
-        self.rule = rule
         self.loss = loss
         # an identity neuron's difference quotient is the incoming gradient itself: its site stays the identity
         self._fused = [FusedActivation(activation, 1.0, (0.5, 0.5)) for activation in graph.activations]

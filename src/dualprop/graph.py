@@ -47,7 +47,15 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from dualprop.network import WEIGHTED_TYPES, Block, FunctionalBatchNorm, GraphBlock, StepDropout, StepRandom
+from dualprop.network import (
+    WEIGHTED_TYPES,
+    Block,
+    BlockLike,
+    FunctionalBatchNorm,
+    GraphBlock,
+    StepDropout,
+    StepRandom,
+)
 
 
 def neuron(x: Tensor) -> Tensor:
@@ -409,7 +417,7 @@ class NeuronGraph:
     ``activations[k−1] = f_k`` (k < N; the identity for an identity neuron), ``levels[k]`` the longest path
     from the input to neuron ``k``."""
 
-    blocks: list[nn.Module]
+    blocks: list[BlockLike]
     activations: list[Callable[[Tensor], Tensor]]
     parents: list[tuple[int, ...]]
     levels: list[int]

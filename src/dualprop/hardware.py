@@ -23,26 +23,13 @@ size), i.e. ``∂ℓ̄/∂s ← perturb(B ∂ℓ̄/∂s) / B``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
 
-
-def _check_non_negative(name: str, value: float | None) -> float:
-    if value is None:
-        return 0.0
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
-
-
-def _check_seed(value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"noise_seed must be an integer >= 0, got {value!r}")
-    return value
+from dualprop import checks
 
 
 class CompartmentPerturbation:
@@ -52,10 +39,10 @@ class CompartmentPerturbation:
     (``0`` or ``None``: off). Calling it on a tensor returns the perturbed copy.
     """
 
-    def __init__(self, state_noise: float = 0.0, state_quantum: float | None = 0.0, noise_seed: int = 0):
-        self.noise = _check_non_negative("state_noise", state_noise)
-        self.quantum = _check_non_negative("state_quantum", state_quantum)
-        self.seed = _check_seed(noise_seed)
+    def __init__(self, state_noise: float | None = 0.0, state_quantum: float | None = 0.0, noise_seed: int = 0):
+        self.noise = 0.0 if state_noise is None else checks.non_negative_finite("state_noise", state_noise)
+        self.quantum = 0.0 if state_quantum is None else checks.non_negative_finite("state_quantum", state_quantum)
+        self.seed = checks.non_negative_int("noise_seed", noise_seed)
         self._generators: dict[torch.device, torch.Generator] = {}
 
     @property
@@ -130,3 +117,14 @@ def noisy_backprop(
     finally:
         for handle in handles:
             handle.remove()
+
+
+class ActivationSite(nn.Module):
+    """An activation ``f`` as a module of its own, so that the hooks of :func:`noisy_backprop` can find it."""
+
+    def __init__(self, activation: Callable[[Tensor], Tensor]):
+        super().__init__()
+        self.activation = activation
+
+    def forward(self, drive: Tensor) -> Tensor:
+        return self.activation(drive)

@@ -22,14 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dualprop import checks
+
 LOSSES = ("cross_entropy", "mse")
 
 
 def check_loss(name: str) -> str:
     """Return ``name`` if it is a known loss, else raise ``ValueError``."""
-    if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
-    return name
+    return checks.one_of("loss", name, LOSSES)
 
 
 def check_target(name: str, logits: Tensor, target: Tensor) -> None:
@@ -98,7 +98,7 @@ def _check_label_range(target: Tensor, classes: int) -> None:
     message = f"class labels must lie in [0, {classes - 1}] for {classes} outputs"
     if torch.compiler.is_compiling():
         torch._assert_async(((target >= 0) & (target < classes)).all(), message)
-    elif target.numel() and (int(target.min()) < 0 or int(target.max()) >= classes):
+    elif target.numel() and bool(((target < 0) | (target >= classes)).any()):
         raise ValueError(message)
 
 

@@ -22,7 +22,7 @@ mask the feed-forward pass drew (:class:`StepDropout`).
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import Tensor, fx, nn
@@ -33,6 +33,42 @@ WEIGHTED_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d)
 NORMALISATION_TYPES: tuple[type[nn.Module], ...] = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 # Modules whose Jacobian does not depend on the point, so their VJP needs no forward pass.
 _POINT_FREE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Flatten, nn.Unflatten)
+
+
+@runtime_checkable
+class BlockLike(Protocol):
+    """The contract of a block ``B_k`` (met by :class:`Block` and :class:`GraphBlock`): what the state loop and
+    the update ``J`` ask of it."""
+
+    def __call__(self, *inputs: Tensor) -> Tensor:
+        """The drive ``a_k = B_k(s_{P(k)})``, one input per parent neuron."""
+        ...
+
+    def input_vjp(
+        self, points: Sequence[Tensor], v: Tensor, position: int = 0, feedback: list[Tensor] | None = None
+    ) -> Tensor:
+        """``J_{B, p}(points)ᵀ v`` for the input ``p = position``; ``feedback`` (one tensor per weighted part)
+        replaces the weights in the transposed map only."""
+        ...
+
+    def weighted_parts(self) -> list[nn.Module]:
+        """The Linear and Conv modules of the block, each once, in order."""
+        ...
+
+    @property
+    def closed_form_part(self) -> nn.Module | None:
+        """The one Linear or zero-padded Conv part whose update :class:`HebbianTerm` writes in closed form
+        (the block is nothing else, after reshapes), else None."""
+        ...
+
+    @property
+    def normalises(self) -> bool:
+        """Whether a normalisation layer is among its parts."""
+        ...
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]:
+        """Its parameters (as ``nn.Module.parameters``)."""
+        ...
 
 
 class StepDropout(nn.Module):
@@ -351,13 +387,13 @@ def _closed_form_part(modules: Sequence[nn.Module]) -> nn.Module | None:
 
 
 def hebbian_term(
-    block: nn.Module, inputs: Sequence[Tensor], delta: Tensor, drive: Tensor | None, feedback: Tensor | None = None
+    block: BlockLike, inputs: Sequence[Tensor], delta: Tensor, drive: Tensor | None, feedback: Tensor | None = None
 ) -> Tensor | None:
     """``⟨δ, B(s̄)⟩`` by :class:`HebbianTerm` where ``block`` has a ``closed_form_part``, using
     ``drive = B(s̄)`` if it is current (else computing it without grad); None for any other block, whose
     term then needs autograd through its forward."""
     part = block.closed_form_part
-    if part is None:
+    if part is None or not isinstance(block, Block):
         return None
     s = block.last_part_input(inputs[0])
     if drive is None:

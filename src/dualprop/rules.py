@@ -13,27 +13,69 @@ DP uses ``(c⁺, c⁻) = (α, 1−α)`` with ``g`` the loss gradient at the curr
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import Tensor
 
-DYADIC_RULES = ("dp", "dpT", "dp-damped")
-RULES = ("bp", "adversarial") + DYADIC_RULES
+from dualprop.checks import one_of
 
 
-def nudge_weights(rule: str, alpha: float) -> tuple[float, float]:
+@dataclass(frozen=True)
+class Rule:
+    """What a learning rule is, for everything that depends on it (one instance per rule in :data:`RULE_TABLE`)."""
+
+    name: str
+    """The rule's setting, e.g. ``"dpT"``."""
+    display_name: str
+    """How tables and figures name it, e.g. ``"DP⊤"``."""
+    dyadic: bool = False
+    """Dyadic compartments inferred by the state loop; the update is ``∂J/∂θ`` of the surrogate ``J``.
+    Otherwise the update is backprop of the batch-mean loss (at the moved input, if ``moves_input``)."""
+    transposed: bool = False
+    """DP⊤: compartment weights ``(c⁺, c⁻) = (1−α, α)`` instead of ``(α, 1−α)``."""
+    fixed_output_nudge: bool = False
+    """The output is nudged by the loss gradient at the feed-forward prediction, not at the current drive."""
+    damped: bool = False
+    """Damped DP: the hidden updates are damped by the spectral norms of the next blocks."""
+    fused: bool = False
+    """The fused single sweep (:mod:`dualprop.fused`) can run it."""
+    moves_input: bool = False
+    """Adversarial training: backprop at ``x + β ∇ₓℓ`` (no compartments to perturb)."""
+
+
+RULE_TABLE: dict[str, Rule] = {
+    rule.name: rule
+    for rule in (
+        Rule("bp", "backprop"),
+        Rule("adversarial", "adversarial", moves_input=True),
+        Rule("dp", "DP", dyadic=True, fused=True),
+        Rule("dpT", "DP⊤", dyadic=True, transposed=True, fixed_output_nudge=True, fused=True),
+        Rule("dp-damped", "damped DP", dyadic=True, damped=True),
+    )
+}
+RULES = tuple(RULE_TABLE)
+DYADIC_RULES = tuple(name for name, rule in RULE_TABLE.items() if rule.dyadic)
+FUSED_RULES = tuple(name for name, rule in RULE_TABLE.items() if rule.fused)
+
+
+def find_rule(name: str) -> Rule:
+    """The :class:`Rule` called ``name``; ``ValueError`` listing the rules for any other name."""
+    return RULE_TABLE[one_of("rule", name, RULES)]
+
+
+def display_name(name: str) -> str:
+    """How tables and figures name the rule ``name`` (``"DP⊤"`` for ``dpT``)."""
+    return find_rule(name).display_name
+
+
+def nudge_weights(rule: Rule | str, alpha: float) -> tuple[float, float]:
     """``(c⁺, c⁻)``: ``(α, 1−α)`` for DP and damped DP, ``(1−α, α)`` for DP⊤."""
-    if rule == "dpT":
-        return 1.0 - alpha, alpha
-    if rule in ("dp", "dp-damped"):
-        return alpha, 1.0 - alpha
-    raise ValueError(f"rule {rule!r} has no dyadic compartments")
-
-
-def output_nudge_is_fixed(rule: str) -> bool:
-    """DP⊤ nudges the output with the gradient at the feed-forward prediction; DP at the current drive."""
-    return rule == "dpT"
+    rule = find_rule(rule) if isinstance(rule, str) else rule
+    if not rule.dyadic:
+        raise ValueError(f"rule {rule.name!r} has no dyadic compartments")
+    return (1.0 - alpha, alpha) if rule.transposed else (alpha, 1.0 - alpha)
 
 
 def mean_state(plus: Tensor, minus: Tensor, alpha: float) -> Tensor:

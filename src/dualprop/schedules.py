@@ -19,6 +19,8 @@ import re
 
 import torch
 
+from dualprop import checks
+
 SCHEDULES = ("forward", "backward", "forward-backward", "odd-even", "even-odd", "random")
 _ALIASES = {
     "fw": "forward",
@@ -38,8 +40,8 @@ def parse_schedule(name: str, passes: int | None = None) -> tuple[str, int]:
     """
     if not isinstance(name, str):
         raise ValueError(f"schedule must be a string, got {name!r}")
-    if passes is not None and (isinstance(passes, bool) or not isinstance(passes, int) or passes < 1):
-        raise ValueError(f"passes must be an integer >= 1, got {passes!r}")
+    if passes is not None:
+        checks.positive_int("passes", passes)
     if name in SCHEDULES:
         return name, passes or 1
     match = re.fullmatch(r"(fwbw|fw|bw|oddeven|evenodd|random)(\d*)", name)
@@ -90,9 +92,14 @@ def random_order(depth: int, passes: int, generator: torch.Generator) -> list[in
     visited ``K`` times per step on average (Binomial(K·L, 1/L)) and may be skipped in a given step.
     """
     _check_depth(depth)
-    if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
-        raise ValueError(f"passes must be an integer >= 1, got {passes!r}")
-    return (torch.randint(1, depth + 1, (passes * depth,), generator=generator)).tolist()
+    checks.positive_int("passes", passes)
+    order: list[int] = torch.randint(1, depth + 1, (passes * depth,), generator=generator).tolist()
+    return order
+
+
+def last_visits(order: list[int]) -> dict[int, int]:
+    """The position of each neuron's last visit in ``order``."""
+    return {k: position for position, k in enumerate(order)}
 
 
 def _check_depth(depth: int) -> None:

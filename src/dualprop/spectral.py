@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from dualprop import checks
+
 LinearMap = Callable[[Tensor], Tensor]
 
 
@@ -24,12 +26,6 @@ def _check_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
     if not shape or any(n < 1 for n in shape):
         raise ValueError(f"input_shape must be a non-empty tuple of positive sizes, got {tuple(input_shape)}.")
     return shape
-
-
-def _check_iterations(iterations: int) -> int:
-    if iterations < 1:
-        raise ValueError(f"iterations must be at least 1, got {iterations}.")
-    return int(iterations)
 
 
 def _block_dtype_device(block: nn.Module) -> tuple[torch.dtype, torch.device]:
@@ -85,7 +81,7 @@ class SpectralNormEstimator:
     ) -> None:
         self.block = block
         self.input_shape = _check_shape(input_shape)
-        self.iterations = _check_iterations(iterations)
+        self.iterations = checks.positive_int("iterations", iterations)
         self.generator = generator
         self.vector: Tensor | None = None
         self.point: Tensor | None = None
@@ -107,7 +103,7 @@ class SpectralNormEstimator:
                 self.point = random_normal(self.input_shape, dtype, device, self.generator)
             point = self.point
         batch = point.detach().unsqueeze(0)
-        _, vjp_fn = torch.func.vjp(block, batch)
+        vjp_fn = torch.func.vjp(block, batch)[1]
         return (lambda v: torch.func.jvp(block, (batch,), (v,))[1]), (lambda u: vjp_fn(u)[0]), batch.dtype, batch.device
 
     def __call__(self, point: Tensor | None = None) -> float:

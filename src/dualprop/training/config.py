@@ -187,21 +187,9 @@ class TrainConfig:
     # -- conversion -------------------------------------------------------------------------------
 
     def learner_settings(self) -> dict[str, Any]:
-        """The keyword arguments of :class:`dualprop.Learner` that this config sets."""
-        return {
-            "rule": self.rule,
-            "alpha": self.alpha,
-            "beta": self.beta,
-            "schedule": self.schedule,
-            "passes": self.passes,
-            "loss": self.loss,
-            "implementation": self.implementation,
-            "feedback": self.feedback,
-            "power_iterations": self.power_iterations,
-            "state_noise": self.state_noise,
-            "state_quantum": self.state_quantum,
-            "noise_seed": self.noise_seed,
-        }
+        """The keyword arguments of :class:`dualprop.Learner` that this config sets: one per field of
+        :class:`dualprop.LearnerSettings` (each is also a field of this config)."""
+        return {f.name: getattr(self, f.name) for f in fields(LearnerSettings)}
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as a plain dict (``None`` values omitted, as TOML has no null)."""

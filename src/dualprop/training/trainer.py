@@ -263,9 +263,29 @@ def evaluate(model: nn.Module, loader: BatchLoader, loss_name: str, limit_batche
     return Evaluation(total_loss / count, 100.0 * top1 / count, 100.0 * top5 / count if has_top5 else None)
 
 
-def parameters_finite(model: nn.Module) -> bool:
-    """Whether every parameter of ``model`` is finite (one device sync, not one per tensor)."""
-    return bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
+def parameters_finite(model: nn.Module) -> torch.Tensor:
+    """Whether every parameter of ``model`` is finite, as a 0-dim bool tensor (no device sync until read)."""
+    return torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()
+
+
+# Steps between two reads of the step results (loss, accuracy, finiteness) from the device: the loop reads
+# the device once per this many steps and at the end of an epoch, never between two steps in between.
+READ_EVERY = 16
+_DIVERGENCE_REASONS = ("non-finite loss", "non-finite dyadic states", "non-finite weights")
+
+
+@dataclass
+class _PendingStep:
+    """A step whose results are still on the device: ``finite`` holds whether its loss, its dyadic states
+    and the weights after it are finite; ``correct`` its number of correct predictions."""
+
+    index: int
+    step: int
+    lr: float
+    batch: int
+    loss: torch.Tensor
+    correct: torch.Tensor
+    finite: torch.Tensor
 
 
 def run_name(config: TrainConfig, seed: int) -> str:
@@ -419,7 +439,8 @@ class Run:
         self.model.train()
         self.train_loader.set_epoch(epoch - 1)
         self.observer.epoch_started(epoch, self.steps_per_epoch)
-        total_loss, correct, count, first_loss = 0.0, 0, 0, 0.0
+        totals = [0.0, 0.0, 0.0, 0.0]  # Σ loss·batch, correct, count, first step's loss
+        pending: list[_PendingStep] = []
         for index, (x, y) in enumerate(self.train_loader):
             if index >= self.steps_per_epoch:
                 break
@@ -427,27 +448,19 @@ class Run:
             self.optimizer.zero_grad(set_to_none=True)
             result = self.learner.step(x, y)
             step = self.global_step + 1
-            loss_diverged, states_diverged = not math.isfinite(result.loss), not result.states_finite
-            if self.context is not None:
-                loss_diverged, states_diverged = distributed.any_rank([loss_diverged, states_diverged])
-            if loss_diverged:
-                raise Divergence(epoch, step, index + 1, "non-finite loss")
-            if states_diverged:
-                raise Divergence(epoch, step, index + 1, "non-finite dyadic states")
             self.observer.update_computed(self.learner, x, y, epoch, step)
             self.optimizer.step()
-            if not parameters_finite(self.model):
-                raise Divergence(epoch, step, index + 1, "non-finite weights")
-            if self.reference_loss is None and index == 0:
-                first_loss = result.loss
+            loss = result.loss_tensor.detach()
+            no_states = torch.ones((), dtype=torch.bool, device=loss.device)
+            states = result.finite_tensor if result.finite_tensor is not None else no_states
+            finite = torch.stack([torch.isfinite(loss), states.to(loss.device), parameters_finite(self.model)])
+            correct = (result.logits.argmax(dim=1) == y).sum()
+            pending.append(_PendingStep(index, step, lr, len(y), loss, correct, finite))
             self.global_step = step
-            total_loss += result.loss * len(y)
-            correct += int((result.logits.argmax(dim=1) == y).sum())
-            count += len(y)
-            self.observer.step_finished(epoch, index + 1, result.loss)
-            if self.writer is not None:
-                self.writer.add_scalar("train/step_loss", result.loss, step)
-                self.writer.add_scalar("train/lr", lr, step)
+            if len(pending) == READ_EVERY:
+                self._read_steps(epoch, pending, totals)
+        self._read_steps(epoch, pending, totals)
+        total_loss, correct, count, first_loss = totals
         if self.context is not None:
             total_loss, correct, count, first_loss = distributed.sum_across_ranks(
                 [total_loss, correct, count, first_loss / self.context.world_size]
@@ -455,6 +468,38 @@ class Run:
         if self.reference_loss is None:
             self.reference_loss = first_loss
         return total_loss / count, 100.0 * correct / count
+
+    def _read_steps(self, epoch: int, pending: list[_PendingStep], totals: list[float]) -> None:
+        """Read the ``pending`` steps' results from the device at once (one transfer; with several ranks, one
+        collective of the divergence flags), add them to ``totals`` and report them, in order; empties
+        ``pending``. The first step with a non-finite loss, dyadic state or weight (on any rank) raises
+        :class:`Divergence` for that step, which then counts as not taken."""
+        if not pending:
+            return
+        flags = torch.stack([p.finite for p in pending]).logical_not()
+        dtype = torch.promote_types(pending[0].loss.dtype, torch.float32)  # the loss exactly, counts < 2²⁴
+        values = torch.stack([p.loss.to(dtype) for p in pending] + [p.correct.to(dtype) for p in pending])
+        read = torch.cat([flags.flatten().to(values), values]).tolist()
+        diverged = [bool(v) for v in read[: flags.numel()]]
+        if self.context is not None:
+            diverged = distributed.any_rank(diverged)
+        losses, corrects = read[flags.numel() :][: len(pending)], read[flags.numel() :][len(pending) :]
+        steps, pending[:] = list(pending), []
+        for position, (step, loss, correct) in enumerate(zip(steps, losses, corrects)):
+            flags_of_step = diverged[3 * position : 3 * position + 3]
+            reasons = [reason for reason, bad in zip(_DIVERGENCE_REASONS, flags_of_step) if bad]
+            if reasons:
+                self.global_step = step.step - 1
+                raise Divergence(epoch, step.step, step.index + 1, reasons[0])
+            if self.reference_loss is None and step.index == 0:
+                totals[3] = loss
+            totals[0] += loss * step.batch
+            totals[1] += correct
+            totals[2] += step.batch
+            self.observer.step_finished(epoch, step.index + 1, loss)
+            if self.writer is not None:
+                self.writer.add_scalar("train/step_loss", loss, step.step)
+                self.writer.add_scalar("train/lr", step.lr, step.step)
 
     def _check_loss_growth(self, epoch: int, train_loss: float) -> None:
         """Raise :class:`Divergence` when the epoch's mean training loss exceeds ``divergence_factor``
