@@ -1,0 +1,84 @@
+"""Settings: every bad value is one line before anything is written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from faults_support import (
+    TINY,
+    one_error_line,
+    train_run,
+)
+
+from dualprop.cli import main
+from dualprop.training import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    return train_run(tmp_path_factory.mktemp("finished"), epochs=2)
+
+
+# -- 6. settings -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, toml, message",
+    [
+        (["--seed", "-1"], "", "seeds must be integers in [0, 2^63), got [-1]"),
+        ([], "seeds = 3\n", "seeds must be a list of integers, got 3"),
+        (["--momentum", "5"], "", "momentum must lie in [0, 1), got 5.0"),
+        (["--optimizer", "adam", "--momentum", "0.5"], "", "momentum is a setting of optimizer 'sgd'"),
+        (["--optimizer", "adam"], "momentum = 0.5\n", "momentum is a setting of optimizer 'sgd'"),
+        (["--optimizer", "adam", "--momentum", "0.9"], "", "--momentum is a setting of optimizer 'sgd'"),
+    ],
+)
+def test_bad_settings_are_one_line_before_anything_is_written(tmp_path, capsys, args, toml, message):
+    config = tmp_path / "settings.toml"
+    config.write_text(toml)
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "runs"), *args, *TINY]) == 2
+    assert message in one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_adam_trains_without_momentum_and_sgd_gets_its_default(tmp_path):
+    adam = train(
+        TrainConfig(
+            optimizer="adam",
+            hidden=[16],
+            epochs=1,
+            limit_batches=1,
+            baseline=False,
+            tensorboard=False,
+            out=str(tmp_path),
+        )
+    )
+    assert adam[0]["status"] == "finished"
+    assert "momentum" not in (Path(adam[0]["run_dir"]) / "config.toml").read_text()
+    assert TrainConfig().resolved().momentum == 0.9
+    # Earlier versions wrote momentum = 0.9 into every config.toml, Adam runs too: those still load.
+    assert TrainConfig(optimizer="adam", momentum=0.9).resolved().momentum is None
+
+
+@pytest.mark.parametrize("flag", ["--pgd-steps", "--lipschitz-samples"])
+def test_robustness_counts_below_one_are_one_line(finished_run, capsys, flag):
+    before = sorted(p.name for p in finished_run.iterdir())
+    assert main(["robustness", str(finished_run), flag, "0"]) == 2
+    assert f"{flag} must be >= 1, got 0" in one_error_line(capsys.readouterr().err)
+    assert sorted(p.name for p in finished_run.iterdir()) == before
+
+
+def test_train_help_shows_the_real_defaults(capsys):
+    assert main(["train", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "None" not in text and "[256, 256]" not in text and "(default: True)" not in text
+    for shown in (
+        "hidden widths of the MLP (default: 256 256)",
+        "(default: 0.9 with sgd)",
+        "passes of the inference schedule (default: 1, or the number in an alias such as fw3)",
+        "(default: on)",
+        "(default: 10.0)",
+    ):
+        assert shown in text

@@ -1,0 +1,92 @@
+"""Output that cannot be written: unwritable places, a full disk, a closed pipe, file permissions; nothing
+is left half-written."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+import torch
+from faults_support import (
+    SOURCE,
+    TINY,
+    one_error_line,
+    train_run,
+)
+
+from dualprop.cli import main
+from dualprop.training.rundir import read_summary
+
+# -- 4. output that cannot be written --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--out", "/proc/dualprop-runs"], "cannot write in /proc"),
+        (["train", "--out", "{file}"], "is not a directory"),
+        (["train", "--out", "{file}/runs"], "is not a directory"),
+        (["train", "--name", "n" * 300, "--out", "{tmp}/runs"], "choose a shorter name"),
+        (["report", "{tmp}", "--output", "{tmp}/missing/table.md"], "does not exist"),
+        (["bench", "--model", "mlp:4-4-2", "--output", "{tmp}/missing/bench.json"], "does not exist"),
+        (["diagnose", "--output-dir", "{file}/diagnose"], "is not a directory"),
+    ],
+)
+def test_unwritable_outputs_are_one_line_before_any_work(tmp_path, capsys, args, message):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("mine\n")
+    args = [arg.format(file=a_file, tmp=tmp_path) for arg in args]
+    extra = TINY if args[0] == "train" else []
+    assert main([*args, *extra]) == 2
+    assert message in one_error_line(capsys.readouterr().err)
+    assert a_file.read_text() == "mine\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # nothing was created
+
+
+def test_a_full_disk_during_training_is_one_line_and_leaves_no_temporary_file(tmp_path, capsys, monkeypatch):
+    def no_space(payload, file):
+        file.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", no_space)
+    assert main(["train", "--out", str(tmp_path), *TINY]) == 2
+    assert "No space left on device" in one_error_line(capsys.readouterr().err)
+    (run_dir,) = tmp_path.iterdir()
+    assert not list(run_dir.glob(".*.tmp")) and not (run_dir / "checkpoint-last.pt").exists()
+    assert read_summary(run_dir)["status"] == "running"  # resumable once there is space again
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(run_dir)]) == 0
+    assert read_summary(run_dir)["status"] == "finished"
+
+
+@pytest.mark.slow
+def test_a_closed_pipe_lets_the_run_finish_quietly(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(SOURCE), "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dualprop", "train", "--out", str(tmp_path), *TINY, "--epochs", "2", "--baseline"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    first = process.stdout.readline()  # like `dualprop train 2>&1 | head -1`
+    process.stdout.close()
+    assert process.wait(timeout=120) == 0
+    assert b"seed 0" in first
+    summaries = [read_summary(run_dir) for run_dir in sorted(tmp_path.iterdir())]
+    assert [s["status"] for s in summaries] == ["finished", "finished"]
+
+
+def test_run_files_get_the_permissions_of_config_toml(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        run_dir = train_run(tmp_path)
+    finally:
+        os.umask(previous)
+    config_mode = stat.S_IMODE((run_dir / "config.toml").stat().st_mode)
+    assert config_mode == 0o644
+    for name in ("summary.json", "metrics.csv", "checkpoint-last.pt", "checkpoint-best.pt"):
+        assert stat.S_IMODE((run_dir / name).stat().st_mode) == config_mode, name
