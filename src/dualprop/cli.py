@@ -1,7 +1,10 @@
 """The ``dualprop`` command line: the only place that prints for users and chooses exit codes.
 
 Exit codes: 0 success, 2 bad settings or data (one line ``dualprop: error: …`` on stderr), 3 a run
-diverged, 4 a distributed job failed on another rank or timed out. Each subcommand is an
+diverged, 4 a distributed job failed on another rank or timed out, 128 + the signal's number (130 for
+SIGINT, 143 for SIGTERM) when interrupted. The handlers of SIGINT and SIGTERM are installed before torch
+is imported, and an error raised after an interrupt arrived (a library that turned the interrupt into
+another exception) still ends as the interrupt. Each subcommand is an
 ``_add_<name>_parser(subparsers)`` / ``_run_<name>(args)`` pair listed in ``COMMANDS``; adding a command
 is one pair and one table entry.
 """
@@ -11,11 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import tempfile
+import threading
+from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 if TYPE_CHECKING:
     from dualprop.training.config import Setting
@@ -24,6 +30,7 @@ EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_DIVERGED = 3
 EXIT_DISTRIBUTED = 4
+INTERRUPTING_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class UsageError(Exception):
@@ -63,8 +70,13 @@ def _check_new_file(path: str, flag: str) -> None:
 
 
 def _write_new_file(path: str, text: str) -> None:
-    with open(_refuse_existing(path), "x", encoding="utf-8") as file:
-        file.write(text)
+    """Write ``text`` to the new file ``path`` atomically: complete or not at all, never over a file."""
+    from dualprop.atomic import atomic_write
+
+    try:
+        atomic_write(_refuse_existing(path), lambda file: file.write(text), text=True, replace=False)
+    except FileExistsError:
+        raise UsageError(f"{path} already exists; choose a new file name (dualprop never overwrites files)") from None
 
 
 class DistributedJobFailure(Exception):
@@ -76,6 +88,35 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(f"{self.prog}: {message}")
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived; the command stops with exit status 128 + the signal's number."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def _interrupt_handlers() -> Iterator[list[int]]:
+    """Within the block SIGINT and SIGTERM raise :class:`Interrupted` and are recorded in the yielded list
+    (in the main thread; elsewhere handlers cannot be set). The previous handlers come back on leaving."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        received.append(signum)
+        raise Interrupted(signum)
+
+    previous = {signum: signal.signal(signum, interrupt) for signum in INTERRUPTING_SIGNALS}
+    try:
+        yield received
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _error(message: str) -> None:
@@ -870,32 +911,41 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 2 bad settings or data, 3 diverged,
-    4 a distributed job failed)."""
-    from dualprop.data import DataError
-    from dualprop.training.checkpoint import CheckpointError
-
+    4 a distributed job failed, 128 + the signal's number when interrupted)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
     streams = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = _ClosedPipeTolerantStream(sys.stdout), _ClosedPipeTolerantStream(sys.stderr)
-    try:
-        args = parser.parse_args(argv)
-        if args.command is None:
-            raise UsageError(f"choose a command: {', '.join(COMMANDS)} (dualprop train is the quick start)")
-        return COMMANDS[args.command][1](args)
-    except SystemExit as exit_request:  # --help and --version
-        return exit_request.code if isinstance(exit_request.code, int) else EXIT_OK
-    except (UsageError, ValueError, DataError, CheckpointError) as error:
-        _error(str(error).splitlines()[0] if str(error) else type(error).__name__)
-        return EXIT_USAGE
-    except OSError as error:
-        _error(_file_system_error(error))
-        return EXIT_USAGE
-    except DistributedJobFailure as error:
-        _error(str(error))
-        return EXIT_DISTRIBUTED
-    except KeyboardInterrupt:
-        _error("interrupted")
-        return 130
-    finally:
-        sys.stdout, sys.stderr = streams
+    with _interrupt_handlers() as received:
+        sys.stdout, sys.stderr = _ClosedPipeTolerantStream(sys.stdout), _ClosedPipeTolerantStream(sys.stderr)
+        try:
+            return _dispatch(argv)
+        except SystemExit as exit_request:  # --help and --version
+            return exit_request.code if isinstance(exit_request.code, int) else EXIT_OK
+        except BaseException as error:
+            if received or isinstance(error, KeyboardInterrupt):
+                signum = received[0] if received else signal.SIGINT
+                _error(f"interrupted ({signal.Signals(signum).name})")
+                return 128 + signum
+            status, message = _failure(error)
+            _error(message)
+            return status
+        finally:
+            sys.stdout, sys.stderr = streams
+
+
+def _dispatch(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command is None:
+        raise UsageError(f"choose a command: {', '.join(COMMANDS)} (dualprop train is the quick start)")
+    return COMMANDS[args.command][1](args)
+
+
+def _failure(error: BaseException) -> tuple[int, str]:
+    """The exit status and the one line for an error that ends a command; anything unforeseen is raised."""
+    checkpoint = sys.modules.get("dualprop.training.checkpoint")  # not imported: no CheckpointError either
+    if isinstance(error, (UsageError, ValueError)) or (checkpoint and isinstance(error, checkpoint.CheckpointError)):
+        return EXIT_USAGE, str(error).splitlines()[0] if str(error) else type(error).__name__
+    if isinstance(error, OSError):
+        return EXIT_USAGE, _file_system_error(error)
+    if isinstance(error, DistributedJobFailure):
+        return EXIT_DISTRIBUTED, str(error)
+    raise error

@@ -220,7 +220,7 @@ def plot_curves(runs: Sequence[RunRecord], path: str | Path) -> bool:
             axes[row][column].xaxis.set_major_locator(MaxNLocator(integer=True))
     figure.suptitle(_title(groups) + ": mean over seeds")
     figure.tight_layout()
-    save_png(figure, path)
+    save_png(figure, path, replace=False)
     return True
 
 
@@ -262,7 +262,7 @@ def plot_accuracy_against_beta(runs: Sequence[RunRecord], path: str | Path) -> b
         axis.legend(fontsize="small")
     figure.suptitle(_title(groups) + ": test accuracy, mean ± std over seeds")
     figure.tight_layout()
-    save_png(figure, path)
+    save_png(figure, path, replace=False)
     return True
 
 

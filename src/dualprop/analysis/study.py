@@ -225,7 +225,8 @@ def create_study(config: StudyKind, parent: str | Path) -> Path:
     config = config.check()
     directory = create_run_directory(parent, f"{config.KIND}-{config.dataset}")
     values = {KIND_KEY: config.KIND, **dataclasses.asdict(config)}
-    (directory / STUDY_FILE).write_text(dumps_toml(values), encoding="utf-8")
+    text = dumps_toml(values)
+    atomic_write(directory / STUDY_FILE, lambda file: file.write(text), text=True)
     (directory / "runs").mkdir()
     return directory
 

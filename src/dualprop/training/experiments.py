@@ -7,12 +7,23 @@ one trained configuration per table (all seeds of it). Without ``[[runs]]`` it i
 :func:`run_experiment` trains every (configuration, seed) pair, seed by seed — all configurations of
 the first seed, then of the second, … — so an interrupted experiment holds whole grids; in one process
 or in several. Continued in its output folder, it keeps the runs already there.
+
+Worker processes never outlive the process that started them: on Linux the kernel sends each one
+``SIGKILL`` when its parent dies (``PR_SET_PDEATHSIG``), every worker also checks once a second that its
+parent is still the one that started it, and a parent that stops on an exception or a signal ends its
+workers before it leaves. A run cut short this way keeps its last checkpoint and continues on
+``--resume``.
 """
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
+import signal
+import sys
+import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -25,6 +36,8 @@ from dualprop.training.rundir import CONFIG_FILE
 from dualprop.training.trainer import TrainingObserver, resume_run, start_run
 
 EXPERIMENT_SUFFIX = ".toml"
+PARENT_CHECK_SECONDS = 1.0
+_PR_SET_PDEATHSIG = 1  # prctl option of <linux/prctl.h>
 
 
 @dataclass
@@ -117,6 +130,34 @@ def run_one(config: TrainConfig, resume: bool = False, observer: TrainingObserve
     return start_run(config, config.seeds[0], observer)
 
 
+def _die_with_parent(parent: int) -> None:
+    """Initializer of a worker process: end this process when ``parent`` (the pid that started it) dies."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # no prctl in this C library: the watcher below still ends the worker
+    if os.getppid() != parent:  # the parent died before the death signal was armed
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent,), name="parent-watcher", daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    """Once a second: a worker whose parent has gone (it was re-parented) ends at once."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_SECONDS)
+    os._exit(1)
+
+
+def _end_workers(workers: set[multiprocessing.process.BaseProcess]) -> None:
+    """Terminate the pool's worker processes and reap them (a run cut short keeps its last checkpoint)."""
+    for worker in workers:
+        if worker.is_alive():
+            worker.terminate()
+    for worker in workers:
+        worker.join(timeout=10)
+
+
 def run_experiment(
     configs: Sequence[TrainConfig],
     jobs: int = 1,
@@ -147,7 +188,10 @@ def run_experiment(
     runs = [c.replace(threads=threads) if c.threads == 0 else c for c in runs]
     results: dict[int, dict[str, Any]] = {}
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+    other_children = set(multiprocessing.active_children())
+    with ProcessPoolExecutor(
+        max_workers=jobs, mp_context=context, initializer=_die_with_parent, initargs=(os.getpid(),)
+    ) as pool:
         pending: dict[Future, int] = {pool.submit(run_one, c, resume, worker_observer): i for i, c in enumerate(runs)}
         try:
             while pending:
@@ -158,5 +202,6 @@ def run_experiment(
                         run_done(future.result())
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
+            _end_workers(set(multiprocessing.active_children()) - other_children)
             raise
     return [results[i] for i in range(len(runs))]

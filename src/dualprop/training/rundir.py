@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from dualprop.atomic import atomic_write
+from dualprop.atomic import atomic_write, signals_held
 
 CONFIG_FILE = "config.toml"
 METRICS_FILE = "metrics.csv"
@@ -116,7 +116,7 @@ class _EpochLog:
         self._rewrite([])
 
     def _append(self, rows: Sequence[Sequence[Any]]) -> None:
-        with open(self.path, "a", newline="", encoding="utf-8") as file:
+        with signals_held(), open(self.path, "a", newline="", encoding="utf-8") as file:
             csv.writer(file).writerows(rows)
             file.flush()
             os.fsync(file.fileno())
