@@ -4,10 +4,12 @@ is left half-written."""
 from __future__ import annotations
 
 import errno
+import io
 import os
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -90,3 +92,75 @@ def test_run_files_get_the_permissions_of_config_toml(tmp_path):
     assert config_mode == 0o644
     for name in ("summary.json", "metrics.csv", "checkpoint-last.pt", "checkpoint-best.pt"):
         assert stat.S_IMODE((run_dir / name).stat().st_mode) == config_mode, name
+
+
+class FillingDisk(io.RawIOBase):
+    """A file on a disk that fills up after ``room`` bytes: then ``write`` raises ENOSPC."""
+
+    def __init__(self, file, room: int):
+        self.file, self.room = file, room
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= len(data)
+        return self.file.write(data)
+
+
+def test_a_disk_filling_up_inside_torch_save_is_one_line_naming_the_checkpoint(tmp_path, capsys, monkeypatch):
+    save = torch.save
+    # torch.save reports the failed write as a RuntimeError ("unexpected pos"); the OSError behind it counts.
+    monkeypatch.setattr(torch, "save", lambda payload, file: save(payload, FillingDisk(file, 100)))
+    assert main(["train", "--out", str(tmp_path), *TINY]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    (run_dir,) = tmp_path.iterdir()
+    assert line == f"dualprop: error: file system error: No space left on device ({run_dir / 'checkpoint-best.pt'})"
+    assert not list(run_dir.glob(".*.tmp")) and not list(run_dir.glob("checkpoint-*"))
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    return train_run(tmp_path_factory.mktemp("finished"))
+
+
+@pytest.mark.parametrize(
+    "command, output",
+    [
+        (["report", "{run}", "--output", "{tmp}/table.md"], "{tmp}/table.md"),
+        (
+            [
+                "bench",
+                "--model",
+                "mlp:4-4-2",
+                "--variants",
+                "bp",
+                "--repeats",
+                "1",
+                "--warmup",
+                "0",
+                "--output",
+                "{tmp}/b.json",
+            ],
+            "{tmp}/b.json",
+        ),
+        (
+            ["robustness", "{run}", "--limit", "8", "--eps", "0.1", "--pgd-steps", "1", "--lipschitz-samples", "4"],
+            "{run}/robustness.json",
+        ),
+    ],
+)
+def test_an_output_that_cannot_be_written_leaves_no_file(finished_run, tmp_path, capsys, monkeypatch, command, output):
+    def no_space(descriptor):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("dualprop.atomic.os.fsync", no_space)
+    before = sorted(finished_run.iterdir())
+    command = [arg.format(run=finished_run, tmp=tmp_path) for arg in command]
+    assert main(command) == 2
+    output = Path(output.format(run=finished_run, tmp=tmp_path))
+    assert one_error_line(capsys.readouterr().err).endswith(f"No space left on device ({output})")
+    assert not output.exists()
+    assert sorted(finished_run.iterdir()) == before and not list(tmp_path.iterdir())
