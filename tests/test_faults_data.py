@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import gzip
+import io
+import os
 import pickle
 import struct
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -97,3 +100,79 @@ def test_svhn_values_are_refused_not_cast(tmp_path, x, y, message):
     with pytest.raises(DataError, match=message) as error:
         load_dataset("svhn", root=tmp_path)
     assert "train_32x32.mat" in str(error.value)
+
+
+# -- .npz files checked before their arrays are read -------------------------------------------------
+
+
+def good_arrays() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {
+        "x_train": rng.random((40, 5)).astype(np.float32),
+        "y_train": np.arange(40) % 3,
+        "x_test": rng.random((10, 5)).astype(np.float32),
+        "y_test": np.arange(10) % 3,
+    }
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, array, allow_pickle=True)
+    return buffer.getvalue()
+
+
+def npz_with(path: Path, **changes: np.ndarray | bytes) -> Path:
+    """An .npz file of ``good_arrays()`` with some members replaced (bytes are stored as they are)."""
+    members = {**good_arrays(), **changes}
+    with zipfile.ZipFile(path, "w") as archive:
+        for key, value in members.items():
+            archive.writestr(f"{key}.npy", value if isinstance(value, bytes) else npy_bytes(value))
+    return path
+
+
+def huge_header() -> bytes:
+    """The .npy header of a 72 TiB uint8 array, followed by 8 bytes of data."""
+    header = {"descr": "|u1", "fortran_order": False, "shape": (72 * 2**40,)}
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, header)
+    return buffer.getvalue() + bytes(8)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: os.mkfifo(p), "is a named pipe; a dataset file must be a regular file"),
+        (lambda p: p.mkdir(), "is a directory; a dataset file must be a regular file"),
+        (lambda p: p.write_bytes(npy_bytes(np.zeros(3))), "is not a readable .npz file"),
+        (lambda p: npz_with(p, x_train=b"\x93NUMPY garbage"), "x_train in {path} is not a readable .npy array"),
+        (lambda p: npz_with(p, x_train=np.array(["a"] * 40)), "x_train in {path} has dtype <U1; expected plain"),
+        (lambda p: npz_with(p, x_test=np.zeros(10, "datetime64[s]")), "x_test in {path} has dtype datetime64[s]"),
+        (lambda p: npz_with(p, y_train=np.zeros(40, [("a", "i4")])), "y_train in {path} has dtype [('a', '<i4')]"),
+        (lambda p: npz_with(p, y_test=np.zeros(10, object)), "y_test in {path} has dtype object"),
+        (lambda p: npz_with(p, x_train=huge_header()), "x_train in {path} declares shape (79164837199872,)"),
+        (lambda p: npz_with(p, x_train=np.zeros((40, 0), np.float32)), "its samples have no features"),
+        (lambda p: npz_with(p, y_train=np.full(40, 10**12)), "holds the label 1000000000000; class indices must"),
+        (lambda p: npz_with(p, y_train=np.ones(40, int)), "holds only class 1; a classifier needs at least two"),
+    ],
+    ids=[
+        "fifo",
+        "directory",
+        "plain-npy",
+        "garbage-member",
+        "strings",
+        "datetimes",
+        "structured",
+        "objects",
+        "72-TiB-header",
+        "no-features",
+        "huge-label",
+        "single-class",
+    ],
+)
+def test_a_bad_npz_file_is_one_line_naming_it_before_anything_is_written(tmp_path, capsys, make, message):
+    path = tmp_path / "mine.npz"
+    make(path)
+    assert main(["train", "--dataset", str(path), "--out", str(tmp_path / "runs"), *TINY]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert str(path) in line and message.format(path=path) in line
+    assert not (tmp_path / "runs").exists()

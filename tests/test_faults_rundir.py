@@ -3,11 +3,13 @@ report over runs, experiment and study directories. Each ends in one clear line 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from faults_support import (
     as_killed,
@@ -173,3 +175,48 @@ def test_a_study_directory_in_use_is_refused_naming_the_holder(tmp_path, capsys)
         assert main(["experiment", "robustness-mlp", "--resume", str(directory), "--no-progress"]) == 2
     assert f"{directory} is in use by process {os.getpid()}" in one_error_line(capsys.readouterr().err)
     assert not list((directory / "runs").iterdir())  # nothing was trained
+
+
+# -- the data a run was trained on ------------------------------------------------------------------
+
+
+def save_npz(path: Path, shift: float) -> Path:
+    rng = np.random.default_rng(0)
+    x = rng.random((80, 6)).astype(np.float32) + shift
+    np.savez(path, x_train=x[:64], y_train=np.arange(64) % 2, x_test=x[64:], y_test=np.arange(16) % 2)
+    return path
+
+
+def test_resume_refuses_a_data_file_replaced_by_other_data_naming_it(tmp_path, capsys):
+    data = save_npz(tmp_path / "mine.npz", shift=0.0)
+    original = data.read_bytes()
+    run_dir = as_killed(train_run(tmp_path / "runs", "--dataset", str(data), epochs=2))
+    recorded = json.loads((run_dir / "data.json").read_text())["files"]
+    assert recorded == {
+        "mine.npz": {"path": str(data), "size": len(original), "sha256": hashlib.sha256(original).hexdigest()}
+    }
+    save_npz(data, shift=1.0)  # the same shapes, other values
+    assert data.stat().st_size == len(original)
+    rows = read_metrics(run_dir)
+    assert main(["train", "--resume", str(run_dir)]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"{data} differs from the file the run was trained on" in line
+    assert read_metrics(run_dir) == rows and read_summary(run_dir)["status"] == "running"
+    data.write_bytes(original)
+    assert main(["train", "--resume", str(run_dir)]) == 0
+    assert read_summary(run_dir)["status"] == "finished"
+
+
+def test_a_run_records_the_files_of_a_built_in_dataset(finished_run):
+    (name,) = json.loads((finished_run / "data.json").read_text())["files"]
+    assert name == "digits.csv.gz"  # scikit-learn's file that the digits are read from
+
+
+def test_a_finished_run_whose_config_now_says_another_rule_is_refused(finished_run, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    summary = read_summary(run_dir)
+    edit_config(run_dir, 'rule = "dpT"', 'rule = "dp"')
+    assert main(["train", "--resume", str(run_dir)]) == 2
+    assert "differs from the checkpoint's settings in rule 'dpT' -> 'dp'" in one_error_line(capsys.readouterr().err)
+    assert read_summary(run_dir) == summary

@@ -6,6 +6,7 @@ Layout of one run directory::
     metrics.csv           one row per finished epoch
     diagnostics.csv       with diagnose_every: per-layer angles to backprop's gradient every N steps
     summary.json          status (running, finished, diverged), best epoch, test accuracy, timings
+    data.json             size and sha256 of every data file the run reads (a resume checks them)
     checkpoint-best.pt    the weights of the epoch with the best validation accuracy
     checkpoint-last.pt    everything needed to resume after the last finished epoch
 """
@@ -24,6 +25,7 @@ from dualprop.atomic import atomic_write, signals_held
 CONFIG_FILE = "config.toml"
 METRICS_FILE = "metrics.csv"
 SUMMARY_FILE = "summary.json"
+DATA_FILE = "data.json"
 BEST_CHECKPOINT = "checkpoint-best.pt"
 LAST_CHECKPOINT = "checkpoint-last.pt"
 NAME_MAX = 255  # bytes in one file name on common file systems (ext4, XFS, APFS, NTFS)
@@ -74,15 +76,24 @@ def write_json_atomic(values: Mapping[str, Any], path: str | Path) -> None:
     atomic_write(path, write, text=True)
 
 
-def read_summary(run_dir: str | Path) -> dict[str, Any]:
-    """The run's ``summary.json`` as a dict; ``ValueError`` if missing or malformed."""
-    path = Path(run_dir) / SUMMARY_FILE
+def read_json_object(path: str | Path, what: str) -> dict[str, Any]:
+    """The JSON object in ``path``; ``ValueError`` naming the file when it is missing, not JSON or not an
+    object (``what`` says which file it should be)."""
+    path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        values = json.loads(path.read_text(encoding="utf-8"))
     except OSError:
-        raise ValueError(f"{path} does not exist; is {run_dir} a dualprop run directory?") from None
+        raise ValueError(f"{path} does not exist; is {path.parent} a dualprop {what}?") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} holds a JSON {type(values).__name__}, not the object of a dualprop {what}")
+    return values
+
+
+def read_summary(run_dir: str | Path) -> dict[str, Any]:
+    """The run's ``summary.json`` as a dict; ``ValueError`` if missing or malformed."""
+    return read_json_object(Path(run_dir) / SUMMARY_FILE, "run directory")
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, float]]:

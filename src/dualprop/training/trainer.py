@@ -43,14 +43,17 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from dualprop.data import (
+    PYTHON_DATA,
     ArrayData,
     BatchLoader,
+    DataError,
     DatasetSplits,
     array_splits,
     dataset_label,
     from_datasets,
     load_dataset,
 )
+from dualprop.data.fingerprint import changed_files, dataset_fingerprint
 from dualprop.learner import Learner
 from dualprop.losses import batch_loss
 from dualprop.models import CONV_MODELS, mlp
@@ -61,10 +64,12 @@ from dualprop.training.lr_schedule import learning_rate
 from dualprop.training.rundir import (
     BEST_CHECKPOINT,
     CONFIG_FILE,
+    DATA_FILE,
     LAST_CHECKPOINT,
     SUMMARY_FILE,
     MetricsLog,
     create_run_directory,
+    read_json_object,
     read_summary,
     write_json_atomic,
 )
@@ -565,11 +570,13 @@ def start_run(
     changes: dict[str, Any] = {"dataset": arrays.name} if arrays is not None else {}
     config = config.replace(seeds=[seed], baseline=False, **changes).resolved()
     with cpu_threads(config):
+        fingerprint = data_fingerprint(config)
         run = Run(config, observer or TrainingObserver(), arrays)
         run_dir = None
         if run.is_main:
             run_dir = create_run_directory(config.out, run_name(config, seed))
             save_config(config, run_dir / CONFIG_FILE)
+            write_json_atomic({"files": fingerprint}, run_dir / DATA_FILE)
         run_dir = distributed.broadcast_from_main(run_dir)
         with _exclusive_use(run_dir):
             run.attach(run_dir)
@@ -589,9 +596,14 @@ def resume_run(
     with _exclusive_use(run_dir):
         summary = read_summary(run_dir) if (run_dir / SUMMARY_FILE).exists() else {}
         config = load_config(run_dir / CONFIG_FILE).resolved()
-        lengthened = summary.get("status") == "finished" and config.epochs > summary.get("epochs_completed", 0)
+        completed = summary.get("epochs_completed", 0)
+        if not isinstance(completed, int) or isinstance(completed, bool):
+            raise ValueError(f"{run_dir / SUMMARY_FILE}: epochs_completed must be an integer, got {completed!r}")
+        lengthened = summary.get("status") == "finished" and config.epochs > completed
         if summary.get("status") in ("finished", "diverged") and not lengthened:
+            _check_settings_unchanged(run_dir, config)
             return summary
+        _check_data_unchanged(run_dir, config)
         with cpu_threads(config):
             run = Run(config, observer or TrainingObserver(), as_array_data(data) if data is not None else None)
             run.attach(run_dir)
@@ -600,6 +612,39 @@ def resume_run(
             elif run.is_main:
                 run.metrics.start()
             return run.train()
+
+
+def data_fingerprint(config: TrainConfig) -> dict[str, dict[str, Any]]:
+    """Size and sha256 of every file the data of ``config`` are read from (none for data from Python)."""
+    return {} if config.dataset == PYTHON_DATA else dataset_fingerprint(config.dataset, config.data_dir)
+
+
+def _check_data_unchanged(run_dir: Path, config: TrainConfig) -> None:
+    """Refuse to continue a run on data files other than those it was trained on (``DataError`` naming the
+    first that changed); a run recorded before fingerprints existed gets today's, checked from then on."""
+    current = data_fingerprint(config)
+    path = run_dir / DATA_FILE
+    if not path.exists():
+        if distributed.current_context() is None or distributed.current_context().is_main:
+            write_json_atomic({"files": current}, path)
+        return
+    recorded = read_json_object(path, "run directory").get("files")
+    if not isinstance(recorded, dict) or not all(isinstance(entry, dict) for entry in recorded.values()):
+        raise ValueError(f"{path} is not a dualprop data fingerprint (no object of files)")
+    changes = changed_files(recorded, current)
+    if changes:
+        raise DataError(f"{changes[0]}: restore it, or train a new run on the new data")
+
+
+def _check_settings_unchanged(run_dir: Path, config: TrainConfig) -> None:
+    """A run that has ended is reported as it is, unless ``config.toml`` no longer says what it was trained
+    with (then ``ValueError`` naming the changed settings)."""
+    path = run_dir / LAST_CHECKPOINT
+    if path.exists():
+        state = load_checkpoint(path)
+        if "config" in state:
+            saved = from_mapping(state["config"], source=f"checkpoint {path}").resolved()
+            check_resumable(saved, config, int(state.get("epoch", 0)))
 
 
 def _exclusive_use(run_dir: Path) -> AbstractContextManager[None]:
