@@ -220,3 +220,85 @@ def test_a_finished_run_whose_config_now_says_another_rule_is_refused(finished_r
     assert main(["train", "--resume", str(run_dir)]) == 2
     assert "differs from the checkpoint's settings in rule 'dpT' -> 'dp'" in one_error_line(capsys.readouterr().err)
     assert read_summary(run_dir) == summary
+
+
+# -- damaged run files -----------------------------------------------------------------------------
+
+
+def edit_checkpoint(run_dir: Path, change) -> Path:
+    path = run_dir / "checkpoint-last.pt"
+    state = load_checkpoint(path)
+    change(state)
+    atomic_save(state, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda state: state.pop("optimizer"), "its 'optimizer' entry should be a dict but has none"),
+        (lambda state: state.pop("rng"), "its 'rng' entry should be a dict but has none"),
+        (lambda state: state.update(epoch="3"), "its 'epoch' entry should be a int but has a str"),
+        (lambda state: state["rng"].pop("numpy"), "its random-number states lack 'numpy'"),
+        (lambda state: state["rng"].update(torch=7), "cannot be resumed: not a saved random-number state"),
+        (lambda state: state.update(optimizer={"state": {}, "param_groups": []}), "cannot be resumed: "),
+    ],
+    ids=["no-optimizer", "no-rng", "string-epoch", "no-numpy-rng", "bad-torch-rng", "other-optimizer"],
+)
+def test_a_damaged_checkpoint_is_one_line_naming_it(killed_run, capsys, change, message):
+    path = edit_checkpoint(killed_run, change)
+    rows = read_metrics(killed_run)
+    assert main(["train", "--resume", str(killed_run)]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"checkpoint {path} cannot be resumed" in line and message in line
+    assert read_metrics(killed_run) == rows
+
+
+SUMMARY_DAMAGES = [
+    (lambda run: (run / "summary.json").write_text("[1, 2]"), "summary.json holds a JSON list"),
+    (lambda run: json_edit(run / "summary.json", test_acc="high"), "summary.json: test_acc must be a number"),
+    (lambda run: json_edit(run / "summary.json", status=3), "summary.json: status must be a string"),
+]
+CONFIG_TABLE = (lambda run: append(run / "config.toml", "[table]\nx = 1\n"), "config.toml")
+
+
+@pytest.mark.parametrize(
+    "command, damage, message",
+    [
+        *[(command, *damage) for command in (["report"], ["train", "--resume"]) for damage in SUMMARY_DAMAGES],
+        *[(command, *CONFIG_TABLE) for command in (["report"], ["train", "--resume"], ["robustness"], ["diagnose"])],
+    ],
+)
+def test_damaged_run_files_are_one_line_naming_them(finished_run, tmp_path, capsys, command, damage, message):
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    damage(run_dir)
+    assert main([*command, str(run_dir)]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert str(run_dir) in line and message in line
+
+
+def json_edit(path: Path, **changes) -> None:
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def append(path: Path, text: str) -> None:
+    with open(path, "a") as file:
+        file.write(text)
+
+
+@pytest.mark.parametrize("command", [["diagnose", "--batches", "1"], ["robustness", "--limit", "4"]])
+def test_a_checkpoint_of_another_network_is_one_line_naming_it(finished_run, tmp_path, capsys, command):
+    other = train_run(tmp_path / "other", "--hidden", "8")
+    before = sorted(finished_run.iterdir())
+    checkpoint = other / "checkpoint-best.pt"
+    assert main([*command, str(finished_run), "--checkpoint", str(checkpoint)]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"checkpoint {checkpoint} does not fit the network of {finished_run / 'config.toml'}" in line
+    assert "size mismatch" in line
+    assert sorted(finished_run.iterdir()) == before
+
+
+def test_diagnose_refuses_a_flag_that_would_change_the_network_of_a_run(finished_run, capsys):
+    assert main(["diagnose", str(finished_run), "--hidden", "32"]) == 2
+    assert "--hidden would change the run's network" in one_error_line(capsys.readouterr().err)

@@ -770,6 +770,9 @@ def _add_diagnose_parser(subparsers: Any) -> None:
     _add_config_flags(parser)
 
 
+_NETWORK_SETTINGS = ("dataset", "pad_to", "model", "hidden", "activation")  # what a checkpoint's weights fix
+
+
 def _run_diagnose(args: argparse.Namespace) -> int:
     import torch
 
@@ -780,6 +783,12 @@ def _run_diagnose(args: argparse.Namespace) -> int:
     if args.run_dir:
         if args.config:
             raise UsageError("diagnose: give RUN_DIR or --config, not both")
+        network = [key for key in _NETWORK_SETTINGS if key in overrides]
+        if network:
+            raise UsageError(
+                f"diagnose RUN_DIR: --{network[0].replace('_', '-')} would change the run's network; it is "
+                f"the one of {Path(args.run_dir) / 'config.toml'} (give no RUN_DIR for a fresh network)"
+            )
         config = load_config(Path(args.run_dir) / "config.toml")
     else:
         config = load_config(args.config) if args.config else TrainConfig()

@@ -31,7 +31,7 @@ from dualprop.graph import NeuronGraph, capture_graph
 from dualprop.losses import batch_loss
 from dualprop.network import BlockInput
 from dualprop.spectral import spectral_norm
-from dualprop.training.checkpoint import load_checkpoint, model_state
+from dualprop.training.checkpoint import CheckpointError, load_checkpoint, model_state, state_mismatch
 from dualprop.training.config import TrainConfig, load_config
 from dualprop.training.rundir import BEST_CHECKPOINT, CONFIG_FILE, LAST_CHECKPOINT
 from dualprop.training.trainer import build_model, load_splits
@@ -93,7 +93,12 @@ def load_trained_run(
     state = load_checkpoint(path)
     data = load_splits(config, config.seeds[0], evaluation=True, limit=limit, data_dir=data_dir)
     model = build_model(config, data.input_shape, data.num_classes)
-    model.load_state_dict(model_state(state))
+    try:
+        model.load_state_dict(model_state(state))
+    except RuntimeError as error:  # another network's weights: missing, unexpected or misshapen entries
+        raise CheckpointError(
+            f"checkpoint {path} does not fit the network of {run_dir / CONFIG_FILE}: {state_mismatch(error)}"
+        ) from None
     model.eval()
     epoch = state.get("epoch")
     return TrainedRun(run_dir, config, model, data, path, int(epoch) if epoch is not None else None)

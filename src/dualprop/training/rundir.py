@@ -91,9 +91,28 @@ def read_json_object(path: str | Path, what: str) -> dict[str, Any]:
     return values
 
 
+SUMMARY_NUMBERS = ("test_acc", "test_top5", "test_loss", "best_val_acc", "seconds")
+SUMMARY_INTEGERS = ("seed", "epochs", "epochs_completed", "steps", "best_epoch")
+
+
 def read_summary(run_dir: str | Path) -> dict[str, Any]:
-    """The run's ``summary.json`` as a dict; ``ValueError`` if missing or malformed."""
-    return read_json_object(Path(run_dir) / SUMMARY_FILE, "run directory")
+    """The run's ``summary.json`` as a dict; ``ValueError`` naming the file if it is missing or malformed
+    (not an object, a status that is no string, a number or count of another type)."""
+    path = Path(run_dir) / SUMMARY_FILE
+    summary = read_json_object(path, "run directory")
+    for key, value in summary.items():
+        if value is None or isinstance(value, bool):
+            wrong = isinstance(value, bool) and key in (*SUMMARY_NUMBERS, *SUMMARY_INTEGERS)
+        elif key in SUMMARY_NUMBERS:
+            wrong = not isinstance(value, (int, float))
+        elif key in SUMMARY_INTEGERS:
+            wrong = not isinstance(value, int)
+        else:
+            wrong = key == "status" and not isinstance(value, str)
+        if wrong:
+            kind = "an integer" if key in SUMMARY_INTEGERS else "a number" if key in SUMMARY_NUMBERS else "a string"
+            raise ValueError(f"{path}: {key} must be {kind}, got {str(value)[:40]!r}")
+    return summary
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, float]]:

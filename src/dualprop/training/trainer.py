@@ -58,7 +58,15 @@ from dualprop.learner import Learner
 from dualprop.losses import batch_loss
 from dualprop.models import CONV_MODELS, mlp
 from dualprop.training import distributed
-from dualprop.training.checkpoint import CheckpointError, atomic_save, load_checkpoint, rng_state, set_rng_state
+from dualprop.training.checkpoint import (
+    CheckpointError,
+    atomic_save,
+    load_checkpoint,
+    load_resumable_checkpoint,
+    rng_state,
+    set_rng_state,
+    state_mismatch,
+)
 from dualprop.training.config import RESUMABLE_SETTINGS, TrainConfig, from_mapping, load_config, save_config
 from dualprop.training.lr_schedule import learning_rate
 from dualprop.training.rundir import (
@@ -359,7 +367,7 @@ class Run:
     def restore(self) -> None:
         """Continue from ``checkpoint-last.pt``; ``metrics.csv`` is cut back to its epoch."""
         path = self.run_dir / LAST_CHECKPOINT
-        state = load_checkpoint(path, map_location=self.device)
+        state = load_resumable_checkpoint(path, map_location=self.device)
         if "config" in state:
             saved = from_mapping(state["config"], source=f"checkpoint {path}").resolved()
             check_resumable(saved, self.config, int(state["epoch"]))
@@ -367,16 +375,20 @@ class Run:
             self.learner.load_state_dict(state["learner"])
         except RuntimeError as error:
             raise CheckpointError(
-                f"checkpoint {path} does not fit the network of {CONFIG_FILE}: "
-                f"{(str(error).splitlines() or ['mismatch'])[0]}"
+                f"checkpoint {path} does not fit the network of {CONFIG_FILE}: {state_mismatch(error)}"
             ) from None
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            set_rng_state(state["rng"])
+        except (ValueError, KeyError, TypeError, RuntimeError) as error:
+            raise CheckpointError(
+                f"checkpoint {path} cannot be resumed: {(str(error).splitlines() or [type(error).__name__])[0]}"
+            ) from None
         self.epoch, self.global_step = int(state["epoch"]), int(state["global_step"])
         self.best_val_acc, self.best_epoch = float(state["best_val_acc"]), int(state["best_epoch"])
         self.elapsed, self.started = float(state["elapsed"]), str(state["started"])
         # Checkpoints written before the loss-growth criterion have no reference: the check stays off.
         self.reference_loss = state.get("reference_loss", math.inf)
-        set_rng_state(state["rng"])
         if not self.is_main:
             return
         self.metrics.truncate_to(self.epoch)
