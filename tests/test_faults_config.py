@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from faults_support import (
     TINY,
     one_error_line,
@@ -82,3 +83,44 @@ def test_train_help_shows_the_real_defaults(capsys):
         "(default: 10.0)",
     ):
         assert shown in text
+
+
+# -- settings that no machine can carry out ----------------------------------------------------------
+
+BENCH = ["bench", "--model", "mlp:4-4-2", "--repeats", "1", "--warmup", "0"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([*BENCH, "--alpha", "2"], "alpha must be a number in [0, 1], got 2.0"),
+        ([*BENCH, "--beta", "0"], "beta must be a finite number > 0, got 0.0"),
+        ([*BENCH, "--device", "tpu"], "unknown device 'tpu'; choose cpu or cuda[:i]"),
+        (["train", "--dist-timeout", "inf"], "--dist-timeout must be a finite number of seconds > 0, got inf"),
+        (["train", "--dist-timeout", "nan"], "--dist-timeout must be a finite number of seconds > 0, got nan"),
+        (["train", "--dist-timeout", "-1"], "--dist-timeout must be a finite number of seconds > 0, got -1"),
+        (["train", "--dist-timeout", "0"], "--dist-timeout must be a finite number of seconds > 0, got 0"),
+        # beyond the 128 TiB address space of a 64-bit process: refused by any allocator
+        (
+            ["train", "--hidden", str(10**12)],
+            "asks for more than this machine has (--hidden 1000000000000, --batch-size 64)",
+        ),
+        (
+            ["train", "--pad-to", str(10**6)],
+            "asks for more than this machine has (--hidden 16, --batch-size 64, --pad-to 1000000)",
+        ),
+        ([*BENCH, "--batch-size", str(10**14)], "(--model mlp:4-4-2, --batch-size 100000000000000)"),
+    ],
+)
+def test_settings_no_machine_can_carry_out_are_one_line_before_anything_is_written(tmp_path, capsys, args, message):
+    extra = ["--out", str(tmp_path / "runs"), *TINY] if args[0] == "train" else []
+    assert main([args[0], *extra, *args[1:]]) == 2  # the setting under test comes last and wins
+    assert message in one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has MPS")
+def test_an_unavailable_device_is_one_line(tmp_path, capsys):
+    assert main(["train", "--device", "mps", "--out", str(tmp_path / "runs"), *TINY]) == 2
+    assert "device 'mps' was asked for but MPS" in one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "runs").exists()

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -358,6 +360,8 @@ def _run_train(args: argparse.Namespace) -> int:
     from dualprop.training import TrainConfig, load_config, resume_run, train
     from dualprop.training.distributed import describe_failure, process_group
 
+    if not (math.isfinite(args.dist_timeout) and args.dist_timeout > 0):
+        raise UsageError(f"--dist-timeout must be a finite number of seconds > 0, got {args.dist_timeout:g}")
     overrides = _config_overrides(args)
     observer = _training_observer(show_bar=not args.no_progress)
     if args.resume:
@@ -934,11 +938,43 @@ def main(argv: Sequence[str] | None = None) -> int:
                 signum = received[0] if received else signal.SIGINT
                 _error(f"interrupted ({signal.Signals(signum).name})")
                 return 128 + signum
-            status, message = _failure(error)
+            status, message = _failure(error, argv)
             _error(message)
             return status
         finally:
             sys.stdout, sys.stderr = streams
+
+
+SIZE_FLAGS = ("--model", "--hidden", "--batch-size", "--pad-to", "--limit", "--lipschitz-samples", "--batches")
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` says an allocation failed (host memory or a GPU's)."""
+    if isinstance(error, MemoryError):
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and any(
+        phrase in text for phrase in ("can't allocate memory", "out of memory", "not enough memory")
+    )
+
+
+def _memory_message(error: BaseException, argv: Sequence[str]) -> str:
+    """One line for a failed allocation: how much was asked for and the size settings the user gave."""
+    found = re.search(r"allocate (\d+) bytes", str(error))
+    amount = f" {int(found.group(1)) / 2**30:.1f} GiB at once" if found else " more than is free"
+    given: dict[str, str] = {}  # the last value of each flag, the one argparse keeps
+    for index, argument in enumerate(argv):
+        flag, _, value = argument.partition("=")
+        if flag in SIZE_FLAGS and (value or index + 1 < len(argv)):
+            given[flag] = value or argv[index + 1]
+    settings = (
+        "a size setting asks for more than this machine has ("
+        + ", ".join(f"{flag} {value}" for flag, value in given.items())
+        + ")"
+        if given
+        else "the network or data is too large for this machine"
+    )
+    return f"not enough memory: the command tried to allocate{amount}; {settings}"
 
 
 def _dispatch(argv: list[str]) -> int:
@@ -948,8 +984,10 @@ def _dispatch(argv: list[str]) -> int:
     return COMMANDS[args.command][1](args)
 
 
-def _failure(error: BaseException) -> tuple[int, str]:
+def _failure(error: BaseException, argv: Sequence[str]) -> tuple[int, str]:
     """The exit status and the one line for an error that ends a command; anything unforeseen is raised."""
+    if _out_of_memory(error):
+        return EXIT_USAGE, _memory_message(error, argv)
     checkpoint = sys.modules.get("dualprop.training.checkpoint")  # not imported: no CheckpointError either
     if isinstance(error, (UsageError, ValueError)) or (checkpoint and isinstance(error, checkpoint.CheckpointError)):
         return EXIT_USAGE, str(error).splitlines()[0] if str(error) else type(error).__name__
