@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from faults_support import (
@@ -13,7 +15,7 @@ from faults_support import (
 )
 
 from dualprop.cli import main
-from dualprop.training import TrainConfig, train
+from dualprop.training import TrainConfig, TrainingObserver, train
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +126,51 @@ def test_an_unavailable_device_is_one_line(tmp_path, capsys):
     assert main(["train", "--device", "mps", "--out", str(tmp_path / "runs"), *TINY]) == 2
     assert "device 'mps' was asked for but MPS" in one_error_line(capsys.readouterr().err)
     assert not (tmp_path / "runs").exists()
+
+
+# -- settings that used to pass silently ------------------------------------------------------------
+
+
+def test_a_long_unicode_name_is_kept_and_never_starts_a_directory_with_a_dash(tmp_path):
+    name = "ü" * 100
+    run_dir = train_run(tmp_path, "--name", name)
+    assert run_dir.name == f"{name}-dpT-a0.5-b0.1-seed0"
+    dashed = train_run(tmp_path / "dashed", "--name=--x")
+    assert dashed.name == "x-dpT-a0.5-b0.1-seed0"
+
+
+def test_an_out_that_cannot_be_created_leaves_no_directories_behind(tmp_path, capsys):
+    out = tmp_path / "new" / "deeper" / ("x" * 300)  # a component longer than file systems allow
+    assert main(["train", "--out", str(out), *TINY]) == 2
+    assert "cannot create a run directory in" in one_error_line(capsys.readouterr().err)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_experiment_file_with_the_same_run_twice_is_refused(tmp_path, capsys):
+    experiment = tmp_path / "twice.toml"
+    experiment.write_text('description = "x"\nhidden = [16]\n[[runs]]\nrule = "bp"\n[[runs]]\nrule = "bp"\n')
+    assert main(["experiment", str(experiment), "--out", str(tmp_path / "runs")]) == 2
+    assert "[[runs]] 1 and 2 are the same setting" in one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_study_with_a_negative_test_limit_is_refused_before_any_training(tmp_path, capsys):
+    args = ["experiment", "robustness-mlp", "--dataset", "digits", "--rules", "bp", "--epochs", "1"]
+    assert main([*args, "--test-limit", "-1", "--out", str(tmp_path / "studies")]) == 2
+    assert "study test_limit must be an integer >= 0, got -1" in one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "studies").exists()
+
+
+def test_numpy_and_python_generators_are_seeded_from_the_run_seed(tmp_path):
+    from dualprop.training.trainer import Run
+
+    draws = []
+    for _ in range(2):
+        np.random.seed(12345 + len(draws))  # whatever state the caller left behind
+        random.seed(len(draws))
+        Run(TrainConfig(hidden=[4], seeds=[7], out=str(tmp_path)).resolved(), TrainingObserver())
+        draws.append((np.random.random(), random.random()))
+    assert draws[0] == draws[1]
+    np.random.seed([7, 0])
+    random.seed(7)
+    assert draws[0] == (np.random.random(), random.random())

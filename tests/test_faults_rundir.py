@@ -302,3 +302,18 @@ def test_a_checkpoint_of_another_network_is_one_line_naming_it(finished_run, tmp
 def test_diagnose_refuses_a_flag_that_would_change_the_network_of_a_run(finished_run, capsys):
     assert main(["diagnose", str(finished_run), "--hidden", "32"]) == 2
     assert "--hidden would change the run's network" in one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.slow
+def test_a_study_resumes_from_another_working_directory(tmp_path, capsys, monkeypatch):
+    for place in ("a", "b"):
+        (tmp_path / place).mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    settings = ["--dataset", "digits", "--rules", "bp", "--hidden", "8", "--epochs", "1", "--limit-batches", "1"]
+    assert main(["experiment", "robustness-mlp", *settings, "--test-limit", "8", "--out", "studies"]) == 0
+    (study,) = (tmp_path / "a" / "studies").iterdir()
+    (study / "results.json").unlink()  # as if stopped after training, before the measurements were recorded
+    monkeypatch.chdir(tmp_path / "b")
+    assert main(["experiment", "robustness-mlp", "--resume", f"../a/studies/{study.name}", "--no-progress"]) == 0
+    (record,) = json.loads((study / "results.json").read_text()).values()
+    assert record["status"] == "finished" and record["robustness"]["test_samples"] == 8

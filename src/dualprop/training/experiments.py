@@ -73,6 +73,13 @@ def parse_experiment(name: str, values: dict[str, Any], source: str) -> Experime
     if not isinstance(runs, list) or not runs or not all(isinstance(run, dict) for run in runs):
         raise ValueError(f"{source}: runs must be a non-empty array of tables ([[runs]])")
     configs = [from_mapping({**values, **run}, source=source).resolved() for run in runs]
+    for later, config in enumerate(configs):
+        for earlier in range(later):
+            if configs[earlier] == config:
+                raise ValueError(
+                    f"{source}: [[runs]] {earlier + 1} and {later + 1} are the same setting; remove one "
+                    "(every run of an experiment must differ)"
+                )
     return Experiment(name, description, configs)
 
 

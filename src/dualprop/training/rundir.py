@@ -17,6 +17,7 @@ import csv
 import json
 import os
 import re
+import unicodedata
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -38,12 +39,14 @@ METRIC_COLUMNS = ("epoch", "step", "train_loss", "train_acc", "val_loss", "val_a
 def create_run_directory(parent: str | Path, name: str) -> Path:
     """Create and return ``parent/name``, or ``parent/name-2``, ``-3``, … if taken: never reuse one.
 
-    ``os.mkdir`` fails when the directory exists, so two processes cannot claim the same name. A name
-    longer than file systems allow, a file in the place of ``parent`` or a place where nothing can be
-    created is a ``ValueError`` saying so, raised before anything is created.
+    ``os.mkdir`` fails when the directory exists, so two processes cannot claim the same name. Letters
+    and digits of any script are kept, other characters become ``_``, and the name never starts with
+    ``-``, ``.`` or ``_`` (so that no shell reads it as an option). A name longer than file systems allow,
+    a file in the place of ``parent`` or a place where nothing can be created is a ``ValueError`` saying
+    so; directories created on the way to ``parent`` are removed again when the run directory cannot be.
     """
     parent = Path(parent)
-    safe = re.sub(r"[^A-Za-z0-9._+-]+", "_", name).strip("._") or "run"
+    safe = unicodedata.normalize("NFC", re.sub(r"[^\w.+-]+", "_", name)).lstrip("-._").rstrip("._") or "run"
     longest = len(f"{safe}-99999".encode())
     if longest > NAME_MAX:
         raise ValueError(
@@ -52,6 +55,7 @@ def create_run_directory(parent: str | Path, name: str) -> Path:
         )
     if parent.exists() and not parent.is_dir():
         raise ValueError(f"out {parent} is a file, not a directory: choose another place for the runs")
+    missing = [p for p in (parent, *parent.parents) if not p.exists()]
     try:
         parent.mkdir(parents=True, exist_ok=True)
         for index in range(1, 100_000):
@@ -62,8 +66,18 @@ def create_run_directory(parent: str | Path, name: str) -> Path:
                 continue
             return candidate
     except OSError as error:
+        _remove_empty(missing)
         raise ValueError(f"cannot create a run directory in {parent}: {error.strerror or error}") from None
     raise ValueError(f"no free run directory name for {safe!r} under {parent}")
+
+
+def _remove_empty(directories: Sequence[Path]) -> None:
+    """Remove those of ``directories`` (innermost first) that exist and are empty."""
+    for directory in directories:
+        try:
+            directory.rmdir()
+        except OSError:
+            pass
 
 
 def write_json_atomic(values: Mapping[str, Any], path: str | Path) -> None:

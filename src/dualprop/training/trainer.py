@@ -31,6 +31,7 @@ alone creates the run directory, writes files, reports progress and evaluates th
 from __future__ import annotations
 
 import math
+import random
 import time
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
@@ -163,6 +165,13 @@ class Observers(TrainingObserver):
     def run_finished(self, summary: dict[str, Any]) -> None:
         for observer in self.observers:
             observer.run_finished(summary)
+
+
+def seed_generators(seed: int) -> None:
+    """Seed torch's, numpy's and Python's global generators from the run's ``seed`` (any int in [0, 2^63))."""
+    torch.manual_seed(seed)
+    np.random.seed([seed & 0xFFFFFFFF, seed >> 32])
+    random.seed(seed)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -321,7 +330,7 @@ class Run:
         self.config, self.observer = config, observer if self.is_main else TrainingObserver()
         self.seed = config.seeds[0]
         self.device = self.context.device if self.context else resolve_device(config.device)
-        torch.manual_seed(self.seed)
+        seed_generators(self.seed)
         self.data = load_splits(config, self.seed, self.context.world_size if self.context else 1, data=data)
         self.model = build_model(config, self.data.input_shape, self.data.num_classes).to(self.device)
         trained = distributed.data_parallel(self.model, self.context) if self.context else self.model
