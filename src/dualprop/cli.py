@@ -100,25 +100,38 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
+_INTERRUPTS: list[int] = []  # the signals received while a command runs, in order
+
+
 @contextmanager
 def _interrupt_handlers() -> Iterator[list[int]]:
     """Within the block SIGINT and SIGTERM raise :class:`Interrupted` and are recorded in the yielded list
     (in the main thread; elsewhere handlers cannot be set). The previous handlers come back on leaving."""
-    received: list[int] = []
+    _INTERRUPTS.clear()
     if threading.current_thread() is not threading.main_thread():
-        yield received
+        yield _INTERRUPTS
         return
 
     def interrupt(signum: int, frame: Any) -> None:
-        received.append(signum)
+        _INTERRUPTS.append(signum)
         raise Interrupted(signum)
 
     previous = {signum: signal.signal(signum, interrupt) for signum in INTERRUPTING_SIGNALS}
     try:
-        yield received
+        yield _INTERRUPTS
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def _import_capture_machinery() -> None:
+    """Import torch's compiler stack, which graph capture imports on first use, before any work starts.
+    An interrupt inside that import can be swallowed by it (leaving a half-initialised module behind), so
+    one that arrived meanwhile is raised here."""
+    import torch._dynamo  # noqa: F401
+
+    if _INTERRUPTS:
+        raise Interrupted(_INTERRUPTS[0])
 
 
 def _error(message: str) -> None:
@@ -376,6 +389,7 @@ def _run_train(args: argparse.Namespace) -> int:
             raise UsageError(f"--momentum is a setting of optimizer 'sgd'; {config.optimizer!r} has none")
         _check_writable_directory(config.out, "--out")
         device = config.device
+    _import_capture_machinery()
     with process_group(device, args.dist_timeout) as context:
         try:
             summaries = [resume_run(args.resume, observer)] if args.resume else train(config, observer)
@@ -602,6 +616,8 @@ def _run_experiment(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
 
+    if args.jobs == 1:  # the workers of --jobs N import it themselves
+        _import_capture_machinery()
     summaries = run_experiment(
         [config for _, config in configs],
         jobs=args.jobs,
@@ -738,6 +754,7 @@ def _run_bench(args: argparse.Namespace) -> int:
     )
     if args.output:
         _check_new_file(args.output, "--output")
+    _import_capture_machinery()
     report = run_benchmark(settings)
     if args.output:
         _write_new_file(args.output, json.dumps(report.to_dict(), indent=2))
@@ -799,6 +816,7 @@ def _run_diagnose(args: argparse.Namespace) -> int:
     config = config.replace(**overrides).resolved()
     directory = args.output_dir or args.run_dir or str(Path(config.out) / "diagnose")
     _check_writable_directory(directory, "--output-dir" if args.output_dir else "output directory")
+    _import_capture_machinery()
     result = diagnose(
         config, args.run_dir, args.checkpoint, args.batches, args.per, torch.float64 if args.float64 else torch.float32
     )
@@ -863,6 +881,7 @@ def _run_robustness(args: argparse.Namespace) -> int:
         raise UsageError(f"--eps must be finite radii >= 0, got {bad_eps[0]}")
     if Path(args.run_dir).is_dir():
         _check_writable_directory(args.run_dir, "RUN_DIR")
+    _import_capture_machinery()
     report = evaluate_run_robustness(
         args.run_dir,
         args.eps,
