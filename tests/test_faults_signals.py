@@ -21,9 +21,15 @@ from dualprop.training.rundir import read_metrics, read_summary
 
 
 def start_cli(*args: str) -> subprocess.Popen:
+    """``dualprop ARGS`` in a process group of its own (as a shell starts a command)."""
     env = {**os.environ, "PYTHONPATH": str(SOURCE), "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "dualprop", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        [sys.executable, "-m", "dualprop", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
     )
 
 
@@ -120,9 +126,9 @@ def alive(pid: int) -> bool:
     return state != "Z"  # a zombie has ended; only its exit status is left to collect
 
 
-def kill_mid_experiment(experiment: Path, out: Path, signum: int) -> list[int]:
-    """Start ``experiment --jobs 2``, send ``signum`` to the parent while both workers train; return the
-    processes the parent had started."""
+def kill_mid_experiment(experiment: Path, out: Path, signum: int, group: bool) -> list[int]:
+    """Start ``experiment --jobs 2``, send ``signum`` to the parent (``group``: to its whole process group,
+    as Ctrl-C does) while both workers train; return the processes the parent had started."""
     process = start_cli("experiment", str(experiment), "--jobs", "2", "--out", str(out), "--no-progress")
     deadline = time.monotonic() + 240  # spawned workers import torch: slow on a loaded machine
     while time.monotonic() < deadline and len(list(out.glob("*/checkpoint-last.pt"))) < 2:
@@ -130,25 +136,39 @@ def kill_mid_experiment(experiment: Path, out: Path, signum: int) -> list[int]:
         time.sleep(0.01)
     workers = children_of(process.pid)
     assert len(workers) >= 2  # two pool workers (and the resource tracker)
-    process.send_signal(signum)
-    process.communicate(timeout=60)
-    assert process.returncode in (-signal.SIGKILL, 128 + signum)
+    if group:
+        os.killpg(process.pid, signum)
+    else:
+        process.send_signal(signum)
+    _, err = process.communicate(timeout=60)
+    if signum == signal.SIGKILL:
+        assert process.returncode == -signal.SIGKILL
+    else:  # one line from the parent; the workers end silently
+        assert process.returncode == 128 + signum
+        assert one_error_line(err) == f"dualprop: error: interrupted ({signal.Signals(signum).name})"
+        assert "Traceback" not in err
     return workers
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
-def test_the_workers_of_a_parallel_experiment_die_with_their_parent_and_resume_is_exact(tmp_path, capsys, signum):
+@pytest.mark.parametrize(
+    "signum, group",
+    [(signal.SIGKILL, False), (signal.SIGTERM, False), (signal.SIGINT, True)],
+    ids=["kill", "term", "ctrl-c"],
+)
+def test_the_workers_of_a_parallel_experiment_die_with_their_parent_and_resume_is_exact(
+    tmp_path, capsys, signum, group
+):
     experiment = tmp_path / "experiment.toml"
     experiment.write_text(EXPERIMENT.format(epochs=20))
     out = tmp_path / "runs"
-    workers = kill_mid_experiment(experiment, out, signum)
+    workers = kill_mid_experiment(experiment, out, signum, group)
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and any(map(alive, workers)):
         time.sleep(0.05)
     assert not [pid for pid in workers if alive(pid)]
-    if signum == signal.SIGTERM:
+    if signum != signal.SIGKILL:
         return
     cut_short = out / "digits-mlp-bp-seed0"
     assert read_summary(cut_short)["status"] == "running"

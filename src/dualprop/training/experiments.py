@@ -11,8 +11,8 @@ or in several. Continued in its output folder, it keeps the runs already there.
 Worker processes never outlive the process that started them: on Linux the kernel sends each one
 ``SIGKILL`` when its parent dies (``PR_SET_PDEATHSIG``), every worker also checks once a second that its
 parent is still the one that started it, and a parent that stops on an exception or a signal ends its
-workers before it leaves. A run cut short this way keeps its last checkpoint and continues on
-``--resume``.
+workers before it leaves (the workers ignore SIGINT: Ctrl-C is the parent's to handle). A run cut short
+this way keeps its last checkpoint and continues on ``--resume``.
 """
 
 from __future__ import annotations
@@ -138,7 +138,9 @@ def run_one(config: TrainConfig, resume: bool = False, observer: TrainingObserve
 
 
 def _die_with_parent(parent: int) -> None:
-    """Initializer of a worker process: end this process when ``parent`` (the pid that started it) dies."""
+    """Initializer of a worker process: end this process when ``parent`` (the pid that started it) dies.
+    Ctrl-C reaches the whole process group; the parent alone handles it and ends its workers."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
         try:
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
