@@ -6,6 +6,7 @@ never end when read."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from importlib import resources
@@ -51,14 +52,22 @@ def dataset_files(name: str, root: str | os.PathLike[str] | None = None) -> dict
 
 
 def file_fingerprint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """``{"size": bytes, "sha256": hex digest}`` of the file's content."""
+    """``{"size": bytes, "sha256": hex digest}`` of the file's content. A file whose place, size and
+    modification time are those of one already hashed by this process is not read again."""
+    status = os.stat(path)
+    return dict(_content_fingerprint(os.path.realpath(path), status.st_size, status.st_mtime_ns, status.st_ino))
+
+
+@functools.lru_cache(maxsize=64)
+def _content_fingerprint(path: str, size: int, mtime_ns: int, inode: int) -> tuple[tuple[str, Any], ...]:
+    """Size and sha256 of the bytes of ``path``; the other arguments key the cache."""
     digest = hashlib.sha256()
-    size = 0
+    read = 0
     with open(path, "rb") as file:
         for chunk in iter(lambda: file.read(CHUNK_BYTES), b""):
             digest.update(chunk)
-            size += len(chunk)
-    return {"size": size, "sha256": digest.hexdigest()}
+            read += len(chunk)
+    return (("size", read), ("sha256", digest.hexdigest()))
 
 
 def dataset_fingerprint(name: str, root: str | os.PathLike[str] | None = None) -> dict[str, dict[str, Any]]:
