@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from dualprop.atomic import atomic_write, signals_held
+from dualprop.data import DataError
+from dualprop.data.fingerprint import changed_files
 
 CONFIG_FILE = "config.toml"
 METRICS_FILE = "metrics.csv"
@@ -127,6 +129,28 @@ def read_summary(run_dir: str | Path) -> dict[str, Any]:
             kind = "an integer" if key in SUMMARY_INTEGERS else "a number" if key in SUMMARY_NUMBERS else "a string"
             raise ValueError(f"{path}: {key} must be {kind}, got {str(value)[:40]!r}")
     return summary
+
+
+def write_data_fingerprint(run_dir: str | Path, files: Mapping[str, Any]) -> None:
+    """Record the fingerprint of the run's data files (see :mod:`dualprop.data.fingerprint`) in ``data.json``."""
+    write_json_atomic({"files": dict(files)}, Path(run_dir) / DATA_FILE)
+
+
+def check_data_fingerprint(run_dir: str | Path, files: dict[str, dict[str, Any]], record: bool = True) -> None:
+    """Refuse to continue a run on data files other than those it was trained on: ``DataError`` naming the
+    first that differs from ``data.json``. A run recorded before fingerprints existed gets ``files`` as its
+    fingerprint (with ``record``) and is checked from then on."""
+    path = Path(run_dir) / DATA_FILE
+    if not path.exists():
+        if record:
+            write_data_fingerprint(run_dir, files)
+        return
+    recorded = read_json_object(path, "run directory").get("files")
+    if not isinstance(recorded, dict) or not all(isinstance(entry, dict) for entry in recorded.values()):
+        raise ValueError(f"{path} is not a dualprop data fingerprint (no object of files)")
+    changes = changed_files(recorded, files)
+    if changes:
+        raise DataError(f"{changes[0]}: restore it, or train a new run on the new data")
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, float]]:

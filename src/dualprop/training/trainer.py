@@ -48,14 +48,13 @@ from dualprop.data import (
     PYTHON_DATA,
     ArrayData,
     BatchLoader,
-    DataError,
     DatasetSplits,
     array_splits,
     dataset_label,
     from_datasets,
     load_dataset,
 )
-from dualprop.data.fingerprint import changed_files, dataset_fingerprint
+from dualprop.data.fingerprint import dataset_fingerprint
 from dualprop.learner import Learner
 from dualprop.losses import batch_loss
 from dualprop.models import CONV_MODELS, mlp
@@ -74,13 +73,13 @@ from dualprop.training.lr_schedule import learning_rate
 from dualprop.training.rundir import (
     BEST_CHECKPOINT,
     CONFIG_FILE,
-    DATA_FILE,
     LAST_CHECKPOINT,
     SUMMARY_FILE,
     MetricsLog,
+    check_data_fingerprint,
     create_run_directory,
-    read_json_object,
     read_summary,
+    write_data_fingerprint,
     write_json_atomic,
 )
 from dualprop.training.runlock import run_directory_lock
@@ -607,7 +606,7 @@ def start_run(
         if run.is_main:
             run_dir = create_run_directory(config.out, run_name(config, seed))
             save_config(config, run_dir / CONFIG_FILE)
-            write_json_atomic({"files": fingerprint}, run_dir / DATA_FILE)
+            write_data_fingerprint(run_dir, fingerprint)
         run_dir = distributed.broadcast_from_main(run_dir)
         with _exclusive_use(run_dir):
             run.attach(run_dir)
@@ -634,7 +633,8 @@ def resume_run(
         if summary.get("status") in ("finished", "diverged") and not lengthened:
             _check_settings_unchanged(run_dir, config)
             return summary
-        _check_data_unchanged(run_dir, config)
+        context = distributed.current_context()
+        check_data_fingerprint(run_dir, data_fingerprint(config), record=context is None or context.is_main)
         with cpu_threads(config):
             run = Run(config, observer or TrainingObserver(), as_array_data(data) if data is not None else None)
             run.attach(run_dir)
@@ -648,23 +648,6 @@ def resume_run(
 def data_fingerprint(config: TrainConfig) -> dict[str, dict[str, Any]]:
     """Size and sha256 of every file the data of ``config`` are read from (none for data from Python)."""
     return {} if config.dataset == PYTHON_DATA else dataset_fingerprint(config.dataset, config.data_dir)
-
-
-def _check_data_unchanged(run_dir: Path, config: TrainConfig) -> None:
-    """Refuse to continue a run on data files other than those it was trained on (``DataError`` naming the
-    first that changed); a run recorded before fingerprints existed gets today's, checked from then on."""
-    current = data_fingerprint(config)
-    path = run_dir / DATA_FILE
-    if not path.exists():
-        if distributed.current_context() is None or distributed.current_context().is_main:
-            write_json_atomic({"files": current}, path)
-        return
-    recorded = read_json_object(path, "run directory").get("files")
-    if not isinstance(recorded, dict) or not all(isinstance(entry, dict) for entry in recorded.values()):
-        raise ValueError(f"{path} is not a dualprop data fingerprint (no object of files)")
-    changes = changed_files(recorded, current)
-    if changes:
-        raise DataError(f"{changes[0]}: restore it, or train a new run on the new data")
 
 
 def _check_settings_unchanged(run_dir: Path, config: TrainConfig) -> None:
