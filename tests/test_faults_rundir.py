@@ -40,6 +40,7 @@ def killed_run(finished_run, tmp_path) -> Path:
 # -- 1. one process per run directory -------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_second_process_on_a_locked_run_directory_exits_2_naming_the_holder(killed_run, capsys):
     rows = read_metrics(killed_run)
     with run_directory_lock(killed_run):
