@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from faults_support import (
     train_run,
 )
 
+from dualprop.atomic import atomic_write, atomic_write_new
 from dualprop.cli import main
 from dualprop.training.rundir import read_summary
 
@@ -164,3 +166,32 @@ def test_an_output_that_cannot_be_written_leaves_no_file(finished_run, tmp_path,
     assert one_error_line(capsys.readouterr().err).endswith(f"No space left on device ({output})")
     assert not output.exists()
     assert sorted(finished_run.iterdir()) == before and not list(tmp_path.iterdir())
+
+
+def test_a_new_file_never_replaces_one_and_takes_the_next_free_name(tmp_path):
+    mine = tmp_path / "table.md"
+    mine.write_text("mine\n")
+    with pytest.raises(FileExistsError):
+        atomic_write(mine, lambda file: file.write("theirs\n"), text=True, replace=False)
+    assert mine.read_text() == "mine\n"
+    written = [atomic_write_new(tmp_path, "table", ".md", lambda file: file.write("new\n"), text=True) for _ in "ab"]
+    assert [path.name for path in written] == ["table-2.md", "table-3.md"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["table-2.md", "table-3.md", "table.md"]  # no temporaries
+
+
+def test_a_signal_during_a_write_is_delivered_when_the_file_is_whole(tmp_path):
+    received = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    try:
+
+        def write(file) -> None:
+            file.write(b"first half, ")
+            signal.raise_signal(signal.SIGTERM)
+            assert received == []  # held while the file is being written
+            file.write(b"second half")
+
+        atomic_write(tmp_path / "out.bin", write)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert received == [signal.SIGTERM]
+    assert (tmp_path / "out.bin").read_bytes() == b"first half, second half"
