@@ -176,3 +176,11 @@ def test_a_bad_npz_file_is_one_line_naming_it_before_anything_is_written(tmp_pat
     line = one_error_line(capsys.readouterr().err)
     assert str(path) in line and message.format(path=path) in line
     assert not (tmp_path / "runs").exists()
+
+
+def test_an_npz_larger_than_memory_is_refused_from_its_headers(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("dualprop.data.arrays._physical_memory", lambda: 1000)  # a machine with 1000 bytes
+    path = npz_with(tmp_path / "mine.npz")  # x_train: 40 x 5 float32 = 800 bytes, y_train: 40 int64 = 320 bytes
+    assert main(["train", "--dataset", str(path), "--out", str(tmp_path / "runs"), *TINY]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"{path} holds 1.1 KiB of arrays (up to y_train), more than this machine's 1000 bytes of memory" in line

@@ -163,13 +163,15 @@ def read_npz(path: str | os.PathLike[str], limit: int | None = None) -> ArrayDat
 
 def check_npz_members(path: Path) -> None:
     """Check every member of the ``.npz`` archive ``path`` from its ``.npy`` header, before any array is
-    read: a numeric dtype, and a declared size that equals the member's stored size and fits in memory."""
+    read: a numeric dtype, and a declared size that equals the member's stored size; all of them together
+    must fit in memory."""
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, EOFError) as error:
         raise DataError(
             f"{path} is not a readable .npz file (a zip of .npy arrays, as numpy.savez writes): {error}"
         ) from None
+    memory, total = _physical_memory(), 0
     with archive:
         for info in archive.infolist():
             name = info.filename.removesuffix(".npy")
@@ -193,12 +195,20 @@ def check_npz_members(path: Path) -> None:
                     f"{name} in {path} declares shape {shape} of {dtype} ({declared} bytes) but holds "
                     f"{info.file_size - header_bytes} bytes of data"
                 )
-            memory = _physical_memory()
-            if memory is not None and declared > memory:
+            total += declared
+            if memory is not None and total > memory:
                 raise DataError(
-                    f"{name} in {path} holds {declared / 2**30:.1f} GiB, more than this machine's "
-                    f"{memory / 2**30:.1f} GiB of memory"
+                    f"{path} holds {_size_text(total)} of arrays (up to {name}), more than this machine's "
+                    f"{_size_text(memory)} of memory"
                 )
+
+
+def _size_text(size: int) -> str:
+    """``size`` bytes in the largest unit of bytes, KiB, MiB, GiB and TiB that keeps it >= 1."""
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} bytes"
 
 
 def _physical_memory() -> int | None:
