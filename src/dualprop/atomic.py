@@ -49,8 +49,8 @@ def signals_held() -> Iterator[None]:
     finally:
         for signum, handler in current.items():
             signal.signal(signum, handler)
-        for signum in dict.fromkeys(held):
-            signal.raise_signal(signum)
+        for arrived in dict.fromkeys(held):
+            signal.raise_signal(arrived)
 
 
 def _os_error_within(error: BaseException) -> OSError | None:
@@ -85,7 +85,9 @@ def _publish(temporary: Path, path: Path, replace: bool) -> None:
     os.unlink(temporary)
 
 
-def atomic_write(path: str | Path, write: Callable[[IO[Any]], None], text: bool = False, replace: bool = True) -> None:
+def atomic_write(
+    path: str | Path, write: Callable[[IO[Any]], object], text: bool = False, replace: bool = True
+) -> None:
     """Call ``write(file)`` on a temporary file and move it to ``path`` in one step; ``replace=False``
     never replaces an existing ``path`` (``FileExistsError``). On failure no file is left behind."""
     path = Path(path)
@@ -109,7 +111,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[Any]], None], text: bool 
 
 
 def atomic_write_new(
-    directory: str | Path, stem: str, suffix: str, write: Callable[[IO[Any]], None], text: bool = False
+    directory: str | Path, stem: str, suffix: str, write: Callable[[IO[Any]], object], text: bool = False
 ) -> Path:
     """Write a new file ``directory/stem suffix`` (``stem-2 suffix``, … when taken) as :func:`atomic_write`
     does, never replacing a file, and return its path."""

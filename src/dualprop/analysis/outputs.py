@@ -11,7 +11,7 @@ from typing import IO, Any, Callable
 from dualprop.atomic import atomic_write_new
 
 
-def write_new_file(directory: str | Path, stem: str, suffix: str, write: Callable[[IO[Any]], None]) -> Path:
+def write_new_file(directory: str | Path, stem: str, suffix: str, write: Callable[[IO[Any]], object]) -> Path:
     """Write text with ``write(file)`` to a new ``directory/stem suffix`` (``stem-2 suffix``, … if taken)
     and return its path."""
     return atomic_write_new(_existing_directory(directory), stem, suffix, write, text=True)
