@@ -186,3 +186,27 @@ def test_the_workers_of_a_parallel_experiment_die_with_their_parent_and_resume_i
     resumed = load_checkpoint(cut_short / "checkpoint-last.pt")["learner"]
     for key, value in load_checkpoint(whole / "checkpoint-last.pt")["learner"].items():
         assert torch.equal(resumed[key], value), key
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_killed_worker_ends_the_experiment_with_one_line_and_no_orphans(tmp_path):
+    experiment = tmp_path / "experiment.toml"
+    experiment.write_text(EXPERIMENT.format(epochs=20))
+    out = tmp_path / "runs"
+    process = start_cli("experiment", str(experiment), "--jobs", "2", "--out", str(out), "--no-progress")
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and len(list(out.glob("*/checkpoint-last.pt"))) < 2:
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.01)
+    children = children_of(process.pid)
+    pool = [pid for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert len(pool) == 2
+    os.kill(pool[0], signal.SIGKILL)  # as the out-of-memory killer does
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 2
+    assert "a worker process of the experiment died" in one_error_line(err)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(map(alive, children)):
+        time.sleep(0.05)
+    assert not [pid for pid in children if alive(pid)]

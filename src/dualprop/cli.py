@@ -1014,4 +1014,7 @@ def _failure(error: BaseException, argv: Sequence[str]) -> tuple[int, str]:
         return EXIT_USAGE, _file_system_error(error)
     if isinstance(error, DistributedJobFailure):
         return EXIT_DISTRIBUTED, str(error)
+    experiments = sys.modules.get("dualprop.training.experiments")
+    if experiments and isinstance(error, experiments.WorkerDied):
+        return EXIT_USAGE, str(error)
     raise error

@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -38,6 +39,10 @@ from dualprop.training.trainer import TrainingObserver, resume_run, start_run
 EXPERIMENT_SUFFIX = ".toml"
 PARENT_CHECK_SECONDS = 1.0
 _PR_SET_PDEATHSIG = 1  # prctl option of <linux/prctl.h>
+
+
+class WorkerDied(RuntimeError):
+    """A worker process of a parallel experiment ended without reporting (a signal, the OOM killer)."""
 
 
 @dataclass
@@ -209,8 +214,13 @@ def run_experiment(
                     results[pending.pop(future)] = future.result()
                     if run_done is not None:
                         run_done(future.result())
-        except BaseException:
+        except BaseException as error:
             pool.shutdown(wait=False, cancel_futures=True)
             _end_workers(set(multiprocessing.active_children()) - other_children)
+            if isinstance(error, BrokenProcessPool):
+                raise WorkerDied(
+                    "a worker process of the experiment died (killed by a signal or the out-of-memory killer); "
+                    "the runs keep their last checkpoints: continue with --resume"
+                ) from None
             raise
     return [results[i] for i in range(len(runs))]
