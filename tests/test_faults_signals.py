@@ -126,6 +126,13 @@ def alive(pid: int) -> bool:
     return state != "Z"  # a zombie has ended; only its exit status is left to collect
 
 
+def end_survivors(pids: list[int]) -> None:
+    """SIGKILL those of ``pids`` still alive, so that a failing test leaves no process behind."""
+    for pid in pids:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
 def kill_mid_experiment(experiment: Path, out: Path, signum: int, group: bool) -> list[int]:
     """Start ``experiment --jobs 2``, send ``signum`` to the parent (``group``: to its whole process group,
     as Ctrl-C does) while both workers train; return the processes the parent had started."""
@@ -140,7 +147,11 @@ def kill_mid_experiment(experiment: Path, out: Path, signum: int, group: bool) -
         os.killpg(process.pid, signum)
     else:
         process.send_signal(signum)
-    _, err = process.communicate(timeout=60)
+    try:
+        _, err = process.communicate(timeout=60)  # surviving workers would hold the pipes open
+    except subprocess.TimeoutExpired:
+        end_survivors(workers)
+        raise
     if signum == signal.SIGKILL:
         assert process.returncode == -signal.SIGKILL
     else:  # one line from the parent; the workers end silently
@@ -167,7 +178,9 @@ def test_the_workers_of_a_parallel_experiment_die_with_their_parent_and_resume_i
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and any(map(alive, workers)):
         time.sleep(0.05)
-    assert not [pid for pid in workers if alive(pid)]
+    survivors = [pid for pid in workers if alive(pid)]
+    end_survivors(survivors)
+    assert not survivors
     if signum != signal.SIGKILL:
         return
     cut_short = out / "digits-mlp-bp-seed0"
@@ -209,4 +222,6 @@ def test_a_killed_worker_ends_the_experiment_with_one_line_and_no_orphans(tmp_pa
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and any(map(alive, children)):
         time.sleep(0.05)
-    assert not [pid for pid in children if alive(pid)]
+    survivors = [pid for pid in children if alive(pid)]
+    end_survivors(survivors)
+    assert not survivors
