@@ -184,7 +184,14 @@ class BenchSettings:
             raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
         if self.autocast not in AUTOCAST_DTYPES:
             raise ValueError(f"unknown autocast {self.autocast!r}; choose one of {', '.join(AUTOCAST_DTYPES)}")
-        device = torch.device(self.device)
+        if not (isinstance(self.alpha, (int, float)) and 0 <= self.alpha <= 1):
+            raise ValueError(f"alpha must be a number in [0, 1], got {self.alpha!r}")
+        if not (isinstance(self.beta, (int, float)) and 0 < self.beta < math.inf):
+            raise ValueError(f"beta must be a finite number > 0, got {self.beta!r}")
+        try:
+            device = torch.device(self.device)
+        except RuntimeError:
+            raise ValueError(f"unknown device {self.device!r}; choose cpu or cuda[:i]") from None
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {self.device!r} was asked for but CUDA is not available")
         if device.type not in ("cpu", "cuda"):
@@ -410,6 +417,8 @@ def _run(settings: BenchSettings) -> BenchReport:
             gc.collect()
 
     runners = [_Runner(v, initial, settings, (x, y)) for v in variants if results[v.name].error is None]
+    if results["bp"].error is not None:  # the reference of every ratio
+        raise ValueError(f"bp, the reference variant, failed: {results['bp'].error}")
     for runner in runners:
         for _ in range(settings.warmup):
             runner.step()

@@ -1,7 +1,10 @@
 """The ``dualprop`` command line: the only place that prints for users and chooses exit codes.
 
 Exit codes: 0 success, 2 bad settings or data (one line ``dualprop: error: …`` on stderr), 3 a run
-diverged, 4 a distributed job failed on another rank or timed out. Each subcommand is an
+diverged, 4 a distributed job failed on another rank or timed out, 128 + the signal's number (130 for
+SIGINT, 143 for SIGTERM) when interrupted. The handlers of SIGINT and SIGTERM are installed before torch
+is imported, and an error raised after an interrupt arrived (a library that turned the interrupt into
+another exception) still ends as the interrupt. Each subcommand is an
 ``_add_<name>_parser(subparsers)`` / ``_run_<name>(args)`` pair listed in ``COMMANDS``; adding a command
 is one pair and one table entry.
 """
@@ -10,12 +13,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import re
+import signal
 import sys
 import tempfile
+import threading
+from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 if TYPE_CHECKING:
     from dualprop.training.config import Setting
@@ -24,6 +32,7 @@ EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_DIVERGED = 3
 EXIT_DISTRIBUTED = 4
+INTERRUPTING_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class UsageError(Exception):
@@ -63,8 +72,13 @@ def _check_new_file(path: str, flag: str) -> None:
 
 
 def _write_new_file(path: str, text: str) -> None:
-    with open(_refuse_existing(path), "x", encoding="utf-8") as file:
-        file.write(text)
+    """Write ``text`` to the new file ``path`` atomically: complete or not at all, never over a file."""
+    from dualprop.atomic import atomic_write
+
+    try:
+        atomic_write(_refuse_existing(path), lambda file: file.write(text), text=True, replace=False)
+    except FileExistsError:
+        raise UsageError(f"{path} already exists; choose a new file name (dualprop never overwrites files)") from None
 
 
 class DistributedJobFailure(Exception):
@@ -76,6 +90,48 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(f"{self.prog}: {message}")
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived; the command stops with exit status 128 + the signal's number."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+_INTERRUPTS: list[int] = []  # the signals received while a command runs, in order
+
+
+@contextmanager
+def _interrupt_handlers() -> Iterator[list[int]]:
+    """Within the block SIGINT and SIGTERM raise :class:`Interrupted` and are recorded in the yielded list
+    (in the main thread; elsewhere handlers cannot be set). The previous handlers come back on leaving."""
+    _INTERRUPTS.clear()
+    if threading.current_thread() is not threading.main_thread():
+        yield _INTERRUPTS
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        _INTERRUPTS.append(signum)
+        raise Interrupted(signum)
+
+    previous = {signum: signal.signal(signum, interrupt) for signum in INTERRUPTING_SIGNALS}
+    try:
+        yield _INTERRUPTS
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _import_capture_machinery() -> None:
+    """Import torch's compiler stack, which graph capture imports on first use, before any work starts.
+    An interrupt inside that import can be swallowed by it (leaving a half-initialised module behind), so
+    one that arrived meanwhile is raised here."""
+    import torch._dynamo  # noqa: F401
+
+    if _INTERRUPTS:
+        raise Interrupted(_INTERRUPTS[0])
 
 
 def _error(message: str) -> None:
@@ -317,6 +373,8 @@ def _run_train(args: argparse.Namespace) -> int:
     from dualprop.training import TrainConfig, load_config, resume_run, train
     from dualprop.training.distributed import describe_failure, process_group
 
+    if not (math.isfinite(args.dist_timeout) and args.dist_timeout > 0):
+        raise UsageError(f"--dist-timeout must be a finite number of seconds > 0, got {args.dist_timeout:g}")
     overrides = _config_overrides(args)
     observer = _training_observer(show_bar=not args.no_progress)
     if args.resume:
@@ -331,6 +389,7 @@ def _run_train(args: argparse.Namespace) -> int:
             raise UsageError(f"--momentum is a setting of optimizer 'sgd'; {config.optimizer!r} has none")
         _check_writable_directory(config.out, "--out")
         device = config.device
+    _import_capture_machinery()
     with process_group(device, args.dist_timeout) as context:
         try:
             summaries = [resume_run(args.resume, observer)] if args.resume else train(config, observer)
@@ -557,6 +616,8 @@ def _run_experiment(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
 
+    if args.jobs == 1:  # the workers of --jobs N import it themselves
+        _import_capture_machinery()
     summaries = run_experiment(
         [config for _, config in configs],
         jobs=args.jobs,
@@ -693,6 +754,7 @@ def _run_bench(args: argparse.Namespace) -> int:
     )
     if args.output:
         _check_new_file(args.output, "--output")
+    _import_capture_machinery()
     report = run_benchmark(settings)
     if args.output:
         _write_new_file(args.output, json.dumps(report.to_dict(), indent=2))
@@ -729,6 +791,9 @@ def _add_diagnose_parser(subparsers: Any) -> None:
     _add_config_flags(parser)
 
 
+_NETWORK_SETTINGS = ("dataset", "pad_to", "model", "hidden", "activation")  # what a checkpoint's weights fix
+
+
 def _run_diagnose(args: argparse.Namespace) -> int:
     import torch
 
@@ -739,12 +804,19 @@ def _run_diagnose(args: argparse.Namespace) -> int:
     if args.run_dir:
         if args.config:
             raise UsageError("diagnose: give RUN_DIR or --config, not both")
+        network = [key for key in _NETWORK_SETTINGS if key in overrides]
+        if network:
+            raise UsageError(
+                f"diagnose RUN_DIR: --{network[0].replace('_', '-')} would change the run's network; it is "
+                f"the one of {Path(args.run_dir) / 'config.toml'} (give no RUN_DIR for a fresh network)"
+            )
         config = load_config(Path(args.run_dir) / "config.toml")
     else:
         config = load_config(args.config) if args.config else TrainConfig()
     config = config.replace(**overrides).resolved()
     directory = args.output_dir or args.run_dir or str(Path(config.out) / "diagnose")
     _check_writable_directory(directory, "--output-dir" if args.output_dir else "output directory")
+    _import_capture_machinery()
     result = diagnose(
         config, args.run_dir, args.checkpoint, args.batches, args.per, torch.float64 if args.float64 else torch.float32
     )
@@ -809,6 +881,7 @@ def _run_robustness(args: argparse.Namespace) -> int:
         raise UsageError(f"--eps must be finite radii >= 0, got {bad_eps[0]}")
     if Path(args.run_dir).is_dir():
         _check_writable_directory(args.run_dir, "RUN_DIR")
+    _import_capture_machinery()
     report = evaluate_run_robustness(
         args.run_dir,
         args.eps,
@@ -870,32 +943,78 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 2 bad settings or data, 3 diverged,
-    4 a distributed job failed)."""
-    from dualprop.data import DataError
-    from dualprop.training.checkpoint import CheckpointError
-
+    4 a distributed job failed, 128 + the signal's number when interrupted)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
     streams = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = _ClosedPipeTolerantStream(sys.stdout), _ClosedPipeTolerantStream(sys.stderr)
-    try:
-        args = parser.parse_args(argv)
-        if args.command is None:
-            raise UsageError(f"choose a command: {', '.join(COMMANDS)} (dualprop train is the quick start)")
-        return COMMANDS[args.command][1](args)
-    except SystemExit as exit_request:  # --help and --version
-        return exit_request.code if isinstance(exit_request.code, int) else EXIT_OK
-    except (UsageError, ValueError, DataError, CheckpointError) as error:
-        _error(str(error).splitlines()[0] if str(error) else type(error).__name__)
-        return EXIT_USAGE
-    except OSError as error:
-        _error(_file_system_error(error))
-        return EXIT_USAGE
-    except DistributedJobFailure as error:
-        _error(str(error))
-        return EXIT_DISTRIBUTED
-    except KeyboardInterrupt:
-        _error("interrupted")
-        return 130
-    finally:
-        sys.stdout, sys.stderr = streams
+    with _interrupt_handlers() as received:
+        sys.stdout, sys.stderr = _ClosedPipeTolerantStream(sys.stdout), _ClosedPipeTolerantStream(sys.stderr)
+        try:
+            return _dispatch(argv)
+        except SystemExit as exit_request:  # --help and --version
+            return exit_request.code if isinstance(exit_request.code, int) else EXIT_OK
+        except BaseException as error:
+            if received or isinstance(error, KeyboardInterrupt):
+                signum = received[0] if received else signal.SIGINT
+                _error(f"interrupted ({signal.Signals(signum).name})")
+                return 128 + signum
+            status, message = _failure(error, argv)
+            _error(message)
+            return status
+        finally:
+            sys.stdout, sys.stderr = streams
+
+
+SIZE_FLAGS = ("--model", "--hidden", "--batch-size", "--pad-to", "--limit", "--lipschitz-samples", "--batches")
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` says an allocation failed (host memory or a GPU's)."""
+    if isinstance(error, MemoryError):
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and any(
+        phrase in text for phrase in ("can't allocate memory", "out of memory", "not enough memory")
+    )
+
+
+def _memory_message(error: BaseException, argv: Sequence[str]) -> str:
+    """One line for a failed allocation: how much was asked for and the size settings the user gave."""
+    found = re.search(r"allocate (\d+) bytes", str(error))
+    amount = f" {int(found.group(1)) / 2**30:.1f} GiB at once" if found else " more than is free"
+    given: dict[str, str] = {}  # the last value of each flag, the one argparse keeps
+    for index, argument in enumerate(argv):
+        flag, _, value = argument.partition("=")
+        if flag in SIZE_FLAGS and (value or index + 1 < len(argv)):
+            given[flag] = value or argv[index + 1]
+    settings = (
+        "a size setting asks for more than this machine has ("
+        + ", ".join(f"{flag} {value}" for flag, value in given.items())
+        + ")"
+        if given
+        else "the network or data is too large for this machine"
+    )
+    return f"not enough memory: the command tried to allocate{amount}; {settings}"
+
+
+def _dispatch(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command is None:
+        raise UsageError(f"choose a command: {', '.join(COMMANDS)} (dualprop train is the quick start)")
+    return COMMANDS[args.command][1](args)
+
+
+def _failure(error: BaseException, argv: Sequence[str]) -> tuple[int, str]:
+    """The exit status and the one line for an error that ends a command; anything unforeseen is raised."""
+    if _out_of_memory(error):
+        return EXIT_USAGE, _memory_message(error, argv)
+    checkpoint = sys.modules.get("dualprop.training.checkpoint")  # not imported: no CheckpointError either
+    if isinstance(error, (UsageError, ValueError)) or (checkpoint and isinstance(error, checkpoint.CheckpointError)):
+        return EXIT_USAGE, str(error).splitlines()[0] if str(error) else type(error).__name__
+    if isinstance(error, OSError):
+        return EXIT_USAGE, _file_system_error(error)
+    if isinstance(error, DistributedJobFailure):
+        return EXIT_DISTRIBUTED, str(error)
+    experiments = sys.modules.get("dualprop.training.experiments")
+    if experiments and isinstance(error, experiments.WorkerDied):
+        return EXIT_USAGE, str(error)
+    raise error

@@ -13,13 +13,14 @@ import csv
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from dualprop.analysis.gradient_angles import LayerAngle, epoch_matrix, gradient_angles
 from dualprop.analysis.heatmap import plot_angle_heatmap
-from dualprop.analysis.outputs import claim_new_file
+from dualprop.analysis.outputs import free_file_name, write_new_file
 from dualprop.analysis.robustness import load_trained_run
 from dualprop.data import BatchLoader
 from dualprop.learner import Learner
@@ -98,13 +99,15 @@ def write_diagnosis(diagnosis: Diagnosis, directory: str | Path, run_dir: str | 
     replaces a file (``diagnose-2.csv``, …). Returns the paths written."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    path = claim_new_file(directory, "diagnose", ".csv")
-    with open(path, "w", newline="", encoding="utf-8") as file:
+
+    def write_rows(file: Any) -> None:
         writer = csv.writer(file)
         writer.writerow(("batch", "layer", "cosine", "angle"))
         for index, angles in enumerate(diagnosis.batches, start=1):
             for a in angles:
                 writer.writerow((index, a.layer, f"{a.cosine:.8g}", f"{a.angle:.6g}"))
+
+    path = write_new_file(directory, "diagnose", ".csv", write_rows)
     written = [path]
     learner = diagnosis.learner
     label = (
@@ -113,7 +116,7 @@ def write_diagnosis(diagnosis: Diagnosis, directory: str | Path, run_dir: str | 
         else f"{learner.rule} α={learner.alpha:g} β={learner.beta:g} {learner.schedule}×{learner.passes}"
     )
     matrix = [[b[i].angle for b in diagnosis.batches] for i in range(len(diagnosis.layers()))]
-    batch_png = claim_new_file(directory, path.stem + "-batches", ".png")
+    batch_png = free_file_name(directory, path.stem + "-batches", ".png")
     if plot_angle_heatmap(
         matrix,
         diagnosis.layers(),
@@ -123,14 +126,12 @@ def write_diagnosis(diagnosis: Diagnosis, directory: str | Path, run_dir: str | 
         f"angle to backprop (°), {label}",
     ):
         written.append(batch_png)
-    else:
-        batch_png.unlink()
     log = Path(run_dir) / DIAGNOSTICS_FILE if run_dir is not None else None
     if log is not None and log.is_file():
         rows = read_diagnostics(log)
         if rows:
             layers, epochs, epoch_angles = epoch_matrix(rows)
-            epoch_png = claim_new_file(directory, "diagnostics-epochs", ".png")
+            epoch_png = free_file_name(directory, "diagnostics-epochs", ".png")
             if plot_angle_heatmap(
                 epoch_angles,
                 layers,
@@ -140,6 +141,4 @@ def write_diagnosis(diagnosis: Diagnosis, directory: str | Path, run_dir: str | 
                 "angle to backprop during training (°, mean per epoch)",
             ):
                 written.append(epoch_png)
-            else:
-                epoch_png.unlink()
     return written

@@ -6,6 +6,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from dualprop.atomic import atomic_write
+
 
 def pyplot() -> ModuleType | None:
     """``matplotlib.pyplot`` on the file-only Agg backend, or ``None`` when matplotlib is not installed."""
@@ -19,9 +21,15 @@ def pyplot() -> ModuleType | None:
     return plt
 
 
-def save_png(figure: Any, path: str | Path) -> None:
-    """Write ``figure`` to ``path`` as a 100-dpi PNG cropped to its contents, then close it."""
+def save_png(figure: Any, path: str | Path, replace: bool = True) -> None:
+    """Write ``figure`` to ``path`` as a 100-dpi PNG cropped to its contents, atomically (without
+    ``replace`` never over an existing file), then close it."""
     import matplotlib.pyplot as plt
 
-    figure.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(figure)
+    def write(file: Any) -> None:
+        figure.savefig(file, format="png", dpi=100, bbox_inches="tight")
+
+    try:
+        atomic_write(path, write, replace=replace)
+    finally:
+        plt.close(figure)

@@ -43,7 +43,18 @@ def collect_runs(paths: Sequence[str | Path]) -> list[RunRecord]:
     directories = find_run_directories(paths)
     if not directories:
         raise ValueError(f"no run directories (with summary.json) found in {', '.join(map(str, paths))}")
-    return [RunRecord(d, read_toml(d / CONFIG_FILE), read_summary(d), read_metrics(d)) for d in directories]
+    return [RunRecord(d, read_flat_config(d / CONFIG_FILE), read_summary(d), read_metrics(d)) for d in directories]
+
+
+def read_flat_config(path: Path) -> dict[str, Any]:
+    """A run's ``config.toml`` as written (settings an earlier version lacks stay absent); ``ValueError``
+    naming the file when it holds a table or a list of anything but numbers, strings and booleans."""
+    config = read_toml(path)
+    for key, value in config.items():
+        items = value if isinstance(value, list) else [value]
+        if any(isinstance(item, (dict, list)) for item in items):
+            raise ValueError(f"{path}: {key!r} is a table or nested list; a run's config.toml holds flat settings")
+    return config
 
 
 def setting_key(config: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
@@ -220,7 +231,7 @@ def plot_curves(runs: Sequence[RunRecord], path: str | Path) -> bool:
             axes[row][column].xaxis.set_major_locator(MaxNLocator(integer=True))
     figure.suptitle(_title(groups) + ": mean over seeds")
     figure.tight_layout()
-    save_png(figure, path)
+    save_png(figure, path, replace=False)
     return True
 
 
@@ -262,7 +273,7 @@ def plot_accuracy_against_beta(runs: Sequence[RunRecord], path: str | Path) -> b
         axis.legend(fontsize="small")
     figure.suptitle(_title(groups) + ": test accuracy, mean ± std over seeds")
     figure.tight_layout()
-    save_png(figure, path)
+    save_png(figure, path, replace=False)
     return True
 
 

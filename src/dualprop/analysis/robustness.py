@@ -14,6 +14,7 @@ Lipschitz numbers are for that same map data-range input → logits: the empiric
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,15 +25,15 @@ from torch import Tensor, nn
 
 from dualprop.analysis.attacks import NORMS, adversarial_accuracy, fgsm, pgd
 from dualprop.analysis.lipschitz import empirical_lipschitz
-from dualprop.analysis.outputs import claim_new_file
+from dualprop.analysis.outputs import write_new_file
 from dualprop.data import DatasetSplits
 from dualprop.graph import NeuronGraph, capture_graph
 from dualprop.losses import batch_loss
 from dualprop.network import BlockInput
 from dualprop.spectral import spectral_norm
-from dualprop.training.checkpoint import load_checkpoint, model_state
+from dualprop.training.checkpoint import CheckpointError, load_checkpoint, model_state, state_mismatch
 from dualprop.training.config import TrainConfig, load_config
-from dualprop.training.rundir import BEST_CHECKPOINT, CONFIG_FILE, LAST_CHECKPOINT, write_json_atomic
+from dualprop.training.rundir import BEST_CHECKPOINT, CONFIG_FILE, LAST_CHECKPOINT
 from dualprop.training.trainer import build_model, load_splits
 
 CHECKPOINTS = {"best": BEST_CHECKPOINT, "last": LAST_CHECKPOINT}
@@ -92,7 +93,12 @@ def load_trained_run(
     state = load_checkpoint(path)
     data = load_splits(config, config.seeds[0], evaluation=True, limit=limit, data_dir=data_dir)
     model = build_model(config, data.input_shape, data.num_classes)
-    model.load_state_dict(model_state(state))
+    try:
+        model.load_state_dict(model_state(state))
+    except RuntimeError as error:  # another network's weights: missing, unexpected or misshapen entries
+        raise CheckpointError(
+            f"checkpoint {path} does not fit the network of {run_dir / CONFIG_FILE}: {state_mismatch(error)}"
+        ) from None
     model.eval()
     epoch = state.get("epoch")
     return TrainedRun(run_dir, config, model, data, path, int(epoch) if epoch is not None else None)
@@ -230,6 +236,5 @@ def evaluate_run_robustness(
 
 def write_robustness_json(run_dir: str | Path, report: dict[str, Any]) -> Path:
     """Write ``report`` to ``robustness.json`` in ``run_dir`` (``robustness-2.json``, … if taken)."""
-    path = claim_new_file(run_dir, ROBUSTNESS_STEM, ".json")
-    write_json_atomic(report, path)
-    return path
+    text = json.dumps(report, indent=2) + "\n"
+    return write_new_file(run_dir, ROBUSTNESS_STEM, ".json", lambda file: file.write(text))

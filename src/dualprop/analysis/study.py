@@ -123,6 +123,10 @@ class StudyConfig:
                 raise ValueError(f"study {name} must list at least one value")
         if len(config.eps) != 2 or any(not (e > 0 and math.isfinite(e)) for e in config.eps):
             raise ValueError(f"study eps must be two numbers > 0, got {config.eps}")
+        for name, least in (("test_limit", 0), ("pgd_steps", 1), ("lipschitz_samples", 1)):
+            value = getattr(config, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"study {name} must be an integer >= {least}, got {value!r}")
         for setting in study_settings(config):  # the Learner and TrainConfig check rule, α, β and the rest
             config.train_config(setting).resolved()
         return config
@@ -225,7 +229,8 @@ def create_study(config: StudyKind, parent: str | Path) -> Path:
     config = config.check()
     directory = create_run_directory(parent, f"{config.KIND}-{config.dataset}")
     values = {KIND_KEY: config.KIND, **dataclasses.asdict(config)}
-    (directory / STUDY_FILE).write_text(dumps_toml(values), encoding="utf-8")
+    text = dumps_toml(values)
+    atomic_write(directory / STUDY_FILE, lambda file: file.write(text), text=True)
     (directory / "runs").mkdir()
     return directory
 
@@ -281,12 +286,13 @@ def train_setting(
     train_config: TrainConfig, directory: Path, observer: TrainingObserver | None = None
 ) -> dict[str, Any]:
     """Train ``train_config`` (first seed) into ``directory/runs``, resuming or reusing a run already
-    started there with the same Learner settings; returns the run's summary."""
+    started there with the same Learner settings; returns the run's summary, whose ``run_dir`` is the
+    run's place as seen from here (a summary written from another working directory says otherwise)."""
     train_config = train_config.replace(out=str(directory / "runs")).resolved()
     run_dir = _existing_run(directory / "runs", train_config)
     if run_dir is None:
         return start_run(train_config, train_config.seeds[0], observer)
-    return resume_run(run_dir, observer)
+    return {**resume_run(run_dir, observer), "run_dir": str(run_dir)}
 
 
 def run_setting(

@@ -3,13 +3,17 @@
 An ``.npz`` file holds ``x_train, y_train, x_test, y_test`` and optionally ``x_val, y_val`` (no other
 keys). Inputs ``x_*`` are ``N × D`` feature vectors, ``N × H × W`` single-channel images (read as
 ``N × 1 × H × W``) or channels-first ``N × C × H × W`` images, of dtype ``uint8`` or floating point;
-every split has the training inputs' sample shape. Labels ``y_*`` are ``N`` integer class indices;
-the classes are ``0 … max(y_train)``, and a test or validation label outside them is an error.
+every split has the training inputs' sample shape, with at least one feature. Labels ``y_*`` are ``N``
+integer class indices below ``2**31``; the classes are ``0 … max(y_train)``, the training labels hold at
+least two of them, and a test or validation label outside them is an error. Each member's ``.npy`` header
+is checked before its array is read: plain numbers only (no objects, strings, dates or records), and a
+size that the archive really holds and that fits in memory.
 How the inputs are normalised is :func:`dualprop.data.loaders.array_splits`'s business.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import zipfile
 from collections.abc import Callable
@@ -17,15 +21,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy.lib.format as npy_format
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from .errors import DataError
+from .paths import regular_file
 
 REQUIRED_KEYS = ("x_train", "y_train", "x_test", "y_test")
 OPTIONAL_KEYS = ("x_val", "y_val")
 PARTS = ("train", "test", "val")
+LABEL_LIMIT = 2**31
+NUMERIC_KINDS = "biuf"  # numpy dtype kinds of plain numbers: bool, signed and unsigned integers, floats
 PYTHON_DATA = "python"
 """The ``dataset`` a run records when its data were handed to it from Python rather than read by name."""
 
@@ -68,6 +76,8 @@ def _checked_inputs(x: Tensor, describe: Describe, key: str) -> Tensor:
         raise DataError(f"{describe(key)} has dtype {x.dtype}; expected floating point or uint8 inputs")
     if not 2 <= x.dim() <= 4:
         raise DataError(f"{describe(key)} has shape {tuple(x.shape)}; expected N x D, N x H x W or N x C x H x W")
+    if math.prod(x.shape[1:]) == 0:
+        raise DataError(f"{describe(key)} has shape {tuple(x.shape)}: its samples have no features")
     if x.is_floating_point():
         x = x.to(torch.float32)
         if not bool(torch.isfinite(x).all()):
@@ -86,6 +96,8 @@ def _checked_labels(y: Tensor, count: int, describe: Describe, key: str) -> Tens
     y = y.to(torch.int64)
     if len(y) and int(y.min()) < 0:
         raise DataError(f"{describe(key)} holds the negative label {int(y.min())}; labels are class indices 0, 1, …")
+    if len(y) and int(y.max()) >= LABEL_LIMIT:
+        raise DataError(f"{describe(key)} holds the label {int(y.max())}; class indices must be below 2**31")
     return y
 
 
@@ -108,8 +120,11 @@ def checked_arrays(name: str, arrays: dict[str, tuple[Tensor, Tensor]], describe
                 f"{tuple(train_x.shape[1:])}"
             )
     num_classes = int(train_y.max()) + 1
-    if num_classes < 2:
-        raise DataError(f"{describe('y_train')} holds only class 0; a classifier needs at least two classes")
+    present = torch.unique(train_y)
+    if len(present) < 2:
+        raise DataError(
+            f"{describe('y_train')} holds only class {int(present[0])}; a classifier needs at least two classes"
+        )
     for part, (_, y) in parts.items():
         if len(y) and int(y.max()) >= num_classes:
             raise DataError(
@@ -122,7 +137,8 @@ def checked_arrays(name: str, arrays: dict[str, tuple[Tensor, Tensor]], describe
 def read_npz(path: str | os.PathLike[str], limit: int | None = None) -> ArrayData:
     """The arrays of an ``.npz`` file (the first ``limit`` samples of each part), checked; ``DataError``
     naming the file and the key on anything missing, unexpected or malformed. Nothing is unpickled."""
-    path = Path(path)
+    path = regular_file(path)
+    check_npz_members(path)
     try:
         with np.load(path, allow_pickle=False) as archive:
             stored = {key: archive[key] for key in archive.files}
@@ -143,6 +159,64 @@ def read_npz(path: str | os.PathLike[str], limit: int | None = None) -> ArrayDat
             x, y = stored[f"x_{part}"][:limit], stored[f"y_{part}"][:limit]
             arrays[part] = (torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y)))
     return checked_arrays(str(path), arrays, lambda key: f"{key} in {path}")
+
+
+def check_npz_members(path: Path) -> None:
+    """Check every member of the ``.npz`` archive ``path`` from its ``.npy`` header, before any array is
+    read: a numeric dtype, and a declared size that equals the member's stored size; all of them together
+    must fit in memory."""
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        raise DataError(
+            f"{path} is not a readable .npz file (a zip of .npy arrays, as numpy.savez writes): {error}"
+        ) from None
+    memory, total = _physical_memory(), 0
+    with archive:
+        for info in archive.infolist():
+            name = info.filename.removesuffix(".npy")
+            try:
+                with archive.open(info) as member:
+                    version = npy_format.read_magic(member)
+                    if version not in ((1, 0), (2, 0)):
+                        raise ValueError(f".npy format version {version[0]}.{version[1]} is not supported")
+                    read_header = (
+                        npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+                    )
+                    shape, _, dtype = read_header(member)
+                    header_bytes = member.tell()
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile, RuntimeError) as error:
+                raise DataError(f"{name} in {path} is not a readable .npy array: {error}") from None
+            if dtype.kind not in NUMERIC_KINDS or dtype.fields is not None or dtype.subdtype is not None:
+                raise DataError(f"{name} in {path} has dtype {dtype}; expected plain numbers (integers or floats)")
+            declared = math.prod(shape) * dtype.itemsize
+            if declared != info.file_size - header_bytes:
+                raise DataError(
+                    f"{name} in {path} declares shape {shape} of {dtype} ({declared} bytes) but holds "
+                    f"{info.file_size - header_bytes} bytes of data"
+                )
+            total += declared
+            if memory is not None and total > memory:
+                raise DataError(
+                    f"{path} holds {_size_text(total)} of arrays (up to {name}), more than this machine's "
+                    f"{_size_text(memory)} of memory"
+                )
+
+
+def _size_text(size: int) -> str:
+    """``size`` bytes in the largest unit of bytes, KiB, MiB, GiB and TiB that keeps it >= 1."""
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} bytes"
+
+
+def _physical_memory() -> int | None:
+    """Bytes of physical memory, where the platform tells."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def _dataset_tensors(dataset: Dataset, part: str) -> tuple[Tensor, Tensor]:

@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from .arrays import PYTHON_DATA, ArrayData, is_npz_path, read_npz
+from .fingerprint import dataset_files
 from .imageset import ImageSet, check_fits
 from .paths import find_dataset_dir
 from .registry import get_spec
@@ -256,6 +257,7 @@ def load_dataset(
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
     directory = find_dataset_dir(spec, root)
+    dataset_files(spec.name, root)  # each a regular file: a named pipe would block the reader
     raw = spec.reader(directory, limit)
     for split in ("train", "test"):
         check_fits(raw[split], split, spec.input_shape, spec.num_classes)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -75,3 +76,16 @@ def find_dataset_dir(spec: DatasetSpec, root: str | os.PathLike[str] | None = No
             else ""
         )
     )
+
+
+def regular_file(path: str | os.PathLike[str]) -> Path:
+    """``path`` itself when it is a regular file (following links); ``DataError`` naming it otherwise."""
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as error:
+        raise DataError(f"cannot read {path}: {error.strerror or error}") from None
+    if not stat.S_ISREG(mode):
+        kind = "a directory" if stat.S_ISDIR(mode) else "a named pipe" if stat.S_ISFIFO(mode) else "not a file"
+        raise DataError(f"{path} is {kind}; a dataset file must be a regular file")
+    return path

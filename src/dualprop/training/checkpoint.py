@@ -18,6 +18,20 @@ import torch
 
 from dualprop.atomic import atomic_write
 
+RESUME_ENTRIES = {
+    "learner": dict,
+    "optimizer": dict,
+    "epoch": int,
+    "global_step": int,
+    "best_val_acc": float,
+    "best_epoch": int,
+    "elapsed": float,
+    "rng": dict,
+    "started": str,
+}
+"""What ``checkpoint-last.pt`` holds for a run to continue, and the type of each entry."""
+RNG_ENTRIES = ("torch", "numpy", "python")
+
 
 class CheckpointError(Exception):
     """A checkpoint file is missing or cannot be read as a dualprop checkpoint."""
@@ -40,9 +54,27 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"checkpoint {path} cannot be read: {reason}") from None
     if isinstance(payload, dict) and "learner" not in payload and isinstance(payload.get("model"), dict):
         payload = _from_model_layout(payload)
-    if not isinstance(payload, dict) or "learner" not in payload:
+    if not isinstance(payload, dict) or not isinstance(payload.get("learner"), dict):
         raise CheckpointError(f"checkpoint {path} is not a dualprop checkpoint")
     return payload
+
+
+def load_resumable_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A checkpoint that holds every entry of :data:`RESUME_ENTRIES` with its type (numbers as numbers) and
+    the three generator states; ``CheckpointError`` naming the file and the first entry missing or wrong."""
+    state = load_checkpoint(path, map_location)
+    for key, kind in RESUME_ENTRIES.items():
+        value = state.get(key)
+        fits = isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
+        if not fits or isinstance(value, bool):
+            found = "has none" if key not in state else f"has a {type(value).__name__}"
+            raise CheckpointError(
+                f"checkpoint {path} cannot be resumed: its {key!r} entry should be a {kind.__name__} but {found}"
+            )
+    missing = [key for key in RNG_ENTRIES if key not in state["rng"]]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} cannot be resumed: its random-number states lack {missing[0]!r}")
+    return state
 
 
 def _from_model_layout(payload: dict[str, Any]) -> dict[str, Any]:
@@ -52,6 +84,14 @@ def _from_model_layout(payload: dict[str, Any]) -> dict[str, Any]:
     for index, weight in enumerate(payload.pop("feedback", None) or []):
         learner[f"feedback_weights.{index}"] = weight
     return {**payload, "learner": learner}
+
+
+def state_mismatch(error: RuntimeError) -> str:
+    """The telling line of ``load_state_dict``'s error (a size mismatch, missing or unexpected keys), short."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    telling = [line for line in lines if line.startswith(("size mismatch", "Missing key", "Unexpected key"))]
+    line = (telling or lines or ["the entries differ"])[0]
+    return line if len(line) <= 200 else line[:199] + "…"
 
 
 def model_state(checkpoint: dict[str, Any]) -> dict[str, Any]:
@@ -85,7 +125,14 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore the generators saved by :func:`rng_state`."""
+    """Restore the generators saved by :func:`rng_state`; ``ValueError`` when ``state`` is not such a state."""
+    try:
+        _set_rng_state(state)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as error:
+        raise ValueError(f"not a saved random-number state: {(str(error).splitlines() or [''])[0]}") from None
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"].cpu())
     numpy_state = state["numpy"]
     np.random.set_state(

@@ -24,6 +24,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 
+from dualprop.atomic import atomic_write
 from dualprop.data import canonical_dataset_name
 from dualprop.learner import COMPILE_MODES, LearnerSettings
 from dualprop.models import ACTIVATIONS, CONV_MODELS
@@ -322,4 +323,5 @@ def dumps_toml(values: Mapping[str, Any]) -> str:
 
 def save_config(config: TrainConfig, path: str | Path) -> None:
     """Write ``config`` as flat TOML that :func:`load_config` reads back to an equal config."""
-    Path(path).write_text(dumps_toml(config.to_dict()), encoding="utf-8")
+    text = dumps_toml(config.to_dict())
+    atomic_write(path, lambda file: file.write(text), text=True)

@@ -7,14 +7,26 @@ one trained configuration per table (all seeds of it). Without ``[[runs]]`` it i
 :func:`run_experiment` trains every (configuration, seed) pair, seed by seed — all configurations of
 the first seed, then of the second, … — so an interrupted experiment holds whole grids; in one process
 or in several. Continued in its output folder, it keeps the runs already there.
+
+Worker processes never outlive the process that started them: on Linux the kernel sends each one
+``SIGKILL`` when its parent dies (``PR_SET_PDEATHSIG``), every worker also checks once a second that its
+parent is still the one that started it, and a parent that stops on an exception or a signal ends its
+workers before it leaves (the workers ignore SIGINT: Ctrl-C is the parent's to handle). A run cut short
+this way keeps its last checkpoint and continues on ``--resume``.
 """
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
+import signal
+import sys
+import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -25,6 +37,12 @@ from dualprop.training.rundir import CONFIG_FILE
 from dualprop.training.trainer import TrainingObserver, resume_run, start_run
 
 EXPERIMENT_SUFFIX = ".toml"
+PARENT_CHECK_SECONDS = 1.0
+_PR_SET_PDEATHSIG = 1  # prctl option of <linux/prctl.h>
+
+
+class WorkerDied(RuntimeError):
+    """A worker process of a parallel experiment ended without reporting (a signal, the OOM killer)."""
 
 
 @dataclass
@@ -60,6 +78,13 @@ def parse_experiment(name: str, values: dict[str, Any], source: str) -> Experime
     if not isinstance(runs, list) or not runs or not all(isinstance(run, dict) for run in runs):
         raise ValueError(f"{source}: runs must be a non-empty array of tables ([[runs]])")
     configs = [from_mapping({**values, **run}, source=source).resolved() for run in runs]
+    for later, config in enumerate(configs):
+        for earlier in range(later):
+            if configs[earlier] == config:
+                raise ValueError(
+                    f"{source}: [[runs]] {earlier + 1} and {later + 1} are the same setting; remove one "
+                    "(every run of an experiment must differ)"
+                )
     return Experiment(name, description, configs)
 
 
@@ -117,6 +142,36 @@ def run_one(config: TrainConfig, resume: bool = False, observer: TrainingObserve
     return start_run(config, config.seeds[0], observer)
 
 
+def _die_with_parent(parent: int) -> None:
+    """Initializer of a worker process: end this process when ``parent`` (the pid that started it) dies.
+    Ctrl-C reaches the whole process group; the parent alone handles it and ends its workers."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # no prctl in this C library: the watcher below still ends the worker
+    if os.getppid() != parent:  # the parent died before the death signal was armed
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent,), name="parent-watcher", daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    """Once a second: a worker whose parent has gone (it was re-parented) ends at once."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_SECONDS)
+    os._exit(1)
+
+
+def _end_workers(workers: set[multiprocessing.process.BaseProcess]) -> None:
+    """Terminate the pool's worker processes and reap them (a run cut short keeps its last checkpoint)."""
+    for worker in workers:
+        if worker.is_alive():
+            worker.terminate()
+    for worker in workers:
+        worker.join(timeout=10)
+
+
 def run_experiment(
     configs: Sequence[TrainConfig],
     jobs: int = 1,
@@ -147,7 +202,10 @@ def run_experiment(
     runs = [c.replace(threads=threads) if c.threads == 0 else c for c in runs]
     results: dict[int, dict[str, Any]] = {}
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+    other_children = set(multiprocessing.active_children())
+    with ProcessPoolExecutor(
+        max_workers=jobs, mp_context=context, initializer=_die_with_parent, initargs=(os.getpid(),)
+    ) as pool:
         pending: dict[Future, int] = {pool.submit(run_one, c, resume, worker_observer): i for i, c in enumerate(runs)}
         try:
             while pending:
@@ -156,7 +214,13 @@ def run_experiment(
                     results[pending.pop(future)] = future.result()
                     if run_done is not None:
                         run_done(future.result())
-        except BaseException:
+        except BaseException as error:
             pool.shutdown(wait=False, cancel_futures=True)
+            _end_workers(set(multiprocessing.active_children()) - other_children)
+            if isinstance(error, BrokenProcessPool):
+                raise WorkerDied(
+                    "a worker process of the experiment died (killed by a signal or the out-of-memory killer); "
+                    "the runs keep their last checkpoints: continue with --resume"
+                ) from None
             raise
     return [results[i] for i in range(len(runs))]

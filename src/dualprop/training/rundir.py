@@ -6,6 +6,7 @@ Layout of one run directory::
     metrics.csv           one row per finished epoch
     diagnostics.csv       with diagnose_every: per-layer angles to backprop's gradient every N steps
     summary.json          status (running, finished, diverged), best epoch, test accuracy, timings
+    data.json             size and sha256 of every data file the run reads (a resume checks them)
     checkpoint-best.pt    the weights of the epoch with the best validation accuracy
     checkpoint-last.pt    everything needed to resume after the last finished epoch
 """
@@ -16,14 +17,18 @@ import csv
 import json
 import os
 import re
+import unicodedata
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from dualprop.atomic import atomic_write
+from dualprop.atomic import atomic_write, signals_held
+from dualprop.data import DataError
+from dualprop.data.fingerprint import changed_files
 
 CONFIG_FILE = "config.toml"
 METRICS_FILE = "metrics.csv"
 SUMMARY_FILE = "summary.json"
+DATA_FILE = "data.json"
 BEST_CHECKPOINT = "checkpoint-best.pt"
 LAST_CHECKPOINT = "checkpoint-last.pt"
 NAME_MAX = 255  # bytes in one file name on common file systems (ext4, XFS, APFS, NTFS)
@@ -36,12 +41,14 @@ METRIC_COLUMNS = ("epoch", "step", "train_loss", "train_acc", "val_loss", "val_a
 def create_run_directory(parent: str | Path, name: str) -> Path:
     """Create and return ``parent/name``, or ``parent/name-2``, ``-3``, … if taken: never reuse one.
 
-    ``os.mkdir`` fails when the directory exists, so two processes cannot claim the same name. A name
-    longer than file systems allow, a file in the place of ``parent`` or a place where nothing can be
-    created is a ``ValueError`` saying so, raised before anything is created.
+    ``os.mkdir`` fails when the directory exists, so two processes cannot claim the same name. Letters
+    and digits of any script are kept, other characters become ``_``, and the name never starts with
+    ``-``, ``.`` or ``_`` (so that no shell reads it as an option). A name longer than file systems allow,
+    a file in the place of ``parent`` or a place where nothing can be created is a ``ValueError`` saying
+    so; directories created on the way to ``parent`` are removed again when the run directory cannot be.
     """
     parent = Path(parent)
-    safe = re.sub(r"[^A-Za-z0-9._+-]+", "_", name).strip("._") or "run"
+    safe = unicodedata.normalize("NFC", re.sub(r"[^\w.+-]+", "_", name)).lstrip("-._").rstrip("._") or "run"
     longest = len(f"{safe}-99999".encode())
     if longest > NAME_MAX:
         raise ValueError(
@@ -50,6 +57,7 @@ def create_run_directory(parent: str | Path, name: str) -> Path:
         )
     if parent.exists() and not parent.is_dir():
         raise ValueError(f"out {parent} is a file, not a directory: choose another place for the runs")
+    missing = [p for p in (parent, *parent.parents) if not p.exists()]
     try:
         parent.mkdir(parents=True, exist_ok=True)
         for index in range(1, 100_000):
@@ -60,8 +68,18 @@ def create_run_directory(parent: str | Path, name: str) -> Path:
                 continue
             return candidate
     except OSError as error:
+        _remove_empty(missing)
         raise ValueError(f"cannot create a run directory in {parent}: {error.strerror or error}") from None
     raise ValueError(f"no free run directory name for {safe!r} under {parent}")
+
+
+def _remove_empty(directories: Sequence[Path]) -> None:
+    """Remove those of ``directories`` (innermost first) that exist and are empty."""
+    for directory in directories:
+        try:
+            directory.rmdir()
+        except OSError:
+            pass
 
 
 def write_json_atomic(values: Mapping[str, Any], path: str | Path) -> None:
@@ -74,15 +92,65 @@ def write_json_atomic(values: Mapping[str, Any], path: str | Path) -> None:
     atomic_write(path, write, text=True)
 
 
-def read_summary(run_dir: str | Path) -> dict[str, Any]:
-    """The run's ``summary.json`` as a dict; ``ValueError`` if missing or malformed."""
-    path = Path(run_dir) / SUMMARY_FILE
+def read_json_object(path: str | Path, what: str) -> dict[str, Any]:
+    """The JSON object in ``path``; ``ValueError`` naming the file when it is missing, not JSON or not an
+    object (``what`` says which file it should be)."""
+    path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        values = json.loads(path.read_text(encoding="utf-8"))
     except OSError:
-        raise ValueError(f"{path} does not exist; is {run_dir} a dualprop run directory?") from None
+        raise ValueError(f"{path} does not exist; is {path.parent} a dualprop {what}?") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} holds a JSON {type(values).__name__}, not the object of a dualprop {what}")
+    return values
+
+
+SUMMARY_NUMBERS = ("test_acc", "test_top5", "test_loss", "best_val_acc", "seconds")
+SUMMARY_INTEGERS = ("seed", "epochs", "epochs_completed", "steps", "best_epoch")
+
+
+def read_summary(run_dir: str | Path) -> dict[str, Any]:
+    """The run's ``summary.json`` as a dict; ``ValueError`` naming the file if it is missing or malformed
+    (not an object, a status that is no string, a number or count of another type)."""
+    path = Path(run_dir) / SUMMARY_FILE
+    summary = read_json_object(path, "run directory")
+    for key, value in summary.items():
+        if value is None or isinstance(value, bool):
+            wrong = isinstance(value, bool) and key in (*SUMMARY_NUMBERS, *SUMMARY_INTEGERS)
+        elif key in SUMMARY_NUMBERS:
+            wrong = not isinstance(value, (int, float))
+        elif key in SUMMARY_INTEGERS:
+            wrong = not isinstance(value, int)
+        else:
+            wrong = key == "status" and not isinstance(value, str)
+        if wrong:
+            kind = "an integer" if key in SUMMARY_INTEGERS else "a number" if key in SUMMARY_NUMBERS else "a string"
+            raise ValueError(f"{path}: {key} must be {kind}, got {str(value)[:40]!r}")
+    return summary
+
+
+def write_data_fingerprint(run_dir: str | Path, files: Mapping[str, Any]) -> None:
+    """Record the fingerprint of the run's data files (see :mod:`dualprop.data.fingerprint`) in ``data.json``."""
+    write_json_atomic({"files": dict(files)}, Path(run_dir) / DATA_FILE)
+
+
+def check_data_fingerprint(run_dir: str | Path, files: dict[str, dict[str, Any]], record: bool = True) -> None:
+    """Refuse to continue a run on data files other than those it was trained on: ``DataError`` naming the
+    first that differs from ``data.json``. A run recorded before fingerprints existed gets ``files`` as its
+    fingerprint (with ``record``) and is checked from then on."""
+    path = Path(run_dir) / DATA_FILE
+    if not path.exists():
+        if record:
+            write_data_fingerprint(run_dir, files)
+        return
+    recorded = read_json_object(path, "run directory").get("files")
+    if not isinstance(recorded, dict) or not all(isinstance(entry, dict) for entry in recorded.values()):
+        raise ValueError(f"{path} is not a dualprop data fingerprint (no object of files)")
+    changes = changed_files(recorded, files)
+    if changes:
+        raise DataError(f"{changes[0]}: restore it, or train a new run on the new data")
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, float]]:
@@ -116,7 +184,7 @@ class _EpochLog:
         self._rewrite([])
 
     def _append(self, rows: Sequence[Sequence[Any]]) -> None:
-        with open(self.path, "a", newline="", encoding="utf-8") as file:
+        with signals_held(), open(self.path, "a", newline="", encoding="utf-8") as file:
             csv.writer(file).writerows(rows)
             file.flush()
             os.fsync(file.fileno())

@@ -31,6 +31,7 @@ alone creates the run directory, writes files, reports progress and evaluates th
 from __future__ import annotations
 
 import math
+import random
 import time
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -38,11 +39,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
 from dualprop.data import (
+    PYTHON_DATA,
     ArrayData,
     BatchLoader,
     DatasetSplits,
@@ -51,11 +54,20 @@ from dualprop.data import (
     from_datasets,
     load_dataset,
 )
+from dualprop.data.fingerprint import dataset_fingerprint
 from dualprop.learner import Learner
 from dualprop.losses import batch_loss
 from dualprop.models import CONV_MODELS, mlp
 from dualprop.training import distributed
-from dualprop.training.checkpoint import CheckpointError, atomic_save, load_checkpoint, rng_state, set_rng_state
+from dualprop.training.checkpoint import (
+    CheckpointError,
+    atomic_save,
+    load_checkpoint,
+    load_resumable_checkpoint,
+    rng_state,
+    set_rng_state,
+    state_mismatch,
+)
 from dualprop.training.config import RESUMABLE_SETTINGS, TrainConfig, from_mapping, load_config, save_config
 from dualprop.training.lr_schedule import learning_rate
 from dualprop.training.rundir import (
@@ -64,8 +76,10 @@ from dualprop.training.rundir import (
     LAST_CHECKPOINT,
     SUMMARY_FILE,
     MetricsLog,
+    check_data_fingerprint,
     create_run_directory,
     read_summary,
+    write_data_fingerprint,
     write_json_atomic,
 )
 from dualprop.training.runlock import run_directory_lock
@@ -152,13 +166,30 @@ class Observers(TrainingObserver):
             observer.run_finished(summary)
 
 
+def seed_generators(seed: int) -> None:
+    """Seed torch's, numpy's and Python's global generators from the run's ``seed`` (any int in [0, 2^63))."""
+    torch.manual_seed(seed)
+    np.random.seed([seed & 0xFFFFFFFF, seed >> 32])
+    random.seed(seed)
+
+
 def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when available, else the CPU."""
+    """``auto`` picks CUDA when available, else the CPU; a device this machine lacks is a ``ValueError``."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but CUDA is not available")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; choose auto, cpu, cuda[:i] or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} was asked for but CUDA is not available")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r} was asked for but this machine has {torch.cuda.device_count()} GPUs")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name!r} was asked for but MPS (Apple's GPU backend) is not available")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unknown device {name!r}; choose auto, cpu, cuda[:i] or mps")
+    return device
 
 
 @contextmanager
@@ -318,7 +349,7 @@ class Run:
         self.config, self.observer = config, observer if self.is_main else TrainingObserver()
         self.seed = config.seeds[0]
         self.device = self.context.device if self.context else resolve_device(config.device)
-        torch.manual_seed(self.seed)
+        seed_generators(self.seed)
         self.data = load_splits(config, self.seed, self.context.world_size if self.context else 1, data=data)
         self.model = build_model(config, self.data.input_shape, self.data.num_classes).to(self.device)
         trained = distributed.data_parallel(self.model, self.context) if self.context else self.model
@@ -374,7 +405,7 @@ class Run:
     def restore(self) -> None:
         """Continue from ``checkpoint-last.pt``; ``metrics.csv`` is cut back to its epoch."""
         path = self.run_dir / LAST_CHECKPOINT
-        state = load_checkpoint(path, map_location=self.device)
+        state = load_resumable_checkpoint(path, map_location=self.device)
         if "config" in state:
             saved = from_mapping(state["config"], source=f"checkpoint {path}").resolved()
             check_resumable(saved, self.config, int(state["epoch"]))
@@ -382,16 +413,20 @@ class Run:
             self.learner.load_state_dict(state["learner"])
         except RuntimeError as error:
             raise CheckpointError(
-                f"checkpoint {path} does not fit the network of {CONFIG_FILE}: "
-                f"{(str(error).splitlines() or ['mismatch'])[0]}"
+                f"checkpoint {path} does not fit the network of {CONFIG_FILE}: {state_mismatch(error)}"
             ) from None
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            set_rng_state(state["rng"])
+        except (ValueError, KeyError, TypeError, RuntimeError) as error:
+            raise CheckpointError(
+                f"checkpoint {path} cannot be resumed: {(str(error).splitlines() or [type(error).__name__])[0]}"
+            ) from None
         self.epoch, self.global_step = int(state["epoch"]), int(state["global_step"])
         self.best_val_acc, self.best_epoch = float(state["best_val_acc"]), int(state["best_epoch"])
         self.elapsed, self.started = float(state["elapsed"]), str(state["started"])
         # Checkpoints written before the loss-growth criterion have no reference: the check stays off.
         self.reference_loss = state.get("reference_loss", math.inf)
-        set_rng_state(state["rng"])
         if not self.is_main:
             return
         self.metrics.truncate_to(self.epoch)
@@ -610,11 +645,13 @@ def start_run(
     changes: dict[str, Any] = {"dataset": arrays.name} if arrays is not None else {}
     config = config.replace(seeds=[seed], baseline=False, **changes).resolved()
     with cpu_threads(config):
+        fingerprint = data_fingerprint(config)
         run = Run(config, observer or TrainingObserver(), arrays)
         run_dir = None
         if run.is_main:
             run_dir = create_run_directory(config.out, run_name(config, seed))
             save_config(config, run_dir / CONFIG_FILE)
+            write_data_fingerprint(run_dir, fingerprint)
         run_dir = distributed.broadcast_from_main(run_dir)
         with _exclusive_use(run_dir):
             run.attach(run_dir)
@@ -634,9 +671,15 @@ def resume_run(
     with _exclusive_use(run_dir):
         summary = read_summary(run_dir) if (run_dir / SUMMARY_FILE).exists() else {}
         config = load_config(run_dir / CONFIG_FILE).resolved()
-        lengthened = summary.get("status") == "finished" and config.epochs > summary.get("epochs_completed", 0)
+        completed = summary.get("epochs_completed", 0)
+        if not isinstance(completed, int) or isinstance(completed, bool):
+            raise ValueError(f"{run_dir / SUMMARY_FILE}: epochs_completed must be an integer, got {completed!r}")
+        lengthened = summary.get("status") == "finished" and config.epochs > completed
         if summary.get("status") in ("finished", "diverged") and not lengthened:
+            _check_settings_unchanged(run_dir, config)
             return summary
+        context = distributed.current_context()
+        check_data_fingerprint(run_dir, data_fingerprint(config), record=context is None or context.is_main)
         with cpu_threads(config):
             run = Run(config, observer or TrainingObserver(), as_array_data(data) if data is not None else None)
             run.attach(run_dir)
@@ -645,6 +688,22 @@ def resume_run(
             elif run.is_main:
                 run.metrics.start()
             return run.train()
+
+
+def data_fingerprint(config: TrainConfig) -> dict[str, dict[str, Any]]:
+    """Size and sha256 of every file the data of ``config`` are read from (none for data from Python)."""
+    return {} if config.dataset == PYTHON_DATA else dataset_fingerprint(config.dataset, config.data_dir)
+
+
+def _check_settings_unchanged(run_dir: Path, config: TrainConfig) -> None:
+    """A run that has ended is reported as it is, unless ``config.toml`` no longer says what it was trained
+    with (then ``ValueError`` naming the changed settings)."""
+    path = run_dir / LAST_CHECKPOINT
+    if path.exists():
+        state = load_checkpoint(path)
+        if "config" in state:
+            saved = from_mapping(state["config"], source=f"checkpoint {path}").resolved()
+            check_resumable(saved, config, int(state.get("epoch", 0)))
 
 
 def _exclusive_use(run_dir: Path) -> AbstractContextManager[None]:
