@@ -684,8 +684,8 @@ def _add_bench_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--model",
         default="mnist-mlp",
-        help="digits-mlp, mnist-mlp, vgg-like, vgg16, resnet20, or mlp:<sizes> such as mlp:64-32-10 "
-        "(default: mnist-mlp)",
+        help="digits-mlp, mnist-mlp, vgg-like, vgg16, resnet20, vit, mixer, convnext, or mlp:<sizes> such as "
+        "mlp:64-32-10 (default: mnist-mlp)",
     )
     parser.add_argument("--batch-size", type=int, default=256, metavar="N", help="(default: 256)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default: cpu)")

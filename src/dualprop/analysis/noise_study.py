@@ -29,6 +29,7 @@ import numpy as np
 from dualprop.analysis.heatmap import HeatmapPanel, plot_heatmaps
 from dualprop.analysis.study import Setting, train_setting
 from dualprop.data import DataError, get_spec
+from dualprop.rules import display_name
 from dualprop.training.config import TrainConfig
 from dualprop.training.trainer import TrainingObserver
 
@@ -201,9 +202,9 @@ class NoiseStudyConfig:
 
 
 def _variant_label(rule: str, alpha: float | None) -> str:
-    if rule == "bp":
-        return "backprop"
-    return ("DP⊤" if rule == "dpT" else "DP") + f" α={alpha:g}"
+    if alpha is None:
+        return display_name(rule)
+    return f"{display_name(rule)} α={alpha:g}"
 
 
 def _find(

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from dualprop.analysis.plotting import pyplot, save_png
+from dualprop.rules import RULE_TABLE
 from dualprop.training.config import BOOKKEEPING_KEYS, TrainConfig, read_toml
 from dualprop.training.rundir import CONFIG_FILE, find_run_directories, read_metrics, read_summary
 
@@ -184,7 +185,10 @@ def markdown_table(runs: Sequence[RunRecord]) -> str:
     return "\n".join(lines) + "\n" + ("\n" + "\n".join(notes) + "\n" if notes else "")
 
 
-_RULE_TITLES = {"dpT": "DP⊤", "dp": "DP", "dp-damped": "damped DP", "bp": "backprop", "adversarial": "adversarial"}
+def _rule_title(rule: str) -> str:
+    """The rule's display name (the setting itself for a rule this version does not know)."""
+    known = RULE_TABLE.get(rule)
+    return known.display_name if known is not None else rule
 
 
 def _rules(groups: Sequence[Sequence[RunRecord]]) -> list[str]:
@@ -224,7 +228,7 @@ def plot_curves(runs: Sequence[RunRecord], path: str | Path) -> bool:
                 epochs, means = _mean_curve(group, metric)
                 if epochs:
                     axes[row][column].plot(epochs, means, marker=".", label=_label(config), **style)
-        axes[0][column].set(title=_RULE_TITLES.get(rule, rule), yscale="log", ylabel="training loss")
+        axes[0][column].set(title=_rule_title(rule), yscale="log", ylabel="training loss")
         axes[1][column].set(xlabel="epoch", ylabel="validation accuracy (%)")
         axes[1][column].legend(fontsize="x-small")
         for row in (0, 1):
@@ -269,7 +273,7 @@ def plot_accuracy_against_beta(runs: Sequence[RunRecord], path: str | Path) -> b
             mean, spread = statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
             axis.axhline(mean, color="black", linestyle="--", label="backprop")
             axis.axhspan(mean - spread, mean + spread, color="black", alpha=0.1)
-        axis.set(title=_RULE_TITLES.get(rule, rule), xscale="log", xlabel="β", ylabel="test accuracy (%)")
+        axis.set(title=_rule_title(rule), xscale="log", xlabel="β", ylabel="test accuracy (%)")
         axis.legend(fontsize="small")
     figure.suptitle(_title(groups) + ": test accuracy, mean ± std over seeds")
     figure.tight_layout()

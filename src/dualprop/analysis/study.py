@@ -30,6 +30,7 @@ from dualprop.analysis.plotting import pyplot, save_png
 from dualprop.analysis.robustness import evaluate_run_robustness, write_robustness_json
 from dualprop.atomic import atomic_write
 from dualprop.data import DataError, find_dataset_dir, get_spec
+from dualprop.rules import RULE_TABLE
 from dualprop.training.config import TrainConfig, dumps_toml, from_mapping, read_toml
 from dualprop.training.rundir import CONFIG_FILE, SUMMARY_FILE, create_run_directory, write_json_atomic
 from dualprop.training.runlock import run_directory_lock
@@ -40,13 +41,8 @@ KIND_KEY = "study"
 RESULTS_FILE = "results.json"
 TABLE_FILE = "results.md"
 PLOT_FILE = "study.png"
-_RULE_NAMES = {
-    "dp": "DP",
-    "dpT": "DP⊤",
-    "dp-damped": "damped DP",
-    "adversarial": "adversarial training",
-    "bp": "backprop",
-}
+# the rules' display names; adversarial is the training method here, against which robustness is compared
+_RULE_NAMES = {name: rule.display_name for name, rule in RULE_TABLE.items()} | {"adversarial": "adversarial training"}
 
 
 class StudySetting(Protocol):
