@@ -19,7 +19,7 @@ from dualprop.benchmark import (
     predicted_ratio,
     run_benchmark,
 )
-from dualprop.network import Block
+from dualprop.blocks import Block
 
 
 def test_parse_variant():

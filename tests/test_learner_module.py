@@ -224,7 +224,7 @@ def test_surrogate_objective_of_inferred_states_is_the_step_and_leaves_the_state
 
 
 def test_every_captured_block_meets_the_block_contract_and_graph_is_the_learners_neuron_graph():
-    from dualprop.network import BlockLike
+    from dualprop.blocks import BlockLike
 
     for model in (models.mlp([5, 7, 6, 3]), models.resnet8(num_classes=3, size=8)):
         learner = Learner(model, rule="dpT")

@@ -11,8 +11,8 @@ from torch import nn
 from zoo import ZOO, ZooModel, zoo_batch
 
 from dualprop import Learner, capture_graph
+from dualprop.blocks import WEIGHTED_TYPES
 from dualprop.losses import batch_loss
-from dualprop.network import WEIGHTED_TYPES
 
 pytestmark = pytest.mark.slow
 NAMES = sorted(ZOO)

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from dualprop.blocks import BlockInput
 from dualprop.graph import NeuronGraph
-from dualprop.network import BlockInput
 from dualprop.rules import damping_from_spectral_norm
 from dualprop.spectral import SpectralNormEstimator
 

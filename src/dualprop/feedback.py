@@ -16,8 +16,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from dualprop.blocks import BlockLike
 from dualprop.graph import NeuronGraph
-from dualprop.network import BlockLike
 
 
 class KolenPollackFeedback(nn.Module):
@@ -69,7 +69,7 @@ class KolenPollackFeedback(nn.Module):
         return [weight for part in block.weighted_parts() if (weight := self._weight_of(part)) is not None]
 
     def closed_form_weight(self, block: BlockLike) -> Tensor | None:
-        """The ``V`` of the block's closed-form part (see :class:`dualprop.network.HebbianTerm`), if it has one."""
+        """The ``V`` of the block's closed-form part (see :class:`dualprop.blocks.HebbianTerm`), if it has one."""
         part = block.closed_form_part
         return None if part is None else self._weight_of(part)
 

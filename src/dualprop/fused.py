@@ -36,9 +36,10 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from dualprop.graph import NeuronGraph, forward_module, is_identity, run_as_forward
+from dualprop.graph import NeuronGraph, is_identity
 from dualprop.losses import batch_loss
 from dualprop.rules import FUSED_RULES, Rule, find_rule, nudge_weights
+from dualprop.wrappers import forward_module, run_as_forward
 
 
 def finite_difference_weights(rule: Rule | str, alpha: float) -> tuple[float, float]:

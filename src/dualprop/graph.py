@@ -18,14 +18,17 @@ whose operations are all affine in its inputs (``affine``) has a constant Jacobi
 Shapes are not signals: ``x.shape``, ``size()``, ``dim()`` and arithmetic or comparisons on them
 (``c // 2``, ``torch._assert(x.shape[1] == 3, …)``), and tensors made from shapes alone (``new_empty``,
 ``zeros_like``, ``arange``), are constants of the step. Random draws of the model's code (dropout,
-stochastic depth) are made once per step (:class:`dualprop.network.StepDropout`,
-:class:`dualprop.network.StepRandom`), as are functional batch-normalisation updates.
+stochastic depth) are made once per step (:class:`dualprop.blocks.StepDropout`,
+:class:`dualprop.blocks.StepRandom`), as are functional batch-normalisation updates.
 
 The capture uses ``torch.fx`` symbolic tracing: it records the user's own ``forward`` op by op without
 running it on data, keeps the user's modules (so their parameters are trained in place and Linear, Conv
 and normalisation stay recognisable), and stops at data-dependent control flow by construction. It
 records the model as it is in one mode: :func:`mode_key` tells when a model's modes or settings (a
 drop probability, ``training`` flags read by ``forward``) have changed so that the graph is captured again.
+
+What each kind of operation is (activation, affine, shape, random draw, not differentiable) is listed in
+:mod:`dualprop.operations`; the wrappers a model may come in are handled by :mod:`dualprop.wrappers`.
 
 What is refused, with a ``ValueError`` naming the operation and the line of the model's code: control
 flow on tensor values, operations that are not differentiable (``argmax``, rounding, ``.item()``),
@@ -40,14 +43,13 @@ import operator
 import os
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
-from torch.nn.parallel import DistributedDataParallel
 
-from dualprop.network import (
+from dualprop.blocks import (
     WEIGHTED_TYPES,
     Block,
     BlockLike,
@@ -56,264 +58,44 @@ from dualprop.network import (
     StepDropout,
     StepRandom,
 )
-
-
-def neuron(x: Tensor) -> Tensor:
-    """Mark ``x`` as a neuron (an identity neuron, ``f = id``, unless ``x`` already is one) in a model's
-    ``forward``: ``x = dualprop.neuron(x)``. The identity when run; a marker for the capture."""
-    if isinstance(x, fx.Proxy):
-        return x.tracer.create_proxy("call_function", neuron, (x,), {})
-    return x
-
-
-_ACTIVATION_TYPES: set[type[nn.Module]] = {
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.Sigmoid,
-    nn.Tanh,
-    nn.Hardsigmoid,
-    nn.Hardtanh,
-    nn.GELU,
-    nn.SiLU,
-    nn.ELU,
-    nn.CELU,
-    nn.SELU,
-    nn.Softplus,
-    nn.Mish,
-    nn.Hardswish,
-    nn.Softsign,
-}
-_BUILTIN_ACTIVATION_TYPES = frozenset(_ACTIVATION_TYPES)
-# Modules fx records as one call (the rest is traced into); any other torch.nn module is a block part too.
-_BLOCK_TYPES: set[type[nn.Module]] = {
-    nn.Linear,
-    nn.Conv1d,
-    nn.Conv2d,
-    nn.MaxPool1d,
-    nn.MaxPool2d,
-    nn.AvgPool1d,
-    nn.AvgPool2d,
-    nn.AdaptiveAvgPool1d,
-    nn.AdaptiveAvgPool2d,
-    nn.AdaptiveMaxPool1d,
-    nn.AdaptiveMaxPool2d,
-    nn.Flatten,
-    nn.Unflatten,
-    nn.Identity,
-    nn.BatchNorm1d,
-    nn.BatchNorm2d,
-    nn.LayerNorm,
-    nn.GroupNorm,
-    nn.Dropout,
-}
-# Block modules with a constant Jacobian (an affine map of their input, whatever the point).
-_AFFINE_TYPES = (
-    nn.Linear,
-    nn.Conv1d,
-    nn.Conv2d,
-    nn.AvgPool1d,
-    nn.AvgPool2d,
-    nn.AdaptiveAvgPool1d,
-    nn.AdaptiveAvgPool2d,
-    nn.Flatten,
-    nn.Unflatten,
-    nn.Identity,
-    StepDropout,
-    StepRandom,
+from dualprop.operations import (
+    ACTIVATION_FUNCTIONS,
+    ACTIVATION_METHODS,
+    ACTIVATION_TYPES,
+    AFFINE_FUNCTIONS,
+    AFFINE_METHODS,
+    AFFINE_TYPES,
+    BLOCK_TYPES,
+    BUILTIN_ACTIVATION_TYPES,
+    DIVISIONS,
+    DROPOUT_FUNCTIONS,
+    DROPOUT_MODULES,
+    NOT_DIFFERENTIABLE,
+    PRODUCT_FUNCTIONS,
+    PRODUCT_METHODS,
+    RANDOM_FUNCTIONS,
+    RANDOM_METHODS,
+    MethodCall,
+    neuron,
+    reads_metadata_only,
+    register_activation,
+    register_block_module,
 )
-_DROPOUT_MODULES = {nn.Dropout: False, nn.Dropout1d: True, nn.Dropout2d: True, nn.Dropout3d: True}
-_DROPOUT_FUNCTIONS = {F.dropout: False, F.dropout1d: True, F.dropout2d: True, F.dropout3d: True}
+from dualprop.wrappers import unwrap
 
-# Elementwise activation functions, each with its out-of-place form.
-_ACTIVATION_FUNCTIONS: dict[Callable[..., Tensor], Callable[..., Tensor]] = {
-    F.relu: F.relu,
-    torch.relu: torch.relu,
-    F.relu_: F.relu,
-    torch.relu_: torch.relu,
-    F.relu6: F.relu6,
-    F.leaky_relu: F.leaky_relu,
-    F.leaky_relu_: F.leaky_relu,
-    torch.sigmoid: torch.sigmoid,
-    F.sigmoid: torch.sigmoid,
-    torch.sigmoid_: torch.sigmoid,
-    torch.tanh: torch.tanh,
-    F.tanh: torch.tanh,
-    torch.tanh_: torch.tanh,
-    F.hardsigmoid: F.hardsigmoid,
-    F.hardtanh: F.hardtanh,
-    F.hardtanh_: F.hardtanh,
-    F.gelu: F.gelu,
-    F.silu: F.silu,
-    F.elu: F.elu,
-    F.elu_: F.elu,
-    F.celu: F.celu,
-    F.selu: F.selu,
-    torch.selu: torch.selu,
-    F.softplus: F.softplus,
-    F.mish: F.mish,
-    F.hardswish: F.hardswish,
-    F.softsign: F.softsign,
-    neuron: neuron,
-}
-_ACTIVATION_METHODS = {
-    "relu": torch.relu,
-    "relu_": torch.relu,
-    "sigmoid": torch.sigmoid,
-    "sigmoid_": torch.sigmoid,
-    "tanh": torch.tanh,
-    "tanh_": torch.tanh,
-}
+__all__ = [
+    "NeuronGraph",
+    "capture_graph",
+    "is_identity",
+    "mode_key",
+    "traced_modules",
+    "neuron",
+    "register_activation",
+    "register_block_module",
+]
 
-# Affine (linear plus constant) operations of signals.
-_AFFINE_FUNCTIONS = {
-    operator.add,
-    operator.sub,
-    operator.neg,
-    operator.pos,
-    operator.getitem,
-    torch.add,
-    torch.sub,
-    torch.neg,
-    torch.cat,
-    torch.concat,
-    torch.stack,
-    torch.flatten,
-    torch.reshape,
-    torch.squeeze,
-    torch.unsqueeze,
-    torch.transpose,
-    torch.permute,
-    torch.mean,
-    torch.sum,
-    torch.roll,
-    torch.chunk,
-    torch.split,
-    F.linear,
-    F.conv1d,
-    F.conv2d,
-    F.avg_pool1d,
-    F.avg_pool2d,
-    F.adaptive_avg_pool1d,
-    F.adaptive_avg_pool2d,
-    F.pad,
-    F.embedding,
-    getattr,
-}
-# Products: affine as long as at most one factor is a signal (and a divisor is never one).
-_PRODUCT_FUNCTIONS = {
-    operator.mul,
-    operator.truediv,
-    operator.matmul,
-    torch.mul,
-    torch.div,
-    torch.matmul,
-    torch.mm,
-    torch.bmm,
-}
-_AFFINE_METHODS = {
-    "view",
-    "reshape",
-    "flatten",
-    "permute",
-    "transpose",
-    "contiguous",
-    "unsqueeze",
-    "squeeze",
-    "mean",
-    "sum",
-    "add",
-    "sub",
-    "neg",
-    "expand",
-    "expand_as",
-    "t",
-    "view_as",
-    "reshape_as",
-    "chunk",
-    "split",
-    "roll",
-    "flip",
-    "repeat",
-    "unbind",
-    "narrow",
-    "unflatten",
-}
-_PRODUCT_METHODS = {"mul", "div", "matmul", "__mul__", "__truediv__", "__matmul__"}
-_DIVISIONS = {operator.truediv, torch.div, "div", "__truediv__"}
-# Reading a tensor's metadata, or making a tensor from shapes alone: constants of the step, not signals.
-_SHAPE_ATTRIBUTES = {"shape", "ndim", "dtype", "device", "is_cuda", "layout"}
-_SHAPE_METHODS = {"size", "dim", "numel", "nelement", "get_device", "new_empty", "new_zeros", "new_ones", "new_full"}
-_SHAPE_FUNCTIONS = {
-    torch.empty_like,
-    torch.zeros_like,
-    torch.ones_like,
-    torch.full_like,
-    torch.rand_like,
-    torch.randn_like,
-    torch.randint_like,
-    torch.numel,
-}
-# Random draws of the model's code, made once per step.
-_RANDOM_FUNCTIONS = {
-    torch.rand,
-    torch.randn,
-    torch.randint,
-    torch.randperm,
-    torch.rand_like,
-    torch.randn_like,
-    torch.randint_like,
-    torch.bernoulli,
-    torch.normal,
-    torch.multinomial,
-}
-_RANDOM_METHODS = {"bernoulli_", "bernoulli", "uniform_", "normal_", "random_", "exponential_", "geometric_"}
-# Operations without a derivative: a signal passed through them cannot carry feedback.
-_NOT_DIFFERENTIABLE = {
-    "argmax",
-    "argmin",
-    "argsort",
-    "round",
-    "floor",
-    "ceil",
-    "trunc",
-    "sign",
-    "item",
-    "tolist",
-    "numpy",
-    "nonzero",
-    "bincount",
-    "unique",
-    "multinomial",
-    "bernoulli",
-    "randint_like",
-}
+
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
-
-
-def register_activation(module_type: type[nn.Module]) -> type[nn.Module]:
-    """Declare a module type an elementwise activation, so that its call sites are neurons. Usable as a
-    decorator.
-
-    Raises ``TypeError`` for anything but a subclass of ``nn.Module``. The capture refuses an instance that
-    has parameters (an activation is a fixed function; leave such a module undeclared and its parameters
-    are trained as part of its block), and the first step refuses one that is not elementwise."""
-    if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
-        raise TypeError(
-            f"register_activation takes a subclass of torch.nn.Module, got {module_type!r} "
-            f"({type(module_type).__name__})"
-        )
-    _ACTIVATION_TYPES.add(module_type)
-    return module_type
-
-
-def register_block_module(module_type: type[nn.Module]) -> type[nn.Module]:
-    """Record calls of a module type as one operation of a block, without tracing into its ``forward``
-    (which may then hold control flow on values); its VJP comes from autograd."""
-    if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
-        raise TypeError(f"register_block_module takes a subclass of torch.nn.Module, got {module_type!r}")
-    _BLOCK_TYPES.add(module_type)
-    return module_type
 
 
 def traced_modules(model: nn.Module) -> list[nn.Module]:
@@ -332,56 +114,6 @@ def mode_key(modules: Sequence[nn.Module]) -> tuple:
 
 
 _SETTING_TYPES = (bool, int, float, str, type(None))
-
-
-def _wrapper_chain(model: nn.Module) -> Iterator[nn.Module]:
-    """``model`` and each module it wraps in turn (DDP's ``module``, ``torch.compile``'s ``_orig_mod``)."""
-    while True:
-        yield model
-        if isinstance(model, DistributedDataParallel):
-            model = model.module
-        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
-            model = model._orig_mod
-        else:
-            return
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module inside ``DistributedDataParallel`` and ``torch.compile`` wrappers (in any nesting),
-    or the model itself. Other wrappers that hide the module (``nn.DataParallel``, FSDP) are refused."""
-    *_, model = _wrapper_chain(model)
-    if isinstance(model, nn.DataParallel) or type(model).__name__ == "FullyShardedDataParallel":
-        raise ValueError(
-            f"a model wrapped in {type(model).__name__} cannot be trained by a Learner; "
-            f"pass the module itself, or wrap it in DistributedDataParallel"
-        )
-    return model
-
-
-def find_ddp(model: nn.Module) -> DistributedDataParallel | None:
-    """The ``DistributedDataParallel`` wrapper in a chain of wrappers (DDP, ``torch.compile``), if any."""
-    return next((m for m in _wrapper_chain(model) if isinstance(m, DistributedDataParallel)), None)
-
-
-def forward_module(model: nn.Module) -> nn.Module:
-    """The module whose forward a rebuilt graph runs as (see :func:`run_as_forward`): the DDP wrapper if
-    there is one, else the plain module (a compiled wrapper's code would not be the rebuilt graph)."""
-    return find_ddp(model) or unwrap(model)
-
-
-def run_as_forward(module: nn.Module, compute: Callable[..., Tensor], *args: Tensor) -> Tensor:
-    """Evaluate ``compute(*args)`` as the forward of ``module`` (a plain module or a DDP wrapper).
-
-    The module's (for DDP: its inner module's) ``forward`` is swapped for ``compute`` during the call, so
-    forward hooks see a normal forward and a ``DistributedDataParallel`` wrapper prepares its bucketed
-    all-reduce for the following ``backward()`` exactly as for a loss.
-    """
-    inner = module.module if isinstance(module, DistributedDataParallel) else module
-    inner.__dict__["forward"] = compute  # an instance attribute, never a registered submodule
-    try:
-        return module(*args)
-    finally:
-        del inner.__dict__["forward"]
 
 
 class _OutOfPlace(nn.Module):
@@ -582,9 +314,7 @@ class _Tracer(fx.Tracer):
         self.proxy_buffer_attributes = True  # a buffer sliced by a shape (a causal mask) stays in the graph
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return (
-            type(m) in _ACTIVATION_TYPES or type(m) in _BLOCK_TYPES or super().is_leaf_module(m, module_qualified_name)
-        )
+        return type(m) in ACTIVATION_TYPES or type(m) in BLOCK_TYPES or super().is_leaf_module(m, module_qualified_name)
 
 
 class _Capture:
@@ -636,7 +366,7 @@ class _Capture:
         declared = [
             k
             for k, node in enumerate(activation_nodes, start=1)
-            if node.op == "call_module" and type(self.root.get_submodule(node.target)) not in _BUILTIN_ACTIVATION_TYPES
+            if node.op == "call_module" and type(self.root.get_submodule(node.target)) not in BUILTIN_ACTIVATION_TYPES
         ]
         activations = [self._out_of_place(node, k) for k, node in enumerate(activation_nodes)]
         self.graph.lint()
@@ -698,13 +428,13 @@ class _Capture:
         for node in self.nodes:
             if node.op == "output" or not any(a in signals for a in node.all_input_nodes):
                 continue
-            if not _reads_metadata_only(node):
+            if not reads_metadata_only(node):
                 signals.add(node)
         return signals
 
     def _reads_token_ids(self, source: fx.Node) -> bool:
         """Whether the input is read by embeddings only (apart from its metadata)."""
-        readers = [user for user in source.users if not _reads_metadata_only(user)]
+        readers = [user for user in source.users if not reads_metadata_only(user)]
 
         def embeds(node: fx.Node) -> bool:
             if node.op == "call_module":
@@ -721,7 +451,7 @@ class _Capture:
             module = self.root.get_submodule(node.target)
             if isinstance(module, (nn.modules.batchnorm._BatchNorm, FunctionalBatchNorm)):
                 self.norms.append(module)
-            if type(module) not in _ACTIVATION_TYPES:
+            if type(module) not in ACTIVATION_TYPES:
                 return False
             parameters = [name for name, _ in module.named_parameters()]
             if parameters:
@@ -736,15 +466,15 @@ class _Capture:
         name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
         if (
             node.op == "call_function"
-            and node.target in _ACTIVATION_FUNCTIONS
+            and node.target in ACTIVATION_FUNCTIONS
             or node.op == "call_method"
-            and node.target in _ACTIVATION_METHODS
+            and node.target in ACTIVATION_METHODS
         ):
             extra = [a for a in list(node.args[1:]) + list(node.kwargs.values()) if isinstance(a, fx.Node)]
             if extra:
                 return False  # an elementwise function of two signals: a block operation
             return _drive_of(node) in signals
-        if name in _NOT_DIFFERENTIABLE:
+        if name in NOT_DIFFERENTIABLE:
             raise ValueError(
                 f"operation {name}{_location(node)} is not differentiable: a signal passed through it "
                 f"cannot carry feedback, so a block must be a differentiable function of its inputs"
@@ -759,26 +489,24 @@ class _Capture:
             replacement_module: nn.Module | None = None
             arguments: tuple = (node.args[0],) if node.args else ()
             kwargs: dict[str, Any] = {}
-            if node.op == "call_module" and type(self.root.get_submodule(node.target)) in _DROPOUT_MODULES:
+            if node.op == "call_module" and type(self.root.get_submodule(node.target)) in DROPOUT_MODULES:
                 source = self.root.get_submodule(node.target)
                 if node not in signals:
                     continue
-                replacement_module = StepDropout(source.p, source=source, channelwise=_DROPOUT_MODULES[type(source)])
-            elif node.op == "call_function" and node.target in _DROPOUT_FUNCTIONS:
+                replacement_module = StepDropout(source.p, source=source, channelwise=DROPOUT_MODULES[type(source)])
+            elif node.op == "call_function" and node.target in DROPOUT_FUNCTIONS:
                 if node not in signals:
                     continue
                 p = node.kwargs.get("p", node.args[1] if len(node.args) > 1 else 0.5)
                 training = node.kwargs.get("training", node.args[2] if len(node.args) > 2 else True)
-                replacement_module = StepDropout(
-                    p, training=bool(training), channelwise=_DROPOUT_FUNCTIONS[node.target]
-                )
-            elif (node.op == "call_function" and node.target in _RANDOM_FUNCTIONS) or (
-                node.op == "call_method" and node.target in _RANDOM_METHODS
+                replacement_module = StepDropout(p, training=bool(training), channelwise=DROPOUT_FUNCTIONS[node.target])
+            elif (node.op == "call_function" and node.target in RANDOM_FUNCTIONS) or (
+                node.op == "call_method" and node.target in RANDOM_METHODS
             ):
                 if node in signals:
                     continue  # a draw from a signal's values: refused as not differentiable, where it matters
                 method = node.target if node.op == "call_method" else None
-                draw = node.target if method is None else _MethodCall(method)
+                draw = node.target if method is None else MethodCall(method)
                 replacement_module = StepRandom(draw)
                 arguments, kwargs = tuple(node.args), dict(node.kwargs)
             elif node.op == "call_function" and node.target is F.batch_norm:
@@ -899,10 +627,10 @@ class _Capture:
             node.target = name
             return self.root.get_submodule(name)
         if node.op == "call_function":
-            function = _ACTIVATION_FUNCTIONS[node.target]
+            function = ACTIVATION_FUNCTIONS[node.target]
             node.target = function
         else:
-            function = _ACTIVATION_METHODS[node.target]
+            function = ACTIVATION_METHODS[node.target]
             node.op, node.target = "call_function", function
         node.kwargs = {k: v for k, v in node.kwargs.items() if k != "inplace"}
         return _FunctionalActivation(function, tuple(node.args[1:]), dict(node.kwargs))
@@ -952,35 +680,25 @@ class _Capture:
         if node not in signals:
             return True
         if node.op == "call_module":
-            return isinstance(self.root.get_submodule(node.target), _AFFINE_TYPES)
+            return isinstance(self.root.get_submodule(node.target), AFFINE_TYPES)
         target = node.target
         if (
             node.op == "call_function"
-            and target in _AFFINE_FUNCTIONS
+            and target in AFFINE_FUNCTIONS
             or node.op == "call_method"
-            and target in _AFFINE_METHODS
+            and target in AFFINE_METHODS
         ):
             return True
         if (
             node.op == "call_function"
-            and target in _PRODUCT_FUNCTIONS
+            and target in PRODUCT_FUNCTIONS
             or node.op == "call_method"
-            and target in _PRODUCT_METHODS
+            and target in PRODUCT_METHODS
         ):
             operands = [a for a in node.args if isinstance(a, fx.Node) and a in signals]
-            divisor_is_signal = target in _DIVISIONS and len(node.args) > 1 and node.args[1] in signals
+            divisor_is_signal = target in DIVISIONS and len(node.args) > 1 and node.args[1] in signals
             return len(operands) <= 1 and not divisor_is_signal
         return node.op in ("placeholder", "get_attr")
-
-
-class _MethodCall:
-    """A tensor method called by name: ``_MethodCall("bernoulli_")(t, p) = t.bernoulli_(p)``."""
-
-    def __init__(self, name: str):
-        self.name = name
-
-    def __call__(self, tensor: Tensor, *args: Any, **kwargs: Any) -> Tensor:
-        return getattr(tensor, self.name)(*args, **kwargs)
 
 
 def _tensor_source(node: fx.Node, neurons: set[fx.Node], signals: set[fx.Node]) -> fx.Node | None:
@@ -1001,16 +719,6 @@ def _read_after_from(mutated: fx.Node, replacement: fx.Node) -> None:
     for user in list(mutated.users):
         if user is not replacement and order[user] > order[replacement]:
             user.replace_input_with(mutated, replacement)
-
-
-def _reads_metadata_only(node: fx.Node) -> bool:
-    """Whether ``node`` reads its tensor inputs' metadata only (shape, dtype, device) or makes a tensor from
-    it (``new_zeros``, ``rand_like``): its value is a constant of the step however the inputs' values move."""
-    if node.op == "call_function" and node.target is getattr:
-        return len(node.args) > 1 and node.args[1] in _SHAPE_ATTRIBUTES
-    if node.op == "call_method":
-        return node.target in _SHAPE_METHODS
-    return node.op == "call_function" and node.target in _SHAPE_FUNCTIONS
 
 
 def _block_members(drive: fx.Node, neurons: Any) -> set[fx.Node]:

@@ -23,20 +23,21 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from dualprop.blocks import BlockLike, ZeroTerm, frozen_statistics, hebbian_term
 from dualprop.compilation import COMPILE_MODES, check_compiler
 from dualprop.damping import SpectralDamping
 from dualprop.feedback import KolenPollackFeedback
 from dualprop.fused import FusedSweep
-from dualprop.graph import NeuronGraph, capture_graph, find_ddp, run_as_forward, unwrap
+from dualprop.graph import NeuronGraph, capture_graph
 from dualprop.inputs import check_batch
 from dualprop.learner_state import generator_states, restore_generators, upgrade_version_1
 from dualprop.losses import batch_loss, check_target, output_gradient, target_distribution
-from dualprop.network import BlockLike, ZeroTerm, frozen_statistics, hebbian_term
 from dualprop.reference import Backprop, adversarial_input, adversarial_objective
 from dualprop.rules import Rule, damped_hidden_compartments, hidden_compartments, nudge_weights, output_compartments
 from dualprop.schedules import last_visits, layer_order, random_order
 from dualprop.settings import LearnerSettings, setting_view
 from dualprop.states import DyadicStates, StateVersions, StepResult
+from dualprop.wrappers import find_ddp, run_as_forward, unwrap
 
 __all__ = ["COMPILE_MODES", "DyadicStates", "Learner", "LearnerSettings", "StepResult"]
 
@@ -319,7 +320,7 @@ class Learner(nn.Module):
         """``J(θ) = −1/(β·B) Σ_k ⟨s⁺_k − s⁻_k, B_k(s̄_{P(k)})⟩`` with the states detached.
 
         A block that is one Linear or Conv part reuses its drive from inference and writes its update in
-        closed form (:class:`dualprop.network.HebbianTerm`); any other block runs its forward under autograd.
+        closed form (:class:`dualprop.blocks.HebbianTerm`); any other block runs its forward under autograd.
         A block with a normalisation layer is checkpointed: its term keeps only ``s̄`` and ``δ``, not the
         normaliser's input, and its forward runs again when ``J`` is differentiated — the update then needs
         no more memory than backprop, for one more forward of those blocks.

@@ -6,10 +6,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from dualprop.graph import NeuronGraph, forward_module, run_as_forward
+from dualprop.graph import NeuronGraph
 from dualprop.hardware import ActivationSite, CompartmentPerturbation, noisy_backprop
 from dualprop.losses import batch_loss, target_distribution
 from dualprop.states import StepResult
+from dualprop.wrappers import forward_module, run_as_forward
 
 
 class Backprop:

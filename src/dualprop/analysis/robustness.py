@@ -26,10 +26,10 @@ from torch import Tensor, nn
 from dualprop.analysis.attacks import NORMS, adversarial_accuracy, fgsm, pgd
 from dualprop.analysis.lipschitz import empirical_lipschitz
 from dualprop.analysis.outputs import write_new_file
+from dualprop.blocks import BlockInput
 from dualprop.data import DatasetSplits
 from dualprop.graph import NeuronGraph, capture_graph
 from dualprop.losses import batch_loss
-from dualprop.network import BlockInput
 from dualprop.spectral import spectral_norm
 from dualprop.training.checkpoint import CheckpointError, load_checkpoint, model_state, state_mismatch
 from dualprop.training.config import TrainConfig, load_config

@@ -73,7 +73,7 @@ def _autograd_vjp(block, s, v):
 )
 def test_block_vjp_equals_autograd_at_the_point(modules, shape):
     torch.manual_seed(0)
-    block = dualprop.network.Block([m.double() for m in modules])
+    block = dualprop.blocks.Block([m.double() for m in modules])
     s = torch.randn(shape, dtype=torch.float64)
     out = block(torch.randn(shape, dtype=torch.float64))  # records shapes at another point
     v = torch.randn(out.shape, dtype=torch.float64)
@@ -91,10 +91,10 @@ def test_block_vjp_equals_autograd_at_the_point(modules, shape):
 )
 @pytest.mark.parametrize("with_feedback", [False, True])
 def test_hebbian_term_writes_the_autograd_update_without_running_the_block(modules, shape, with_feedback):
-    from dualprop.network import hebbian_term
+    from dualprop.blocks import hebbian_term
 
     torch.manual_seed(1)
-    block = dualprop.network.Block([copy.deepcopy(m).double() for m in modules])
+    block = dualprop.blocks.Block([copy.deepcopy(m).double() for m in modules])
     s = torch.randn(shape, dtype=torch.float64)
     drive = block(s).detach()
     delta = torch.randn(drive.shape, dtype=torch.float64)
@@ -114,8 +114,8 @@ def test_hebbian_term_writes_the_autograd_update_without_running_the_block(modul
 
 
 def test_hebbian_term_declines_blocks_it_cannot_write_in_closed_form():
-    from dualprop.network import hebbian_term
+    from dualprop.blocks import hebbian_term
 
-    block = dualprop.network.Block([nn.Conv2d(1, 2, 3, padding=1), nn.MaxPool2d(2)])
+    block = dualprop.blocks.Block([nn.Conv2d(1, 2, 3, padding=1), nn.MaxPool2d(2)])
     s = torch.randn(2, 1, 4, 4)
     assert hebbian_term(block, [s], torch.randn(2, 2, 2, 2), None) is None
