@@ -571,15 +571,19 @@ class _Capture:
             if not shared:
                 break
             for node in shared:
-                with self.graph.inserting_after(node):
-                    marker = self.graph.call_function(neuron, (node,))
-                marker.meta = dict(node.meta)
-                node.replace_all_uses_with(marker, delete_user_cb=lambda user, marker=marker: user is not marker)
-                signals.add(marker)
-                neurons.add(marker)
+                neurons.add(self._mark_neuron(node, signals))
             self.nodes = list(self.graph.nodes)
             activation_nodes = [n for n in self.nodes if n in neurons and n is not source]
         return activation_nodes
+
+    def _mark_neuron(self, node: fx.Node, signals: set[fx.Node]) -> fx.Node:
+        """Insert an identity neuron (a :func:`neuron` marker) after ``node``, read by all of ``node``'s readers."""
+        with self.graph.inserting_after(node):
+            marker = self.graph.call_function(neuron, (node,))
+        marker.meta = dict(node.meta)
+        node.replace_all_uses_with(marker, delete_user_cb=lambda user: user is not marker)
+        signals.add(marker)
+        return marker
 
     def _place_join_neurons(
         self, source: fx.Node, activation_nodes: list[fx.Node], logits: fx.Node, signals: set[fx.Node]
@@ -606,12 +610,7 @@ class _Capture:
                     continue
                 tail = _block_members(drive, neurons | {join})
                 if {a for n in tail for a in n.all_input_nodes if a in neurons or a is join} == {join}:
-                    with self.graph.inserting_after(join):
-                        marker = self.graph.call_function(neuron, (join,))
-                    marker.meta = dict(join.meta)
-                    join.replace_all_uses_with(marker, delete_user_cb=lambda user, marker=marker: user is not marker)
-                    signals.add(marker)
-                    neurons.add(marker)
+                    neurons.add(self._mark_neuron(join, signals))
                     self.nodes = list(self.graph.nodes)
                 break
         return [n for n in self.nodes if n in neurons and n is not source]
