@@ -429,24 +429,32 @@ def test_shape_arithmetic_asserts_and_optional_arguments_are_constants():
     class Shaped(nn.Module):
         def __init__(self):
             super().__init__()
-            self.a, self.b = nn.Linear(6, 6), nn.Linear(6, 3)
+            self.a, self.m, self.b = nn.Linear(6, 6), nn.Linear(6, 6), nn.Linear(6, 3)
 
         def forward(self, x, scale=None):
-            torch._assert(x.shape[1] == 6, "six features")
+            b, c = x.shape  # read at the top, used by the last block
+            torch._assert(c == 6, "six features")
             h = torch.relu(self.a(x))
-            b, c = h.shape
-            h = h.view(b, 2, c // 2).flip(1).reshape(b, c)  # a shuffle by shape arithmetic
+            width = h.size(1)  # a read of neuron 1, used by the last block too
+            g = torch.relu(self.m(h))
+            g = g.view(b, 2, width // 2).flip(1).reshape(b, width)  # a shuffle by shape arithmetic
             if scale is not None:
-                h = h * scale
-            return self.b(h)
+                g = g * scale
+            return self.b(g)
 
     torch.manual_seed(0)
     model = Shaped().double()
     graph = capture_graph(model)
-    assert graph.parents == [(0,), (1,)]
-    x = torch.randn(5, 6, dtype=torch.float64)
-    torch.testing.assert_close(graph.feed_forward(x)[0][-1], model(x))
-    torch.testing.assert_close(graph.feed_forward(x[:3])[0][-1], model(x[:3]))  # shapes follow the batch
+    assert graph.parents == [(0,), (1,), (2,)]  # shapes are no reasons to read a neuron
+    for batch in (5, 3):  # the shapes follow the batch
+        x = torch.randn(batch, 6, dtype=torch.float64)
+        torch.testing.assert_close(graph.feed_forward(x)[0][-1], model(x))
+    y = torch.randint(0, 3, (3,))
+    reference = copy.deepcopy(model)
+    F.cross_entropy(reference(x), y).backward()
+    Learner(model, rule="dpT", alpha=0.5, beta=1e-6, schedule="fwbw2").step(x, y)
+    for got, expected in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(got.grad, expected.grad, rtol=1e-4, atol=1e-8)
 
 
 class FunctionalParts(nn.Module):

@@ -37,6 +37,7 @@ __all__ = [
     "BlockInput",
     "StepDropout",
     "StepRandom",
+    "StepValue",
     "FunctionalBatchNorm",
     "frozen_statistics",
     "feedback_transpose",
@@ -149,6 +150,22 @@ class StepRandom(nn.Module):
         if self.value is None or key != self.key:
             self.value, self.key = self.draw(*args, **kwargs), key
         return self.value.clone()  # the model's code may scale its draw in place (``mask.div_(keep)``)
+
+
+class StepValue(nn.Module):
+    """A value the model's code reads from a tensor's metadata (``x.shape``, ``x.size(0)``, ``x.new_zeros(…)``)
+    in a block that does not hold that tensor: called with the tensor (in the step's feed-forward pass) it
+    reads and records the value; called without it (in the block) it returns the recorded value."""
+
+    def __init__(self, read: Callable[..., object]):
+        super().__init__()
+        self.__dict__["read"] = read
+        self.value: object = None
+
+    def forward(self, *args: object, **kwargs: object) -> object:
+        if args:
+            self.value = self.read(*args, **kwargs)
+        return self.value.clone() if isinstance(self.value, Tensor) else self.value
 
 
 class FunctionalBatchNorm(nn.Module):

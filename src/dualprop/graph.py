@@ -57,6 +57,7 @@ from dualprop.blocks import (
     GraphBlock,
     StepDropout,
     StepRandom,
+    StepValue,
 )
 from dualprop.operations import (
     ACTIVATION_FUNCTIONS,
@@ -326,6 +327,7 @@ class _Capture:
         self.graph = root.graph
         self.dropouts: list[nn.Module] = []
         self.norms: list[nn.Module] = []
+        self.recorders: dict[fx.Node, str] = {}
         self._drop_specialised_arguments()
         self.nodes = list(self.graph.nodes)
 
@@ -395,6 +397,7 @@ class _Capture:
             blocks.append(block)
             parents.append(block_parents)
             affine.append(is_affine)
+        self._record_reads()
         levels = [0]
         for block_parents in parents:
             levels.append(1 + max(levels[p] for p in block_parents))
@@ -555,7 +558,7 @@ class _Capture:
             drives = [_drive_of(n) for n in activation_nodes] + [logits]
             membership: dict[fx.Node, set[int]] = {}
             for k, drive in enumerate(drives):
-                for node in _block_members(drive, neurons):
+                for node in _block_members(drive, neurons, signals):
                     membership.setdefault(node, set()).add(k)
             shared = [
                 node
@@ -595,7 +598,7 @@ class _Capture:
         neurons = {source, *activation_nodes}
         for node in [*activation_nodes, logits]:
             drive = node if node is logits else _drive_of(node)
-            members = _block_members(drive, neurons)
+            members = _block_members(drive, neurons, signals)
             parents = {a for n in members for a in n.all_input_nodes if a in neurons}
             if len(parents) < 2 or all(self._is_affine(n, signals) for n in members):
                 continue
@@ -608,7 +611,7 @@ class _Capture:
             for join in joins:
                 if _tensor_source(join, neurons, signals) is not join:
                     continue
-                tail = _block_members(drive, neurons | {join})
+                tail = _block_members(drive, neurons | {join}, signals)
                 if {a for n in tail for a in n.all_input_nodes if a in neurons or a is join} == {join}:
                     neurons.add(self._mark_neuron(join, signals))
                     self.nodes = list(self.graph.nodes)
@@ -638,8 +641,17 @@ class _Capture:
         self, drive: fx.Node, neurons: dict[fx.Node, int], signals: set[fx.Node]
     ) -> tuple[nn.Module, tuple[int, ...], bool]:
         """The block computing ``drive`` from its parent neurons, its parents and whether it is affine."""
-        members = _block_members(drive, neurons.keys() - {drive})
-        parents = {a for n in members for a in n.all_input_nodes if a in neurons and a not in members}
+        members = _block_members(drive, neurons.keys() - {drive}, signals)
+        parents = {a for n in members for a in _value_inputs(n, signals) if a in neurons and a not in members}
+        recorded = {  # shape reads of a signal this block does not hold: values of the feed-forward pass
+            node: self._recorder(node)
+            for node in members
+            if reads_metadata_only(node)
+            and node.args
+            and node.args[0] in signals
+            and node.args[0] not in members
+            and node.args[0] not in parents
+        }
         ordered_parents = sorted(parents, key=lambda n: neurons[n])
         ordered = [n for n in self.nodes if n in members]
         affine = all(self._is_affine(n, signals) for n in ordered)
@@ -649,7 +661,10 @@ class _Capture:
         graph = fx.Graph()
         env = {p: graph.placeholder(f"s_{neurons[p]}") for p in ordered_parents}
         for node in ordered:
-            env[node] = graph.node_copy(node, lambda n: env[n])
+            if node in recorded:
+                env[node] = graph.call_module(recorded[node], ())
+            else:
+                env[node] = graph.node_copy(node, lambda n: env[n])
         graph.output(env[drive])
         weighted: list[nn.Module] = []
         for node in ordered:
@@ -662,6 +677,21 @@ class _Capture:
             tuple(neurons[p] for p in ordered_parents),
             affine,
         )
+
+    def _recorder(self, node: fx.Node) -> str:
+        """The name of the :class:`StepValue` that records the metadata read ``node`` in the step's feed-forward
+        pass (made on first use; :meth:`_record_reads` puts it in the graph once every block is built)."""
+        if node not in self.recorders:
+            read = node.target if node.op == "call_function" else MethodCall(str(node.target))
+            self.recorders[node] = f"dualprop_value_{len(self.recorders)}"
+            self.root.add_submodule(self.recorders[node], StepValue(read))
+        return self.recorders[node]
+
+    def _record_reads(self) -> None:
+        """Make each metadata read that some block takes from the feed-forward pass a call of its recorder."""
+        for node, name in self.recorders.items():
+            node.op, node.target = "call_module", name
+        self.graph.lint()
 
     def _chain_modules(self, ordered: list[fx.Node], parents: list[fx.Node]) -> list[nn.Module] | None:
         """The modules of a block that is a plain chain of one-input module calls, else None."""
@@ -720,9 +750,10 @@ def _read_after_from(mutated: fx.Node, replacement: fx.Node) -> None:
             user.replace_input_with(mutated, replacement)
 
 
-def _block_members(drive: fx.Node, neurons: Any) -> set[fx.Node]:
+def _block_members(drive: fx.Node, neurons: Any, signals: set[fx.Node]) -> set[fx.Node]:
     """The nodes computed between ``drive``'s parent neurons and ``drive`` (``drive`` included unless it is
-    a neuron itself); placeholders and neurons are where the walk stops."""
+    a neuron itself); placeholders and neurons are where the walk stops, and so is a read of a signal's
+    metadata (``x.shape``): a shape is no reason to compute or read that signal (see :func:`_value_inputs`)."""
     members: set[fx.Node] = set()
     if drive in neurons:
         return members
@@ -732,8 +763,17 @@ def _block_members(drive: fx.Node, neurons: Any) -> set[fx.Node]:
         if node in members or node in neurons or node.op == "placeholder":
             continue
         members.add(node)
-        stack.extend(node.all_input_nodes)
+        stack.extend(_value_inputs(node, signals))
     return members
+
+
+def _value_inputs(node: fx.Node, signals: set[fx.Node]) -> list[fx.Node]:
+    """The inputs whose values ``node`` reads: all of them, except the signal whose metadata a metadata read
+    (``x.shape``, ``x.size(0)``, ``x.new_zeros(…)``) reads."""
+    inputs = node.all_input_nodes
+    if reads_metadata_only(node) and node.args and node.args[0] in signals:
+        return [a for a in inputs if a is not node.args[0]]
+    return inputs
 
 
 def _drive_of(node: fx.Node) -> fx.Node:
