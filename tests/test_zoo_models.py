@@ -26,6 +26,7 @@ def test_zoo_model_runs_forward_and_backward_with_finite_gradients(name, mode):
     model.train(mode == "train")
     assert sum(p.numel() for p in model.parameters()) < 20_000  # tiny enough for float64 exactness tests
     x, y = zoo_batch(entry, batch=4)
+    assert x.dtype == entry.input_dtype(torch.float64) and y.dtype == torch.long
     logits = model(x)
     expected = (4, *entry.input_shape, entry.classes) if entry.tokens else (4, entry.classes)
     assert logits.shape == expected and logits.dtype == torch.float64

@@ -765,6 +765,10 @@ class ZooModel:
     classes: int = NUM_CLASSES
     unused_in_eval: tuple[str, ...] = ()
 
+    def input_dtype(self, dtype: torch.dtype = torch.float64) -> torch.dtype:
+        """The dtype of the inputs: ``torch.long`` token ids, else floats of the model's ``dtype``."""
+        return torch.long if self.tokens else dtype
+
 
 ZOO: dict[str, ZooModel] = {
     "preact_resnet": ZooModel(lambda: PreActResNet(3), IMAGE),
@@ -794,5 +798,5 @@ def zoo_batch(
     if entry.tokens:
         x = torch.randint(0, entry.classes, (batch, *entry.input_shape), generator=generator)
         return x, torch.randint(0, entry.classes, (batch, *entry.input_shape), generator=generator)
-    x = torch.randn((batch, *entry.input_shape), generator=generator, dtype=dtype)
+    x = torch.randn((batch, *entry.input_shape), generator=generator, dtype=entry.input_dtype(dtype))
     return x, torch.randint(0, entry.classes, (batch,), generator=generator)
