@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable, Iterator
+
 import torch
 
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
@@ -19,3 +21,13 @@ def check_compiler(mode: str, device: torch.device) -> None:
             f"torch.compile in mode {mode!r} cannot build code on {device} here "
             f"({type(error).__name__}: {cause}); train without compiling"
         ) from None
+
+
+def compiled(function: Callable[..., Any], mode: str, parameters: Iterator[torch.nn.Parameter]) -> Callable[..., Any]:
+    """``torch.compile(function, mode=mode)``, after checking the mode and that code can be built on the device
+    of the first of ``parameters`` (the CPU if there are none)."""
+    if mode not in COMPILE_MODES[1:]:
+        raise ValueError(f"unknown compile mode {mode!r}; choose one of {', '.join(COMPILE_MODES[1:])}")
+    parameter = next(iter(parameters), None)
+    check_compiler(mode, parameter.device if parameter is not None else torch.device("cpu"))
+    return torch.compile(function, mode=mode)

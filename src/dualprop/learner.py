@@ -24,13 +24,13 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from dualprop.blocks import BlockLike, ZeroTerm, frozen_statistics, hebbian_term
-from dualprop.compilation import COMPILE_MODES, check_compiler
+from dualprop.compilation import COMPILE_MODES, compiled
 from dualprop.damping import SpectralDamping
 from dualprop.feedback import KolenPollackFeedback
 from dualprop.fused import FusedSweep
 from dualprop.graph import NeuronGraph, capture_graph
 from dualprop.inputs import check_batch
-from dualprop.learner_state import generator_states, restore_generators, upgrade_version_1
+from dualprop.learner_state import LearnerState
 from dualprop.losses import batch_loss, check_target, output_gradient, target_distribution
 from dualprop.reference import Backprop, adversarial_input, adversarial_objective
 from dualprop.rules import Rule, damped_hidden_compartments, hidden_compartments, nudge_weights, output_compartments
@@ -42,40 +42,24 @@ from dualprop.wrappers import find_ddp, run_as_forward, unwrap
 __all__ = ["COMPILE_MODES", "DyadicStates", "Learner", "LearnerSettings", "StepResult"]
 
 
-class Learner(nn.Module):
+class Learner(LearnerState):
     """Train any capturable model with dual propagation or a reference rule; an ``nn.Module`` beside the
-    optimizer.
+    optimizer, which stays the caller's.
 
     ``Learner(model, rule="dpT", alpha=0.5, …)`` takes the fields of :class:`LearnerSettings` as arguments
-    (in their order, or by name), or ``settings=LearnerSettings(…)``; ``learner.settings`` holds them and
-    ``learner.rule``, ``learner.alpha``, … read them.
+    (in their order, or by name), or ``settings=LearnerSettings(…)``; ``learner.rule``, ``learner.alpha``, …
+    read ``learner.settings``. Rules: ``dp``, ``dpT`` (DP⊤), ``dp-damped`` (:mod:`dualprop.damping`), and the
+    references ``bp`` and ``adversarial`` (:mod:`dualprop.reference`). ``feedback="kolen-pollack"`` carries
+    the top-down signal ``Δ`` through separate feedback weights (:mod:`dualprop.feedback`) that learn by the
+    same local rule: give ``learner.parameters()`` to the optimizer, with weight decay. Compartment noise,
+    rounding and asynchronous schedules: :mod:`dualprop.hardware`.
 
-    Rules: ``dp``, ``dpT`` (DP⊤), ``dp-damped`` (DP with damping ``L_k = max(0, (γ_k² − 1)/2)``, ``γ_k`` the
-    spectral norm of the map from neuron ``k`` to its children's drives, from a warm-started power
-    iteration of ``power_iterations`` steps per call, :mod:`dualprop.damping`), ``bp`` (backprop of the
-    batch-mean loss) and ``adversarial`` (backprop at ``x + β ∇ₓℓ``, ℓ per sample).
-    ``feedback="kolen-pollack"`` carries the top-down signal ``Δ`` through separate feedback weights
-    (:mod:`dualprop.feedback`), one per weighted module that feeds back, which receive the same local
-    update as the forward weights; give ``learner.parameters()`` (model and feedback weights) to the
-    optimizer, with weight decay, so the two sets come to agree.
-
-    The Learner's own tensors are registered state: the feedback weights (parameters of the submodule
-    ``kolen_pollack``, also ``learner.feedback_weights``) and the spectral-norm vectors of damped DP
-    (buffers of the submodule ``damping``) are in ``state_dict()``, moved by ``to()``; states saved by
-    earlier versions load too. The model is the submodule ``model`` (unwrapped from
-    ``DistributedDataParallel`` or ``torch.compile``; the wrapper is still what runs), its graph of
-    neurons ``learner.graph``, and ``learner(x)`` is its forward. ``objective(x, y)`` returns the scalar
-    whose ``backward()`` accumulates the update into ``.grad``; ``step(x, y)`` is that plus ``backward()``.
-    The optimizer stays the caller's.
-
-    Hardware realism (:mod:`dualprop.hardware`): ``state_noise=σ`` adds N(0, σ²) to ``s⁺_k`` and ``s⁻_k``
-    each time the state loop updates neuron k, ``state_quantum=q`` rounds them stochastically to multiples
-    of q, both drawn from a generator seeded by ``noise_seed``; with ``bp`` the same perturbation hits every
-    neuron's activation forward and its per-sample gradient backward. ``schedule="random"`` draws a new
-    asynchronous order of ``K·N`` visits every step from its own generator seeded by ``noise_seed``.
+    The model is the submodule ``model`` (unwrapped from ``DistributedDataParallel`` or ``torch.compile``;
+    the wrapper is still what runs), ``learner.graph`` its graph of neurons in the model's current mode,
+    ``learner(x)`` its forward. ``objective(x, y)`` returns the scalar whose ``backward()`` accumulates the
+    update into ``.grad``; ``step(x, y)`` is that plus ``backward()``. The feedback weights, damping vectors
+    and generators are in ``state_dict()`` and moved by ``to()`` (:mod:`dualprop.learner_state`).
     """
-
-    _version = 2  # 1: feedback weights as feedback_weights.{i}, damping vectors as spectral_vector_{k}_{c}
 
     rule: str = setting_view("rule")
     alpha: float = setting_view("alpha")
@@ -182,33 +166,6 @@ class Learner(nn.Module):
             f"passes={self.passes}, loss={self.loss!r}, implementation={self.implementation!r}, "
             f"feedback={self.feedback!r}, neurons={self.graph.depth}"
         )
-
-    # -- state -------------------------------------------------------------------------------------
-
-    def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
-        """Besides parameters and buffers, the generators' states (:mod:`dualprop.learner_state`)."""
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-        for name, state in generator_states(self.perturbation, self._order_generator).items():
-            destination[prefix + name] = state
-
-    def _load_from_state_dict(
-        self,
-        state_dict: dict[str, Any],
-        prefix: str,
-        local_metadata: dict[str, Any],
-        strict: bool,
-        missing_keys: list[str],
-        unexpected_keys: list[str],
-        error_msgs: list[str],
-    ) -> None:
-        """Continue the saved generators; take a state of version 1 (or of no version) in the current layout."""
-        if local_metadata.get("version", 1) < 2:
-            upgrade_version_1(state_dict, prefix, self.damping)
-        generators = restore_generators(state_dict, prefix, self.perturbation, self._order_generator)
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
-        unexpected_keys[:] = [key for key in unexpected_keys if key not in generators]
 
     # -- inference ---------------------------------------------------------------------------------
 
@@ -409,11 +366,7 @@ class Learner(nn.Module):
         inside the graph, and the result's loss and finiteness stay tensors until read. A batch of a new
         shape compiles again. Read a step's result before the next step: CUDA-graph replays reuse their
         output memory."""
-        if mode not in COMPILE_MODES[1:]:
-            raise ValueError(f"unknown compile mode {mode!r}; choose one of {', '.join(COMPILE_MODES[1:])}")
-        parameter = next(iter(self.parameters()), None)
-        check_compiler(mode, parameter.device if parameter is not None else torch.device("cpu"))
-        self._compiled_objective = torch.compile(type(self)._objective, mode=mode)
+        self._compiled_objective = compiled(type(self)._objective, mode, self.parameters())
 
     def step(self, x: Tensor, y: Tensor) -> StepResult:
         """Accumulate the rule's weight update into ``.grad`` (like ``loss.backward()``):

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from dualprop.damping import SpectralDamping, vector_name
 from dualprop.hardware import CompartmentPerturbation
@@ -69,3 +69,37 @@ def upgrade_version_1(state_dict: dict[str, Any], prefix: str, damping: Spectral
     if damping is not None:
         for name, buffer in damping.named_buffers():
             state_dict.setdefault(f"{prefix}damping.{name}", buffer)
+
+
+class LearnerState(nn.Module):
+    """The state-dict layout of a :class:`dualprop.learner.Learner`, its base class: besides parameters and
+    buffers the generators' states, and states of version 1 (or of no version) taken in the current layout."""
+
+    _version = 2  # 1: feedback weights as feedback_weights.{i}, damping vectors as spectral_vector_{k}_{c}
+
+    perturbation: CompartmentPerturbation
+    _order_generator: torch.Generator | None
+    damping: SpectralDamping | None
+
+    def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        for name, state in generator_states(self.perturbation, self._order_generator).items():
+            destination[prefix + name] = state
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        if local_metadata.get("version", 1) < 2:
+            upgrade_version_1(state_dict, prefix, self.damping)
+        generators = restore_generators(state_dict, prefix, self.perturbation, self._order_generator)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        unexpected_keys[:] = [key for key in unexpected_keys if key not in generators]
