@@ -150,7 +150,7 @@ def test_dropout_mask_is_drawn_once_per_step_and_the_update_is_autograd_with_tha
     model = NormalisedConcatMLP(dropout=0.5).double().train()
     x, y = torch.randn(10, 5, dtype=torch.float64), torch.randint(0, 3, (10,))
     learner = Learner(model, rule="dpT", alpha=0.5, beta=1e-5, schedule="fwbw3", implementation="generic")
-    (dropout,) = learner.network.dropouts
+    (dropout,) = learner.network.draws
     draws = []
     original = dropout.forward
 

@@ -110,8 +110,8 @@ class FusedSweep:
         self.graph = graph
         self.loss = loss
         # an identity neuron's difference quotient is the incoming gradient itself: its site stays the identity
-        self._fused = [FusedActivation(activation, 1.0, (0.5, 0.5)) for activation in graph.activations]
-        sites = [nn.Identity() if is_identity(a) else f for a, f in zip(graph.activations, self._fused)]
+        sites = [nn.Identity() if is_identity(a) else FusedActivation(a, 1.0, (0.5, 0.5)) for a in graph.activations]
+        self._fused = [site for site in sites if isinstance(site, FusedActivation)]
         self._forward = graph.with_activations(sites)
 
     def objective(self, model: nn.Module, x: Tensor, y: Tensor, alpha: float, beta: float) -> tuple[Tensor, Tensor]:

@@ -158,7 +158,7 @@ class NeuronGraph:
     """Whether each block's Jacobian is constant (it holds only affine operations)."""
     root: fx.GraphModule = field(repr=False)
     activation_nodes: list[fx.Node] = field(repr=False)
-    dropouts: list[nn.Module] = field(repr=False)
+    draws: list[nn.Module] = field(repr=False)
     """The per-step random draws (dropout masks, stochastic depth) to forget at each new step."""
     norms: list[nn.Module] = field(repr=False)
     token_inputs: bool = False
@@ -210,8 +210,8 @@ class NeuronGraph:
 
     def new_step(self) -> None:
         """Forget the dropout masks and random draws of the previous step."""
-        for dropout in self.dropouts:
-            dropout.reset()
+        for draw in self.draws:
+            draw.reset()
 
     def with_activations(self, replacements: Sequence[nn.Module]) -> fx.GraphModule:
         """The model's forward ``x ↦ logits`` with activation site ``k`` replaced by ``replacements[k−1]``."""
@@ -325,7 +325,7 @@ class _Capture:
         self.root = root
         self.model_forward = model_forward
         self.graph = root.graph
-        self.dropouts: list[nn.Module] = []
+        self.draws: list[nn.Module] = []
         self.norms: list[nn.Module] = []
         self.recorders: dict[fx.Node, str] = {}
         self._drop_specialised_arguments()
@@ -409,7 +409,7 @@ class _Capture:
             affine,
             self.root,
             activation_nodes,
-            self.dropouts,
+            self.draws,
             self.norms,
             token_inputs=self._reads_token_ids(source),
             declared=declared,
@@ -517,12 +517,10 @@ class _Capture:
                 arguments, kwargs = tuple(node.args), dict(node.kwargs)
             else:
                 continue
-            name = f"dualprop_step_{len(self.dropouts) + len(self.norms)}"
+            name = f"dualprop_step_{sum(1 for n in self.graph.nodes if n.op == 'call_module')}"
             self.root.add_submodule(name, replacement_module)
-            if isinstance(replacement_module, FunctionalBatchNorm):
-                self.norms.append(replacement_module)
-            else:
-                self.dropouts.append(replacement_module)
+            if not isinstance(replacement_module, FunctionalBatchNorm):  # a norm is collected with the others
+                self.draws.append(replacement_module)
             with self.graph.inserting_before(node):
                 replacement = self.graph.call_module(name, arguments, kwargs)
             replacement.meta = node.meta

@@ -245,7 +245,6 @@ NOT_DIFFERENTIABLE = {
     "unique",
     "multinomial",
     "bernoulli",
-    "randint_like",
 }
 
 
