@@ -487,3 +487,41 @@ def test_functional_batch_norm_gates_and_prelu_are_block_parts_trained_as_autogr
         torch.testing.assert_close(got.grad, expected.grad, rtol=1e-4, atol=1e-8, msg=name)
     torch.testing.assert_close(model.running_mean, reference.running_mean)  # moved once in the step
     torch.testing.assert_close(model.running_var, reference.running_var)
+
+
+class WindowedSoftmax(nn.Module):
+    """Swin-style shifted windows (a roll and a window partition by shape arithmetic), an ``nn.Softmax`` inside
+    a Sequential, and a channel-wise ``Dropout2d``."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3, padding=1)
+        self.drop = nn.Dropout2d(0.5)
+        self.mix = nn.Sequential(nn.Linear(4, 4), nn.Softmax(dim=-1), nn.Linear(4, 4))
+        self.head = nn.Linear(4 * 16, 3)
+
+    def forward(self, x):
+        h = self.drop(torch.tanh(self.conv(x)))  # (B, 4, 4, 4)
+        b, c, height, width = h.shape
+        h = torch.roll(h.permute(0, 2, 3, 1), shifts=(1, 1), dims=(1, 2))
+        windows = h.view(b, height // 2, 2, width // 2, 2, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, 4, c)
+        windows = windows + self.mix(windows)
+        return self.head(windows.reshape(b, -1))
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_windows_rolls_a_softmax_module_and_channel_dropout_are_trained_as_autograd(train):
+    torch.manual_seed(0)
+    model = WindowedSoftmax().double().train(train)
+    x, y = torch.randn(6, 2, 4, 4, dtype=torch.float64), torch.randint(0, 3, (6,))
+    learner = Learner(model, rule="dpT", alpha=0.5, beta=1e-6, schedule="fwbw2")
+    learner.step(x, y)
+    rule = [p.grad.clone() for p in model.parameters()]
+    (dropout,) = learner.graph.draws
+    if train:  # one mask per sample and channel, kept for the whole step
+        assert dropout.mask.shape == (6, 4, 1, 1) and (dropout.mask == 0).any()
+        model.drop.forward = lambda h: h * dropout.mask  # the model itself, with the step's mask
+    model.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    for got, expected in zip(rule, [p.grad for p in model.parameters()]):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-8)
